@@ -1,0 +1,48 @@
+# imagen-ray developer commands. `make setup` is implied by every target that needs it.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Tests and tools must never reach a model hub or W&B's servers.
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help setup test test-fast lint format typecheck bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# constraints.txt pins every dependency, torch to the small CPU wheel (2.13.0);
+	# the package itself only asks for ranges.
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with pinned dev installs (CPU torch)
+
+test: $(STAMP)  ## run the whole test suite
+	$(BIN)/python -m pytest tests
+
+test-fast: $(STAMP)  ## skip the slow end-to-end tests
+	$(BIN)/python -m pytest tests -m "not slow"
+
+lint: $(STAMP)  ## ruff lint + format check
+	$(BIN)/ruff check imagen_ray tests bench
+	$(BIN)/ruff format --check imagen_ray tests bench
+
+format: $(STAMP)  ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix imagen_ray tests bench
+	$(BIN)/ruff format imagen_ray tests bench
+
+typecheck: $(STAMP)  ## mypy on the package
+	$(BIN)/mypy imagen_ray
+
+bench: $(STAMP)  ## run the benchmarks in bench/ (JSON lines on stdout)
+	$(BIN)/python bench/unet.py
+
+clean:  ## remove caches (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache .mypy_cache build *.egg-info

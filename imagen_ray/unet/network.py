@@ -1,0 +1,241 @@
+"""The Efficient U-Net of Imagen (Saharia et al. 2022, Appendix B.1), for base and SR stages.
+
+Conditioning: the time embedding plus an attention-pooled text embedding (plus, for SR
+stages, the noise-conditioning augmentation level) modulate every residual block; text
+tokens enter through cross-attention at the configured levels. A learned null token stands
+in for the text when it is dropped (classifier-free guidance).
+
+The Efficient U-Net changes over the DDPM U-Net, all here:
+- parameters shift to low resolutions (per-level ``res_blocks`` / ``mult`` in the config);
+- skip connections are scaled by 1/sqrt(2) (``skip_scale``);
+- a down level downsamples *before* its convolutions, an up level upsamples *after* them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from imagen_ray.config import LevelConfig, UNetConfig
+from imagen_ray.unet.layers import (
+    AttentionBlock,
+    AttentionPool,
+    Downsample,
+    ResBlock,
+    ScalarEmbedding,
+    Upsample,
+)
+
+
+class Level(nn.Module):
+    """Residual blocks at one resolution, each followed by its attention block (or none)."""
+
+    def __init__(self, blocks: list[ResBlock], attns: list[AttentionBlock | None]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.attns = nn.ModuleList([a or nn.Identity() for a in attns])
+        self.has_attn = [a is not None for a in attns]
+
+
+class EfficientUNet(nn.Module):
+    """Text-conditional Efficient U-Net.
+
+    Args:
+        cfg: architecture (channels, levels, attention, ...).
+        text_dim: width D of the frozen text encoder's token embeddings.
+        lowres: True for a super-resolution stage (adds the low-res image input and the
+            augmentation-level embedding).
+        in_channels / out_channels: image channels (3).
+    """
+
+    def __init__(
+        self,
+        cfg: UNetConfig,
+        *,
+        text_dim: int,
+        lowres: bool = False,
+        in_channels: int = 3,
+        out_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.lowres = lowres
+        self.in_channels = in_channels
+        cond_dim = cfg.resolved_cond_dim
+        ctx_dim = cfg.resolved_text_tokens_dim
+        chans = [cfg.channels * lvl.mult for lvl in cfg.levels]
+
+        def res(i: int, o: int) -> ResBlock:
+            return ResBlock(i, o, cond_dim, groups=cfg.groups, dropout=cfg.dropout)
+
+        def level(blocks: list[ResBlock], ch: int, lvl: LevelConfig) -> Level:
+            """Attention after the last block, or after every block (ADM layout)."""
+            n = len(blocks)
+            attns = [
+                AttentionBlock(
+                    ch,
+                    head_dim=cfg.head_dim,
+                    ctx_dim=ctx_dim,
+                    self_attn=lvl.self_attn,
+                    cross_attn=lvl.cross_attn,
+                    ff_mult=cfg.ff_mult,
+                )
+                if (lvl.self_attn or lvl.cross_attn) and (lvl.attn_every_block or k == n - 1)
+                else None
+                for k in range(n)
+            ]
+            return Level(blocks, attns)
+
+        # conditioning
+        self.time_emb = ScalarEmbedding(cond_dim)
+        self.aug_emb = ScalarEmbedding(cond_dim) if lowres else None
+        self.text_proj = nn.Sequential(nn.Linear(text_dim, ctx_dim), nn.LayerNorm(ctx_dim))
+        self.null_token = nn.Parameter(torch.randn(ctx_dim) * 0.02)
+        self.text_pool = AttentionPool(ctx_dim, cfg.head_dim)
+        self.pool_proj = nn.Linear(ctx_dim, cond_dim)
+
+        # down path
+        self.init_conv = nn.Conv2d(in_channels * (2 if lowres else 1), chans[0], 3, padding=1)
+        self.downsamples = nn.ModuleList()
+        self.down = nn.ModuleList()
+        prev = chans[0]
+        for i, (lvl, ch) in enumerate(zip(cfg.levels, chans, strict=True)):
+            self.downsamples.append(Downsample(prev, ch) if i > 0 else nn.Identity())
+            self.down.append(level([res(ch, ch) for _ in range(lvl.res_blocks)], ch, lvl))
+            prev = ch
+
+        # middle, at the lowest resolution
+        mid_ch = chans[-1]
+        mid_lvl = LevelConfig(
+            mult=1, res_blocks=1, self_attn=cfg.mid_attn, cross_attn=cfg.mid_attn
+        )
+        self.mid = level([res(mid_ch, mid_ch) for _ in range(cfg.mid_blocks)], mid_ch, mid_lvl)
+
+        # up path (mirrors the down path; the first block of a level takes the skip)
+        self.up = nn.ModuleList()
+        self.upsamples = nn.ModuleList()
+        for i in reversed(range(len(cfg.levels))):
+            lvl, ch = cfg.levels[i], chans[i]
+            blocks = [res(prev + ch, ch)] + [res(ch, ch) for _ in range(lvl.res_blocks - 1)]
+            self.up.append(level(blocks, ch, lvl))
+            self.upsamples.append(Upsample(ch, chans[i - 1]) if i > 0 else nn.Identity())
+            prev = chans[i - 1] if i > 0 else ch
+
+        self.out = nn.Sequential(
+            nn.GroupNorm(cfg.groups, chans[0]),
+            nn.SiLU(),
+            nn.Conv2d(chans[0], out_channels, 3, padding=1),
+        )
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    # ------------------------------------------------------------------ conditioning
+
+    def encode_text(
+        self, text_emb: Tensor, text_mask: Tensor, drop_text: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Project tokens, swap in the null token where text is dropped, pool.
+
+        Returns: tokens (B, L, C_ctx), mask (B, L) bool, pooled (B, cond_dim).
+        """
+        tokens = self.text_proj(text_emb.to(self.text_proj[0].weight.dtype))  # (B, L, C_ctx)
+        mask = text_mask.bool()
+        drop = ~mask.any(dim=1)  # a row with no tokens is treated as unconditional
+        if drop_text is not None:
+            drop = drop | drop_text.bool()
+        if drop.any():
+            null_tokens = torch.zeros_like(tokens)
+            null_tokens[:, 0] = self.null_token.to(tokens.dtype)
+            null_mask = torch.zeros_like(mask)
+            null_mask[:, 0] = True
+            tokens = torch.where(drop[:, None, None], null_tokens, tokens)
+            mask = torch.where(drop[:, None], null_mask, mask)
+        pooled = self.pool_proj(self.text_pool(tokens, mask))  # (B, cond_dim)
+        return tokens, mask, pooled
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        text_emb: Tensor,
+        text_mask: Tensor,
+        lowres: Tensor | None = None,
+        aug_level: Tensor | None = None,
+        *,
+        drop_text: Tensor | None = None,
+    ) -> Tensor:
+        """Predict the stage's objective (eps, v or x0) for a noisy image.
+
+        Args:
+            x_t: (B, 3, H, W) noisy image.
+            t: (B,) diffusion time in [0, 1].
+            text_emb: (B, L, D) frozen text-encoder token embeddings.
+            text_mask: (B, L) bool, True for real tokens.
+            lowres: SR only: (B, 3, H, W) low-res image already upsampled to H x W (and
+                noise-augmented by the caller).
+            aug_level: SR only: (B,) noise-conditioning augmentation level in [0, 1].
+            drop_text: (B,) bool, True where the text is replaced by the learned null
+                token (classifier-free guidance).
+
+        Returns:
+            (B, 3, H, W) prediction.
+        """
+        if self.lowres:
+            if lowres is None or aug_level is None:
+                raise ValueError("a super-resolution U-Net needs `lowres` and `aug_level`")
+            if lowres.shape != x_t.shape:
+                raise ValueError(
+                    f"lowres has shape {tuple(lowres.shape)} but x_t has {tuple(x_t.shape)}; "
+                    "upsample the low-res image to the stage resolution first"
+                )
+            x_t = torch.cat([x_t, lowres.to(x_t.dtype)], dim=1)
+        elif lowres is not None:
+            raise ValueError("this U-Net is a base stage (lowres=False): do not pass `lowres`")
+
+        tokens, mask, pooled = self.encode_text(text_emb, text_mask, drop_text)
+        cond = self.time_emb(t) + pooled  # (B, cond_dim)
+        if self.aug_emb is not None and aug_level is not None:
+            cond = cond + self.aug_emb(aug_level)
+
+        h = self.init_conv(x_t)
+        skips = []
+        for down, level in zip(self.downsamples, self.down, strict=True):
+            h = self._level(level, down(h), cond, tokens, mask)
+            skips.append(h)
+        h = self._level(self.mid, h, cond, tokens, mask)
+        for up, level, skip in zip(self.upsamples, self.up, reversed(skips), strict=True):
+            h = torch.cat([h, skip * self.cfg.skip_scale], dim=1)
+            h = up(self._level(level, h, cond, tokens, mask))
+        return self.out(h)
+
+    def _level(self, level: Level, h: Tensor, cond: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+        for block, attn, has_attn in zip(level.blocks, level.attns, level.has_attn, strict=True):
+            h = self._maybe_checkpoint(block, h, cond)
+            if has_attn:
+                h = self._maybe_checkpoint(attn, h, tokens, mask)
+        return h
+
+    def _maybe_checkpoint(self, fn: Callable[..., Tensor], *args: Any) -> Tensor:
+        if self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
+            out: Tensor = checkpoint(fn, *args, use_reentrant=False)
+            return out
+        return fn(*args)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (works on the meta device)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def upsample_to(x: Tensor, size: int) -> Tensor:
+    """Bilinear (antialiased when shrinking) resize of (B, C, h, w) to (B, C, size, size)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
