@@ -17,6 +17,7 @@ rebuilt with ``Model.model_validate(d)`` on the other side.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -119,6 +120,19 @@ class UNetConfig(Strict):
                 raise ValueError(
                     f"levels[{i}] has {ch} channels, not divisible by groups={self.groups}; "
                     "choose channels/mult so every level is a multiple of groups"
+                )
+        # Attention splits a width into width // head_dim heads: it must divide evenly.
+        widths = {"text_tokens_dim": self.resolved_text_tokens_dim}
+        for i, lvl in enumerate(self.levels):
+            if lvl.self_attn or lvl.cross_attn:
+                widths[f"levels[{i}]"] = self.channels * lvl.mult
+        if self.mid_attn:
+            widths["the middle block"] = self.channels * self.levels[-1].mult
+        for where, width in widths.items():
+            if width > self.head_dim and width % self.head_dim:
+                raise ValueError(
+                    f"head_dim={self.head_dim} does not divide the attention width {width} of "
+                    f"{where}; choose a head_dim that divides every attention width"
                 )
         return self
 
@@ -324,7 +338,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
 
 
 def _index(part: str, node: list[Any], where: str, item: str) -> int:
-    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+    if not re.fullmatch(r"-?\d+", part) or not -len(node) <= int(part) < len(node):
         raise ConfigError(
             f"override {item!r}: {where!r} needs a list index in 0..{len(node) - 1}, got {part!r}"
         )

@@ -22,9 +22,7 @@ from imagen_ray.config import TextEncoderConfig
 
 log = logging.getLogger(__name__)
 
-MINILM_ALIASES = frozenset(
-    {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
-)
+MINILM_ALIASES = frozenset({"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"})
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -67,18 +65,20 @@ def resolve_model_name(name: str) -> str:
 
 def _not_found(name: str, err: Exception) -> TextEncoderNotFound:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE")
-    looks_local = name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
-    how = (
-        f"the directory {name!r} does not exist or holds no model"
-        if looks_local
-        else f"{name!r} is not a local directory and is not in the Hugging Face cache"
-        + (" (HF_HUB_OFFLINE=1, so nothing is downloaded)" if offline else "")
-    )
+    cause = f"Cause: {type(err).__name__}: {err}"
+    if name.startswith((".", "/", "~")) or Path(name).expanduser().exists():
+        return TextEncoderNotFound(
+            f"cannot load text encoder {name!r}: the directory does not exist or holds no "
+            "model and tokenizer (config.json, weights, tokenizer files). Point text.name at "
+            f"a directory written by `save_pretrained`, or use text.name=minilm. {cause}"
+        )
     return TextEncoderNotFound(
-        f"cannot load text encoder {name!r}: {how}. Either set text.name=minilm (the offline "
-        f"default), or fetch the model on a machine with network "
-        f"(`huggingface-cli download {name} --local-dir ./models/{Path(name).name}`) and set "
-        f"text.name to that directory. Cause: {type(err).__name__}: {err}"
+        f"cannot load text encoder {name!r}: it is not a local directory and is not in the "
+        "Hugging Face cache"
+        + (" (HF_HUB_OFFLINE=1, so nothing is downloaded)" if offline else "")
+        + ". Either set text.name=minilm (the offline default), or fetch the model on a "
+        f"machine with network (`huggingface-cli download {name} --local-dir "
+        f"./models/{Path(name).name}`) and set text.name to that directory. {cause}"
     )
 
 
@@ -127,6 +127,9 @@ class FrozenTextEncoder:
 
     def __init__(self, cfg: TextEncoderConfig, device: torch.device | str = "cpu") -> None:
         from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a bar per weight file is noise in job logs
 
         self.cfg = cfg
         self.device = torch.device(device)
@@ -191,4 +194,3 @@ class FrozenTextEncoder:
         return TextEncoding(emb=emb, mask=mask, truncated=truncated)
 
     __call__ = encode
-

@@ -12,11 +12,46 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_WORDS = (
-    "a an the of on in at with and two three four small large big tiny red green blue yellow "
-    "purple orange white black gray circle square triangle star left right top bottom center "
-    "background picture photo image"
-).split()
+DEFAULT_WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "on",
+    "in",
+    "at",
+    "with",
+    "and",
+    "two",
+    "three",
+    "four",
+    "small",
+    "large",
+    "big",
+    "tiny",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "purple",
+    "orange",
+    "white",
+    "black",
+    "gray",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "left",
+    "right",
+    "top",
+    "bottom",
+    "center",
+    "background",
+    "picture",
+    "photo",
+    "image",
+]
 
 
 def build_tiny_t5(

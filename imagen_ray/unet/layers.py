@@ -28,16 +28,25 @@ def sinusoidal_embedding(x: Tensor, dim: int, max_period: float = 10000.0) -> Te
     return emb
 
 
+def zero_init(module: nn.Module) -> nn.Module:
+    """Zero every parameter: residual branches start as the identity (guided-diffusion)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
 class ScalarEmbedding(nn.Module):
     """Sinusoidal features -> 2-layer MLP; embeds the diffusion time or the aug level."""
 
     def __init__(self, dim: int, freq_dim: int = 128) -> None:
         super().__init__()
         self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.fc1 = nn.Linear(freq_dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.mlp(sinusoidal_embedding(x, self.freq_dim).to(self.mlp[0].weight.dtype))
+        h = sinusoidal_embedding(x, self.freq_dim).to(self.fc1.weight.dtype)  # (B, freq_dim)
+        return self.fc2(F.silu(self.fc1(h)))
 
 
 class ResBlock(nn.Module):
@@ -55,9 +64,7 @@ class ResBlock(nn.Module):
         self.cond = nn.Linear(cond_dim, 2 * out_ch)
         self.norm2 = nn.GroupNorm(groups, out_ch)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
@@ -77,8 +84,7 @@ class Attention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=False)
         self.kv = nn.Linear(ctx_dim or dim, 2 * dim, bias=False)
         self.out = nn.Linear(dim, dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        zero_init(self.out)
 
     def forward(self, x: Tensor, ctx: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """x (B, N, C); ctx (B, L, C_ctx) or None for self-attention; mask (B, L) bool."""
@@ -111,10 +117,8 @@ class AttentionBlock(nn.Module):
         self.norm_cross = nn.LayerNorm(ch) if cross_attn else None
         self.norm_ff = nn.LayerNorm(ch)
         self.ff = nn.Sequential(
-            nn.Linear(ch, ff_mult * ch), nn.GELU(), nn.Linear(ff_mult * ch, ch)
+            nn.Linear(ch, ff_mult * ch), nn.GELU(), zero_init(nn.Linear(ff_mult * ch, ch))
         )
-        nn.init.zeros_(self.ff[-1].weight)
-        nn.init.zeros_(self.ff[-1].bias)
 
     def forward(self, x: Tensor, ctx: Tensor, mask: Tensor) -> Tensor:
         b, c, h, w = x.shape

@@ -29,6 +29,7 @@ from imagen_ray.unet.layers import (
     ResBlock,
     ScalarEmbedding,
     Upsample,
+    zero_init,
 )
 
 
@@ -94,7 +95,8 @@ class EfficientUNet(nn.Module):
         # conditioning
         self.time_emb = ScalarEmbedding(cond_dim)
         self.aug_emb = ScalarEmbedding(cond_dim) if lowres else None
-        self.text_proj = nn.Sequential(nn.Linear(text_dim, ctx_dim), nn.LayerNorm(ctx_dim))
+        self.text_in = nn.Linear(text_dim, ctx_dim)
+        self.text_norm = nn.LayerNorm(ctx_dim)
         self.null_token = nn.Parameter(torch.randn(ctx_dim) * 0.02)
         self.text_pool = AttentionPool(ctx_dim, cfg.head_dim)
         self.pool_proj = nn.Linear(ctx_dim, cond_dim)
@@ -111,9 +113,7 @@ class EfficientUNet(nn.Module):
 
         # middle, at the lowest resolution
         mid_ch = chans[-1]
-        mid_lvl = LevelConfig(
-            mult=1, res_blocks=1, self_attn=cfg.mid_attn, cross_attn=cfg.mid_attn
-        )
+        mid_lvl = LevelConfig(mult=1, res_blocks=1, self_attn=cfg.mid_attn, cross_attn=cfg.mid_attn)
         self.mid = level([res(mid_ch, mid_ch) for _ in range(cfg.mid_blocks)], mid_ch, mid_lvl)
 
         # up path (mirrors the down path; the first block of a level takes the skip)
@@ -129,10 +129,8 @@ class EfficientUNet(nn.Module):
         self.out = nn.Sequential(
             nn.GroupNorm(cfg.groups, chans[0]),
             nn.SiLU(),
-            nn.Conv2d(chans[0], out_channels, 3, padding=1),
+            zero_init(nn.Conv2d(chans[0], out_channels, 3, padding=1)),
         )
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
 
     # ------------------------------------------------------------------ conditioning
 
@@ -143,7 +141,7 @@ class EfficientUNet(nn.Module):
 
         Returns: tokens (B, L, C_ctx), mask (B, L) bool, pooled (B, cond_dim).
         """
-        tokens = self.text_proj(text_emb.to(self.text_proj[0].weight.dtype))  # (B, L, C_ctx)
+        tokens = self.text_norm(self.text_in(text_emb.to(self.text_in.weight.dtype)))  # (B,L,C)
         mask = text_mask.bool()
         drop = ~mask.any(dim=1)  # a row with no tokens is treated as unconditional
         if drop_text is not None:
@@ -215,7 +213,10 @@ class EfficientUNet(nn.Module):
             h = up(self._level(level, h, cond, tokens, mask))
         return self.out(h)
 
-    def _level(self, level: Level, h: Tensor, cond: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+    def _level(
+        self, level: nn.Module, h: Tensor, cond: Tensor, tokens: Tensor, mask: Tensor
+    ) -> Tensor:
+        assert isinstance(level, Level)
         for block, attn, has_attn in zip(level.blocks, level.attns, level.has_attn, strict=True):
             h = self._maybe_checkpoint(block, h, cond)
             if has_attn:

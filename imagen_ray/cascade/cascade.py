@@ -1,0 +1,279 @@
+"""The cascade: a frozen text encoder followed by a base stage and super-resolution stages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from imagen_ray.cascade.io import (
+    check_chain,
+    load_stage,
+    read_cascade_manifest,
+    save_cascade_manifest,
+    save_stage,
+)
+from imagen_ray.cascade.stage import Stage
+from imagen_ray.config import CascadeConfig, SamplingConfig, TextEncoderConfig, validate
+
+
+class Encoding(Protocol):
+    emb: Tensor  # (B, L, D)
+    mask: Tensor  # (B, L) bool
+    truncated: list[bool]
+
+
+class TextEncoder(Protocol):
+    """What the cascade needs of a text encoder (``imagen_ray.text.FrozenTextEncoder``)."""
+
+    dim: int
+
+    def encode(self, prompts: Sequence[str]) -> Encoding: ...
+
+
+SamplingOverrides = Mapping[str, SamplingConfig | Mapping[str, Any]]
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class CascadeOutput:
+    """Images of every stage that ran, and the settings that made them.
+
+    Attributes:
+        images: per stage, (B, 3, H, W) float in [0, 1] on the CPU.
+        stages: the stage names, in order.
+        sampling: per stage, the sampling settings used (JSON-able dicts).
+        seeds: the per-prompt seeds.
+        truncated: per prompt, whether the text encoder truncated it.
+    """
+
+    images: list[Tensor]
+    stages: list[str]
+    sampling: list[dict[str, Any]]
+    seeds: list[int]
+    truncated: list[bool] = field(default_factory=list)
+
+    def uint8(self, stage: int = -1) -> np.ndarray:
+        """Images of one stage as (B, H, W, 3) uint8 (what PIL and W&B take)."""
+        x = self.images[stage].clamp(0, 1).mul(255).round().to(torch.uint8)
+        return x.permute(0, 2, 3, 1).numpy()
+
+
+def stage_generators(
+    seeds: Sequence[int], stage_index: int, device: torch.device
+) -> list[torch.Generator]:
+    """One generator per example and stage, mixed with numpy's SeedSequence so that
+    (seed, stage) pairs never collide."""
+    gens = []
+    for s in seeds:
+        mixed = int(np.random.SeedSequence([int(s), stage_index]).generate_state(1)[0])
+        gens.append(torch.Generator(device=device).manual_seed(mixed))
+    return gens
+
+
+class Cascade(nn.Module):
+    """Text encoder + stages (base first).
+
+    Args:
+        text: the text encoder config every stage was trained with.
+        stages: the stages in order; sizes must chain (checked).
+        encoder: a loaded text encoder; built from ``text`` on first use when omitted.
+    """
+
+    def __init__(
+        self,
+        text: TextEncoderConfig,
+        stages: Sequence[Stage],
+        encoder: TextEncoder | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = check_chain(text, [s.cfg for s in stages])
+        self.text = text
+        self.stages = nn.ModuleList(stages)
+        self._encoder = encoder
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(
+        cls, cfg: CascadeConfig, *, encoder: TextEncoder | None = None, seed: int = 0
+    ) -> Cascade:
+        """A randomly initialised cascade (for training from scratch, tests, benchmarks)."""
+        if encoder is not None:
+            dim = encoder.dim
+        elif cfg.text.dim is not None:
+            dim = cfg.text.dim
+        else:
+            from imagen_ray.text import text_dim  # transformers only when needed
+
+            dim = text_dim(cfg.text)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            stages = [Stage(s, text_dim=dim) for s in cfg.stages]
+        return cls(cfg.text, stages, encoder)
+
+    @property
+    def encoder(self) -> TextEncoder:
+        if self._encoder is None:
+            from imagen_ray.text import FrozenTextEncoder  # transformers only when needed
+
+            self._encoder = FrozenTextEncoder(self.text, device=self.device)
+        return self._encoder
+
+    @property
+    def stage_list(self) -> list[Stage]:
+        """The stages, typed (``self.stages`` is the ``nn.ModuleList`` holding them)."""
+        return [s for s in self.stages if isinstance(s, Stage)]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def stage_index(self, name_or_index: str | int | None) -> int:
+        """Index of a stage given by name or index (None: the last stage)."""
+        names = [s.cfg.name for s in self.stage_list]
+        if name_or_index is None:
+            return len(names) - 1
+        if isinstance(name_or_index, int):
+            if not 0 <= name_or_index < len(names):
+                raise ValueError(f"stage index {name_or_index} out of range 0..{len(names) - 1}")
+            return name_or_index
+        if name_or_index not in names:
+            raise ValueError(f"unknown stage {name_or_index!r}; stages are {names}")
+        return names.index(name_or_index)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        negative_prompt: str | None = None,
+        seed: int | Sequence[int] = 0,
+        sampling: SamplingOverrides | None = None,
+        until: str | int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> CascadeOutput:
+        """Generate images for prompts through the stages.
+
+        Args:
+            prompts: B prompts.
+            negative_prompt: used as the unconditional branch of guidance (all stages).
+            seed: one seed (prompt i gets ``seed + i``) or one seed per prompt. The result
+                for a prompt depends only on its own seed and settings, not on its batch.
+            sampling: per stage name, overrides of its sampling settings, e.g.
+                ``{"base": {"steps": 8, "guidance_scale": 3.0}}``; validated.
+            until: the last stage to run (name or index); default all.
+            progress: called after every sampler step with ``{"stage", "i", "steps"}``.
+
+        Returns:
+            CascadeOutput with the images of every stage that ran.
+        """
+        if isinstance(prompts, str):
+            raise TypeError("generate() takes a list of prompts, not a single string")
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("generate() needs at least one prompt")
+        b = len(prompts)
+        seeds = [seed + i for i in range(b)] if isinstance(seed, int) else [int(s) for s in seed]
+        if len(seeds) != b:
+            raise ValueError(f"got {len(seeds)} seeds for {b} prompts")
+        last = self.stage_index(until)
+        overrides = dict(sampling or {})
+        unknown = set(overrides) - {s.cfg.name for s in self.stage_list}
+        if unknown:
+            names = [s.cfg.name for s in self.stage_list]
+            raise ValueError(
+                f"sampling overrides for unknown stages {sorted(unknown)}; stages are {names}"
+            )
+
+        enc = self.encoder.encode(prompts)
+        neg = self.encoder.encode([negative_prompt] * b) if negative_prompt is not None else None
+        dev = self.device
+        images, used = [], []
+        x: Tensor | None = None
+        for i, stage in enumerate(self.stage_list[: last + 1]):
+            s = resolve_sampling(stage.cfg.sampling, overrides.get(stage.cfg.name))
+            name = stage.cfg.name
+
+            def step(info: dict[str, Any], name: str = name) -> None:
+                if progress is not None:
+                    progress({"stage": name, "i": info["i"], "steps": info["steps"]})
+
+            x = stage.sample(
+                enc.emb,
+                enc.mask,
+                lowres=x,
+                neg_emb=None if neg is None else neg.emb,
+                neg_mask=None if neg is None else neg.mask,
+                sampling=s,
+                generator=stage_generators(seeds, i, dev),
+                callback=step,
+            )
+            images.append(((x.float() + 1) / 2).clamp(0, 1).cpu())
+            used.append(s.model_dump(mode="json"))
+        return CascadeOutput(
+            images=images,
+            stages=[s.cfg.name for s in self.stage_list[: last + 1]],
+            sampling=used,
+            seeds=seeds,
+            truncated=list(enc.truncated),
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | Path) -> Path:
+        """Save every stage (safetensors + config) and the cascade manifest."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        names = []
+        for stage in self.stage_list:
+            save_stage(stage, self.text, out / stage.cfg.name)
+            names.append(stage.cfg.name)
+        save_cascade_manifest(out, names, self.text)
+        return out
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | Sequence[str | Path],
+        *,
+        device: torch.device | str = "cpu",
+        encoder: TextEncoder | None = None,
+    ) -> Cascade:
+        """Load a saved cascade directory, or a list of stage directories in order.
+
+        Every stage must expect the same text encoder config; sizes must chain.
+        """
+        dirs = (
+            read_cascade_manifest(path)
+            if isinstance(path, (str, Path))
+            else [Path(p) for p in path]
+        )
+        loaded = [load_stage(d, device=device) for d in dirs]
+        texts = {t.model_dump_json() for _, t in loaded}
+        if len(texts) > 1:
+            from imagen_ray.cascade.io import CheckpointError
+
+            raise CheckpointError(
+                f"the stages {[str(d) for d in dirs]} were trained with different text encoders "
+                f"({sorted(texts)}); a cascade needs one"
+            )
+        return cls(loaded[0][1], [s for s, _ in loaded], encoder)
+
+
+def resolve_sampling(
+    base: SamplingConfig, override: SamplingConfig | Mapping[str, Any] | None
+) -> SamplingConfig:
+    """The stage's sampling defaults updated by an override (validated)."""
+    if override is None:
+        return base
+    if isinstance(override, SamplingConfig):
+        return override
+    return validate(SamplingConfig, {**base.model_dump(), **dict(override)}, "sampling override")

@@ -1,0 +1,220 @@
+"""Saving and loading stages and cascades: safetensors weights + JSON config, nothing pickled.
+
+Layout of a saved cascade::
+
+    out/
+      cascade.json            {"format": "imagen-ray/cascade", "version": 1, "stages": [...]}
+      base/config.json        {"format": "imagen-ray/stage", "version": 1, "text", "stage"}
+      base/model.safetensors  U-Net weights (EMA weights when exported from training)
+      sr64/...
+
+A stage directory stands on its own (training exports one per run); a cascade directory
+lists stage directories in order. Writes go to a temporary sibling and are renamed into
+place, so an interrupted save never leaves a half-written stage that later loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from imagen_ray.cascade.stage import Stage
+from imagen_ray.config import (
+    CascadeConfig,
+    ConfigError,
+    StageConfig,
+    TextEncoderConfig,
+    validate,
+)
+
+STAGE_FORMAT = "imagen-ray/stage"
+CASCADE_FORMAT = "imagen-ray/cascade"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+MANIFEST = "cascade.json"
+
+
+class CheckpointError(ValueError):
+    """A saved stage or cascade cannot be loaded; the message says why and what to do."""
+
+
+def _atomic_dir(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished temp dir into place (the old one, if any, is removed only after)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_stage(
+    stage: Stage,
+    text: TextEncoderConfig,
+    out_dir: str | Path,
+    *,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write one stage as ``config.json`` + ``model.safetensors``.
+
+    Args:
+        stage: the stage (its config and, unless ``state_dict`` is given, its U-Net weights).
+        text: the text encoder config the stage was trained with.
+        out_dir: target directory (replaced atomically if it exists).
+        state_dict: U-Net weights to write instead of the stage's own (e.g. EMA weights).
+        extra: JSON-able metadata stored under ``"extra"`` (training step, source, ...).
+
+    Returns:
+        The directory written.
+    """
+    final = Path(out_dir)
+    weights = state_dict if state_dict is not None else stage.unet.state_dict()
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    meta = {
+        "format": STAGE_FORMAT,
+        "version": FORMAT_VERSION,
+        "text_dim": stage.text_dim,
+        "text": text.model_dump(mode="json"),
+        "stage": stage.cfg.model_dump(mode="json"),
+        "extra": extra or {},
+    }
+    tmp = _atomic_dir(final)
+    try:
+        save_file(weights, str(tmp / WEIGHTS), metadata={"format": STAGE_FORMAT})
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_stage_meta(stage_dir: str | Path) -> dict[str, Any]:
+    """Read and check a stage's ``config.json`` (format and version)."""
+    path = Path(stage_dir) / CONFIG
+    if not path.is_file():
+        raise CheckpointError(
+            f"{stage_dir} is not a saved stage: {CONFIG} is missing (export a training "
+            "checkpoint with `imagen-ray export`, or save one with Cascade.save)"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != STAGE_FORMAT:
+        raise CheckpointError(f"{path}: not an imagen-ray stage (format {meta.get('format')!r})")
+    if meta.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: stage format version {meta.get('version')!r} is not supported by this "
+            f"imagen-ray (reads version {FORMAT_VERSION}); re-export it with a matching version"
+        )
+    return meta
+
+
+def load_stage(
+    stage_dir: str | Path, *, device: torch.device | str = "cpu"
+) -> tuple[Stage, TextEncoderConfig]:
+    """Rebuild a stage from its directory.
+
+    Returns:
+        (stage in eval mode on ``device``, the text encoder config it expects).
+
+    Raises:
+        CheckpointError: missing files, another format/version, or weights that do not match
+            the config (names the missing, unexpected and mis-shaped tensors).
+    """
+    meta = read_stage_meta(stage_dir)
+    try:
+        text = validate(TextEncoderConfig, meta["text"], f"{stage_dir}/{CONFIG}:text")
+        cfg = validate(StageConfig, meta["stage"], f"{stage_dir}/{CONFIG}:stage")
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"{stage_dir}: its config cannot be read: {e}") from e
+    weights_path = Path(stage_dir) / WEIGHTS
+    if not weights_path.is_file():
+        raise CheckpointError(f"{stage_dir}: {WEIGHTS} is missing")
+    with torch.device("meta"):
+        stage = Stage(cfg, text_dim=int(meta["text_dim"]))
+    state = load_file(str(weights_path), device="cpu")
+    _check_weights(stage, state, str(stage_dir))
+    stage.unet.load_state_dict(state, strict=True, assign=True)
+    return stage.to(device).eval(), text
+
+
+def _check_weights(stage: Stage, state: dict[str, torch.Tensor], where: str) -> None:
+    expected = {k: tuple(v.shape) for k, v in stage.unet.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(expected.keys() - got.keys())
+    unexpected = sorted(got.keys() - expected.keys())
+    shapes = [
+        f"{k}: config {expected[k]} vs file {got[k]}"
+        for k in sorted(expected.keys() & got.keys())
+        if expected[k] != got[k]
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[:3]})")
+        if shapes:
+            parts.append(f"{len(shapes)} with other shapes (e.g. {shapes[:3]})")
+        raise CheckpointError(
+            f"{where}: the weights do not match the stage config: " + "; ".join(parts) + ". "
+            "The config.json was edited or the weights come from another model."
+        )
+
+
+def save_cascade_manifest(out_dir: Path, names: list[str], text: TextEncoderConfig) -> None:
+    """Write ``cascade.json`` listing the stage directories in order."""
+    manifest = {
+        "format": CASCADE_FORMAT,
+        "version": FORMAT_VERSION,
+        "text": text.model_dump(mode="json"),
+        "stages": names,
+    }
+    tmp = out_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(out_dir / MANIFEST)
+
+
+def read_cascade_manifest(path: str | Path) -> list[Path]:
+    """Stage directories of a saved cascade, in order; checks format and version."""
+    p = Path(path) / MANIFEST
+    if not p.is_file():
+        raise CheckpointError(
+            f"{path} is not a saved cascade: {MANIFEST} is missing (a single stage directory "
+            "holds config.json instead)"
+        )
+    try:
+        meta = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{p} is not valid JSON: {e}") from e
+    if meta.get("format") != CASCADE_FORMAT or meta.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p}: format {meta.get('format')!r} version {meta.get('version')!r} is not "
+            f"{CASCADE_FORMAT!r} version {FORMAT_VERSION}"
+        )
+    return [Path(path) / name for name in meta["stages"]]
+
+
+def check_chain(text: TextEncoderConfig, stages: list[StageConfig]) -> CascadeConfig:
+    """Validate loaded stages as a cascade (sizes chain, names unique)."""
+    try:
+        return CascadeConfig(text=text, stages=tuple(stages))
+    except ValueError as e:
+        raise CheckpointError(f"these stages do not form a cascade: {e}") from e

@@ -1,0 +1,198 @@
+"""A cascade stage: Efficient U-Net + diffusion settings + resolution (+ low-res input).
+
+Base and super-resolution stages are the same class with different configs; the
+noise-conditioning augmentation of the low-res input is implemented once, here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from imagen_ray.config import SamplingConfig, StageConfig
+from imagen_ray.diffusion import (
+    Callback,
+    Generators,
+    diffusion_loss,
+    get_log_snr_fn,
+    make_denoiser,
+    q_sample,
+    randn,
+    sample,
+)
+from imagen_ray.unet import EfficientUNet, upsample_to
+
+
+class Stage(nn.Module):
+    """One stage of the cascade.
+
+    Args:
+        cfg: the stage config (size, low-res size, U-Net, diffusion, sampling defaults).
+        text_dim: width D of the text encoder's token embeddings.
+    """
+
+    def __init__(self, cfg: StageConfig, *, text_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.text_dim = text_dim
+        self.unet = EfficientUNet(cfg.unet, text_dim=text_dim, lowres=cfg.is_sr)
+        self.log_snr_fn = get_log_snr_fn(cfg.diffusion.schedule)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ low-res input
+
+    def make_lowres(self, images: Tensor) -> Tensor:
+        """Downsample training targets (B, 3, size, size) to the stage's input resolution."""
+        if self.cfg.lowres_size is None:
+            raise ValueError(f"stage {self.cfg.name!r} is a base stage and has no low-res input")
+        return upsample_to(images, self.cfg.lowres_size)
+
+    def augment_lowres(self, lowres: Tensor, aug_level: Tensor, generator: Generators) -> Tensor:
+        """Noise-conditioning augmentation of the low-res input.
+
+        Imagen, Sec. 2.5: "we use noise conditioning augmentation for both the super-resolution
+        models ... we corrupt the low-resolution image with the augmentation (corresponding to
+        aug_level), and condition the diffusion model on aug_level." The image is first
+        upsampled to the stage resolution, then noised with the stage's own forward process at
+        time ``aug_level``.
+
+        Args:
+            lowres: (B, 3, h, w) low-resolution image in [-1, 1].
+            aug_level: (B,) augmentation level in [0, 1] (0 = clean).
+            generator: noise source(s).
+
+        Returns:
+            (B, 3, size, size) augmented, upsampled low-res image.
+        """
+        up = upsample_to(lowres.float(), self.cfg.size)  # (B, 3, H, W)
+        eps = randn(up.shape, generator, up.device)
+        return q_sample(up, self.log_snr_fn(aug_level.float()), eps)
+
+    # ------------------------------------------------------------------ training
+
+    def loss(
+        self,
+        x0: Tensor,
+        text_emb: Tensor,
+        text_mask: Tensor,
+        lowres: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Per-example diffusion loss of the stage (mean it for the training loss).
+
+        Args:
+            x0: (B, 3, size, size) target images in [-1, 1].
+            text_emb: (B, L, D) token embeddings; text_mask: (B, L) bool.
+            lowres: SR only: (B, 3, lowres_size, lowres_size) in [-1, 1]; derived from
+                ``x0`` when omitted.
+            generator: source of t, eps, text dropout and aug levels.
+
+        Returns:
+            (B,) weighted MSE per example.
+        """
+        b, dev = x0.shape[0], x0.device
+        d = self.cfg.diffusion
+        t = torch.rand(b, generator=generator, device=dev)  # (B,)
+        eps = torch.randn(x0.shape, generator=generator, device=dev)
+        log_snr = self.log_snr_fn(t)
+        x_t = q_sample(x0, log_snr, eps)
+        drop = torch.rand(b, generator=generator, device=dev) < d.text_drop_prob  # (B,)
+        lowres_in = aug = None
+        if self.cfg.is_sr:
+            lowres = self.make_lowres(x0) if lowres is None else lowres
+            aug = torch.rand(b, generator=generator, device=dev) * self.cfg.noise_aug.train_max
+            lowres_in = self.augment_lowres(lowres, aug, generator)
+        pred = self.unet(x_t, t, text_emb, text_mask, lowres_in, aug, drop_text=drop)
+        return diffusion_loss(
+            pred.float(), x0, eps, log_snr, d.objective, d.loss_weighting, d.min_snr_gamma
+        )
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def sample(
+        self,
+        text_emb: Tensor,
+        text_mask: Tensor,
+        *,
+        lowres: Tensor | None = None,
+        neg_emb: Tensor | None = None,
+        neg_mask: Tensor | None = None,
+        sampling: SamplingConfig | None = None,
+        generator: Generators = None,
+        callback: Callback | None = None,
+    ) -> Tensor:
+        """Generate images for a batch of text conditions.
+
+        Args:
+            text_emb: (B, L, D); text_mask: (B, L) bool.
+            lowres: SR only: (B, 3, lowres_size, lowres_size) in [-1, 1] (the previous
+                stage's output).
+            neg_emb / neg_mask: optional negative prompt (B, L, D) / (B, L): the
+                unconditional branch of classifier-free guidance uses it instead of the
+                learned null text.
+            sampling: sampler, steps, guidance, thresholding, aug level (default: the
+                stage config's ``sampling``).
+            generator: one generator, or one per example (batch-independent results).
+            callback: called after every sampler step.
+
+        Returns:
+            (B, 3, size, size) images in [-1, 1].
+        """
+        s = sampling or self.cfg.sampling
+        b, dev = text_emb.shape[0], self.device
+        text_emb, text_mask = text_emb.to(dev), text_mask.to(dev)
+        lowres_in = aug = None
+        if self.cfg.is_sr:
+            if lowres is None:
+                raise ValueError(f"stage {self.cfg.name!r} is super-resolution: pass `lowres`")
+            aug = torch.full((b,), s.aug_level, device=dev)
+            lowres_in = self.augment_lowres(lowres.to(dev), aug, generator)
+
+        guided = s.guidance_scale != 1.0
+        if guided:
+            # Rows [0, B) conditional, [B, 2B) unconditional (the make_denoiser contract).
+            if neg_emb is None or neg_mask is None:
+                u_emb, u_mask = text_emb, text_mask
+                drop = torch.arange(2 * b, device=dev) >= b
+            else:
+                u_emb, u_mask = neg_emb.to(dev), neg_mask.to(dev)
+                drop = torch.zeros(2 * b, dtype=torch.bool, device=dev)
+            emb2, mask2 = torch.cat([text_emb, u_emb]), torch.cat([text_mask, u_mask])
+            lowres2 = None if lowres_in is None else torch.cat([lowres_in, lowres_in])
+            aug2 = None if aug is None else torch.cat([aug, aug])
+
+        dtype = next(self.unet.parameters()).dtype
+
+        def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
+            x_t, t = x_t.to(dtype), t.to(dev, torch.float32)
+            if guided and x_t.shape[0] == 2 * b:
+                out = self.unet(x_t, t, emb2, mask2, lowres2, aug2, drop_text=drop)
+            else:
+                out = self.unet(x_t, t, text_emb, text_mask, lowres_in, aug)
+            return out.float()
+
+        denoise = make_denoiser(
+            model_fn,
+            log_snr_fn=self.log_snr_fn,
+            objective=self.cfg.diffusion.objective,
+            guidance_scale=s.guidance_scale,
+            threshold=s.threshold,
+            percentile=s.percentile,
+        )
+        noise = randn((b, 3, self.cfg.size, self.cfg.size), generator, dev)
+        x0 = sample(
+            denoise,
+            noise,
+            sampler=s.sampler,
+            steps=s.steps,
+            log_snr_fn=self.log_snr_fn,
+            generator=generator,
+            callback=callback,
+            eta=s.eta,
+        )
+        return x0.clamp(-1.0, 1.0)

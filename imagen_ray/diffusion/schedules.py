@@ -1,0 +1,110 @@
+"""Continuous-time noise schedules in log-SNR form (variance preserving).
+
+Time ``t`` lies in [0, 1]: ``t = 0`` is clean data, ``t = 1`` is (almost) pure noise. A schedule
+maps ``t`` to ``log_snr(t) = log(alpha_t**2 / sigma_t**2)``, strictly decreasing in ``t``, with
+``alpha_t**2 + sigma_t**2 = 1`` (Kingma et al. 2021, "Variational Diffusion Models"; lucidrains'
+imagen-pytorch ``alpha_cosine_log_snr`` / ``beta_linear_log_snr``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+from imagen_ray.diffusion._checks import check_choice
+
+ScheduleName = Literal["cosine", "linear"]
+LogSNRFn = Callable[[Tensor], Tensor]
+
+LOG_SNR_RANGE: tuple[float, float] = (-20.0, 20.0)
+"""Every schedule clamps log-SNR to this range, so t = 0 and t = 1 give finite values."""
+
+# Floor for sin() before taking its log: keeps log finite at t = 1 (where the clamp takes over)
+# and makes the gradient there zero instead of NaN.
+_TINY = 1e-20
+
+
+def _clamp_log_snr(log_snr: Tensor) -> Tensor:
+    """Clamp log-SNR to LOG_SNR_RANGE (as in imagen-pytorch's schedules)."""
+    return log_snr.clamp(min=LOG_SNR_RANGE[0], max=LOG_SNR_RANGE[1])
+
+
+def log_snr_cosine(t: Tensor, s: float = 0.008) -> Tensor:
+    """Cosine schedule (Nichol & Dhariwal 2021) in log-SNR form.
+
+    ``log_snr(t) = -log(cos(theta)**-2 - 1) = -2 log tan(theta)`` with
+    ``theta = (t + s) / (1 + s) * pi / 2``. It is evaluated as
+    ``2 log sin(pi/2 - theta) - 2 log sin(theta)``, which never takes the log of a negative
+    rounding residue of ``cos(pi/2)``; the result is clamped to ``LOG_SNR_RANGE``.
+
+    Args:
+        t: times in [0, 1], any shape (typically (B,) or a scalar).
+        s: small offset that keeps the SNR at t = 0 finite (0.008 as in the paper).
+
+    Returns:
+        log-SNR, same shape and dtype as ``t``.
+    """
+    if not t.is_floating_point():
+        t = t.float()
+    half_pi = math.pi / 2
+    theta = (t + s) / (1 + s) * half_pi  # angle whose cos is alpha
+    phi = (1 - t) / (1 + s) * half_pi  # pi/2 - theta, so sin(phi) = cos(theta)
+    log_cos = torch.log(torch.sin(phi).clamp_min(_TINY))
+    log_sin = torch.log(torch.sin(theta).clamp_min(_TINY))
+    return _clamp_log_snr(2 * (log_cos - log_sin))
+
+
+def log_snr_linear(t: Tensor) -> Tensor:
+    """Linear-beta schedule (Ho et al. 2020) in its continuous log-SNR form.
+
+    ``log_snr(t) = -log(expm1(1e-4 + 10 t**2))`` (Kingma et al. 2021, Appendix; imagen-pytorch's
+    ``beta_linear_log_snr``), clamped to ``LOG_SNR_RANGE``.
+
+    Args:
+        t: times in [0, 1], any shape.
+
+    Returns:
+        log-SNR, same shape and dtype as ``t``.
+    """
+    if not t.is_floating_point():
+        t = t.float()
+    return _clamp_log_snr(-torch.log(torch.expm1(1e-4 + 10 * t**2)))
+
+
+_SCHEDULES: Mapping[str, LogSNRFn] = MappingProxyType(
+    {"cosine": log_snr_cosine, "linear": log_snr_linear}
+)
+
+
+def get_log_snr_fn(name: str) -> LogSNRFn:
+    """Look up a schedule by name.
+
+    Args:
+        name: one of ``"cosine"``, ``"linear"``.
+
+    Returns:
+        A function mapping times ``t`` (any shape) to log-SNR (same shape).
+
+    Raises:
+        ValueError: if ``name`` is not a known schedule (the message lists the valid names).
+    """
+    check_choice("noise schedule", name, get_args(ScheduleName))
+    return _SCHEDULES[name]
+
+
+def alpha_sigma(log_snr: Tensor) -> tuple[Tensor, Tensor]:
+    """Signal and noise scales of the variance-preserving process.
+
+    Args:
+        log_snr: log-SNR, any shape.
+
+    Returns:
+        ``(alpha, sigma)``, each the shape of ``log_snr``:
+        ``alpha = sqrt(sigmoid(log_snr))``, ``sigma = sqrt(sigmoid(-log_snr))``.
+    """
+    return torch.sigmoid(log_snr).sqrt(), torch.sigmoid(-log_snr).sqrt()
