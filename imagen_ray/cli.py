@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p, "run config (configs/*/base.yaml) or cascade config (cascade.yaml)")
     p.set_defaults(func=cmd_config)
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="print every config key with its type, default and meaning (Markdown) instead",
+    )
+    for action in p._actions:  # --config is not needed with --reference
+        if action.dest == "config":
+            action.required = False
 
     p = sub.add_parser(
         "params",
@@ -126,8 +134,13 @@ def _version() -> str:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from imagen_ray.config import load_any_config, to_yaml
+    from imagen_ray.config import config_reference_markdown, load_any_config, to_yaml
 
+    if args.reference:
+        print(config_reference_markdown(), end="")
+        return 0
+    if not args.config:
+        raise ValueError("pass --config YAML (or --reference for the list of keys)")
     print(to_yaml(load_any_config(args.config, args.overrides)), end="")
     return 0
 

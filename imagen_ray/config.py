@@ -51,7 +51,9 @@ class TextEncoderConfig(Strict):
     directory holding a model and its tokenizer.
     """
 
-    name: str = "minilm"
+    name: str = Field(
+        "minilm", description="`minilm` (offline default), a hub id, or a local model directory"
+    )
     max_length: int = Field(64, ge=1, le=4096, description="tokens per prompt (pad/truncate)")
     dtype: TextDType = Field("float32", description="weights dtype; float16 needs a GPU")
     dim: int | None = Field(
@@ -70,8 +72,8 @@ class LevelConfig(Strict):
 
     mult: int = Field(ge=1, description="channels = unet.channels * mult")
     res_blocks: int = Field(ge=1, description="residual blocks in the down path")
-    self_attn: bool = False
-    cross_attn: bool = False
+    self_attn: bool = Field(False, description="self-attention at this level")
+    cross_attn: bool = Field(False, description="cross-attention to the text tokens")
     attn_every_block: bool = Field(
         False,
         description="attention after every residual block (the DDPM/ADM layout of Imagen's "
@@ -103,7 +105,7 @@ class UNetConfig(Strict):
         2, ge=0, description="residual blocks in the middle (0: Efficient U-Net, no middle)"
     )
     mid_attn: bool = Field(True, description="self + cross attention in the middle block")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout in residual blocks")
     groups: int = Field(8, ge=1, description="GroupNorm groups")
     skip_scale: float = Field(
         0.7071067811865476, gt=0.0, description="Efficient U-Net scales skips by 1/sqrt(2)"
@@ -157,10 +159,10 @@ ThresholdMode = Literal["none", "static", "dynamic"]
 class DiffusionConfig(Strict):
     """The training side of the continuous-time Gaussian diffusion."""
 
-    schedule: Schedule = "cosine"
-    objective: Objective = "v"
-    loss_weighting: LossWeighting = "none"
-    min_snr_gamma: float = Field(5.0, gt=0.0)
+    schedule: Schedule = Field("cosine", description="log-SNR noise schedule")
+    objective: Objective = Field("v", description="what the U-Net predicts")
+    loss_weighting: LossWeighting = Field("none", description="per-timestep loss weight")
+    min_snr_gamma: float = Field(5.0, gt=0.0, description="gamma of min-SNR weighting")
     text_drop_prob: float = Field(
         0.1, ge=0.0, le=1.0, description="classifier-free guidance: drop text this often"
     )
@@ -169,10 +171,12 @@ class DiffusionConfig(Strict):
 class SamplingConfig(Strict):
     """Sampling defaults of a stage; every field can be overridden per request."""
 
-    sampler: SamplerName = "dpmpp_2m"
-    steps: int = Field(32, ge=1, le=1000)
-    guidance_scale: float = Field(5.0, ge=0.0, le=50.0)
-    threshold: ThresholdMode = "dynamic"
+    sampler: SamplerName = Field("dpmpp_2m", description="sampling algorithm")
+    steps: int = Field(32, ge=1, le=1000, description="sampler steps")
+    guidance_scale: float = Field(
+        5.0, ge=0.0, le=50.0, description="classifier-free guidance weight (1 = off)"
+    )
+    threshold: ThresholdMode = Field("dynamic", description="x0 thresholding at each step")
     percentile: float = Field(0.995, gt=0.0, le=1.0, description="dynamic thresholding p")
     eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM stochasticity")
     aug_level: float = Field(
@@ -191,7 +195,9 @@ class NoiseAugConfig(Strict):
 class StageConfig(Strict):
     """One stage of the cascade: a base stage when ``lowres_size`` is null, else SR."""
 
-    name: str = Field("base", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(
+        "base", pattern=r"^[A-Za-z0-9_.-]+$", description="stage name (directory name on export)"
+    )
     size: int = Field(64, ge=8, le=4096, description="output resolution (pixels)")
     lowres_size: int | None = Field(None, ge=4, description="SR stages: input resolution")
     unet: UNetConfig = Field(default_factory=UNetConfig)
@@ -225,24 +231,24 @@ class StageConfig(Strict):
 
 class DataConfig(Strict):
     shards: str = Field("", description="webdataset shard path/glob/URI (empty: synthetic)")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="examples per training batch")
 
 
 class TrainConfig(Strict):
-    steps: int = Field(100, ge=1)
-    lr: float = Field(1e-4, gt=0.0)
-    seed: int = 0
+    steps: int = Field(100, ge=1, description="optimizer steps")
+    lr: float = Field(1e-4, gt=0.0, description="peak learning rate")
+    seed: int = Field(0, description="seed of weights, noise and data order")
 
 
 class ServeConfig(Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="HTTP bind address")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port")
 
 
 class RunConfig(Strict):
     """One training run = one cascade stage (``imagen-ray train --config base.yaml``)."""
 
-    version: int = CONFIG_FORMAT_VERSION
+    version: int = Field(CONFIG_FORMAT_VERSION, description="config format version")
     text: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
     stage: StageConfig = Field(default_factory=StageConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -458,3 +464,37 @@ def load_any_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfi
 def to_yaml(cfg: BaseModel) -> str:
     """The resolved config as YAML (tuples written as lists)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    """Markdown table rows (key, type, default, meaning) for every field, recursively."""
+    rows: list[str] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        sub = _submodel(field.annotation)
+        if sub is not None and sub is not LevelConfig:
+            rows += config_reference(sub, f"{key}.")
+            continue
+        if sub is LevelConfig:
+            rows.append(f"| `{key}` | list of levels | see `configs/` | one entry per resolution |")
+            rows += config_reference(LevelConfig, f"{key}[i].")
+            continue
+        typ = _type_name(field.annotation)
+        default = "required" if field.is_required() else f"`{field.get_default()!r}`"
+        rows.append(f"| `{key}` | {typ} | {default} | {field.description or ''} |")
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    args = getattr(annotation, "__args__", None)
+    if getattr(annotation, "__origin__", None) is Literal and args:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if args:
+        return " \\| ".join(_type_name(a) for a in args)
+    return getattr(annotation, "__name__", str(annotation)).replace("NoneType", "null")
+
+
+def config_reference_markdown() -> str:
+    """The reference of a run config (per-stage file) as a Markdown table."""
+    head = "| key | type | default | meaning |\n|---|---|---|---|\n"
+    return head + "\n".join(config_reference()) + "\n"
