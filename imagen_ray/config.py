@@ -229,9 +229,40 @@ class StageConfig(Strict):
 # Filled in by the data, training and serving issues; validated like everything else.
 
 
+Crop = Literal["center", "random"]
+
+
 class DataConfig(Strict):
-    shards: str = Field("", description="webdataset shard path/glob/URI (empty: synthetic)")
-    batch_size: int = Field(8, ge=1, description="examples per training batch")
+    """The Ray Data pipeline: webdataset shards -> filtered, resized images + text embeddings."""
+
+    shards: str | tuple[str, ...] = Field(
+        "",
+        description="shard directory, glob (`data/shard-*.tar`), brace pattern, URI "
+        "(s3://, gs://) or a list of them",
+    )
+    batch_size: int = Field(8, ge=1, description="examples per training batch (per worker)")
+    image_keys: tuple[str, ...] = Field(
+        ("jpg", "jpeg", "png", "webp"), min_length=1, description="image extensions, first wins"
+    )
+    min_size: int = Field(0, ge=0, description="drop images whose short side is smaller")
+    max_aspect: float = Field(3.0, ge=1.0, description="drop images with long/short side above")
+    caption_min_chars: int = Field(1, ge=0, description="drop shorter captions")
+    caption_max_chars: int = Field(2000, ge=1, description="drop longer captions")
+    crop: Crop = Field("center", description="square crop after the short-side resize")
+    precomputed: bool | None = Field(
+        None,
+        description="read text embeddings stored in the shards (`imagen-ray data encode`); "
+        "null: use them when the shards have them",
+    )
+    encoder_concurrency: int = Field(1, ge=1, description="text-encoder actors")
+    encoder_batch_size: int = Field(64, ge=1, description="prompts per encoder call")
+    encoder_num_cpus: float = Field(0.5, ge=0.0, description="CPUs per encoder actor")
+    encoder_num_gpus: float = Field(0.0, ge=0.0, description="GPUs per encoder actor (0.25 ok)")
+    read_num_cpus: float = Field(0.25, gt=0.0, description="CPUs per read task")
+    map_num_cpus: float = Field(0.25, gt=0.0, description="CPUs per decode/resize task")
+    shuffle_buffer: int = Field(0, ge=0, description="local shuffle buffer (rows) per worker")
+    prefetch_batches: int = Field(2, ge=0, description="batches prefetched by each worker")
+    seed: int = Field(0, description="seed of random crops and shuffling")
 
 
 class TrainConfig(Strict):
