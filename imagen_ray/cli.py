@@ -22,6 +22,8 @@ examples:
   imagen-ray init --config configs/tiny/cascade.yaml --out runs/tiny-random
   imagen-ray sample --cascade runs/tiny-random --prompt "a red circle on the left" \\
       --sampling base.steps=8 --out outputs/sample
+  imagen-ray data synthetic --out data/synthetic --num-samples 2000 --size 64
+  imagen-ray data shards --from-folder photos/ --out data/photos
 """
 
 
@@ -118,6 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser(
+        "data",
+        help="write webdataset shards (real or synthetic), precompute embeddings, preview",
+        description="Data commands: `shards` from a folder or table, `synthetic` for the "
+        "built-in caption->image set, `encode` to precompute text embeddings, `preview` to "
+        "look at what the Ray Data pipeline feeds a stage.",
+    )
+    data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    from imagen_ray.data import cli_shards
+
+    cli_shards.register(data_sub)
+    try:
+        from imagen_ray.data import cli_pipeline
+    except ImportError:  # pragma: no cover - the pipeline commands need ray[data]
+        cli_pipeline = None
+    if cli_pipeline is not None:
+        cli_pipeline.register(data_sub)
     return parser
 
 

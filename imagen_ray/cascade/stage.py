@@ -111,6 +111,18 @@ class Stage(nn.Module):
             pred.float(), x0, eps, log_snr, d.objective, d.loss_weighting, d.min_snr_gamma
         )
 
+    def forward(
+        self,
+        x0: Tensor,
+        text_emb: Tensor,
+        text_mask: Tensor,
+        lowres: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The training loss (what DeepSpeed's engine calls): see :meth:`loss`."""
+        return self.loss(x0, text_emb, text_mask, lowres, generator=generator)
+
     # ------------------------------------------------------------------ sampling
 
     @torch.no_grad()

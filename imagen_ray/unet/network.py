@@ -146,13 +146,12 @@ class EfficientUNet(nn.Module):
         drop = ~mask.any(dim=1)  # a row with no tokens is treated as unconditional
         if drop_text is not None:
             drop = drop | drop_text.bool()
-        if drop.any():
-            null_tokens = torch.zeros_like(tokens)
-            null_tokens[:, 0] = self.null_token.to(tokens.dtype)
-            null_mask = torch.zeros_like(mask)
-            null_mask[:, 0] = True
-            tokens = torch.where(drop[:, None, None], null_tokens, tokens)
-            mask = torch.where(drop[:, None], null_mask, mask)
+        # Unconditionally (not only when some row drops): the null token must be in every
+        # graph, or data-parallel ranks reduce different sets of gradients.
+        first = torch.arange(tokens.shape[1], device=tokens.device) == 0  # (L,)
+        null_tokens = first[None, :, None] * self.null_token.to(tokens.dtype)  # (1, L, C)
+        tokens = torch.where(drop[:, None, None], null_tokens, tokens)
+        mask = torch.where(drop[:, None], first[None, :], mask)
         pooled = self.pool_proj(self.text_pool(tokens, mask))  # (B, cond_dim)
         return tokens, mask, pooled
 

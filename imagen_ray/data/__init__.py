@@ -1,0 +1,68 @@
+"""Data: webdataset shards from folders, tables and the synthetic shapes set.
+
+Names are re-exported lazily so that ``import imagen_ray.data`` stays light (no webdataset,
+torch or ray): each submodule is imported on first attribute access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imagen_ray.data.shards import (
+        ShardSample,
+        ShardWriteSummary,
+        SkippedItem,
+        read_summary,
+        write_folder_shards,
+        write_shards,
+        write_table_shards,
+    )
+    from imagen_ray.data.synthetic import (
+        ATTRIBUTES,
+        SyntheticSpec,
+        heldout_prompts,
+        render_sample,
+        write_synthetic,
+    )
+
+_LAZY = MappingProxyType(
+    {
+        "ShardSample": "shards",
+        "ShardWriteSummary": "shards",
+        "SkippedItem": "shards",
+        "read_summary": "shards",
+        "write_folder_shards": "shards",
+        "write_shards": "shards",
+        "write_table_shards": "shards",
+        "ATTRIBUTES": "synthetic",
+        "SyntheticSpec": "synthetic",
+        "heldout_prompts": "synthetic",
+        "render_sample": "synthetic",
+        "write_synthetic": "synthetic",
+    }
+)
+
+__all__ = [
+    "ATTRIBUTES",
+    "ShardSample",
+    "ShardWriteSummary",
+    "SkippedItem",
+    "SyntheticSpec",
+    "heldout_prompts",
+    "read_summary",
+    "render_sample",
+    "write_folder_shards",
+    "write_shards",
+    "write_synthetic",
+    "write_table_shards",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imagen_ray.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"imagen_ray.data.{module}"), name)

@@ -1,0 +1,1 @@
+"""Training: one Ray Train + DeepSpeed run per cascade stage."""

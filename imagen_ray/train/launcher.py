@@ -1,0 +1,121 @@
+"""Launch one Ray Train run per cascade stage: ``imagen-ray train``, ``python -m imagen_ray.train``.
+
+Connects to the cluster in ``RAY_ADDRESS`` or starts a local one, checks the config against
+the cluster before any worker starts, and hands the typed config to the workers as a dict.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from imagen_ray.config import RunConfig
+
+
+class LaunchError(ValueError):
+    """The run cannot start on this cluster; the message says what to change."""
+
+
+def check_resources(cfg: RunConfig, resources: dict[str, float]) -> None:
+    """Fail before any worker starts when the cluster cannot host the run."""
+    t = cfg.train
+    gpus = resources.get("GPU", 0.0)
+    if t.use_gpu and gpus < t.num_workers:
+        raise LaunchError(
+            f"train.use_gpu=true with train.num_workers={t.num_workers} needs "
+            f"{t.num_workers} GPUs, but the Ray cluster has {gpus:g}; set train.use_gpu=false "
+            "or add GPU nodes"
+        )
+    cpus = resources.get("CPU", 0.0)
+    need = t.num_workers * t.cpus_per_worker
+    if need > cpus:
+        raise LaunchError(
+            f"{t.num_workers} workers x {t.cpus_per_worker:g} CPUs = {need:g} CPUs, but the "
+            f"Ray cluster has {cpus:g}; lower train.num_workers or train.cpus_per_worker"
+        )
+
+
+def run_dir(cfg: RunConfig) -> str:
+    """Absolute run directory (local storage) or URI of the run."""
+    name = cfg.train.name or cfg.stage.name
+    root = cfg.train.storage_path
+    if "://" in root:
+        return f"{root.rstrip('/')}/{name}"
+    return str(Path(root).expanduser().resolve() / name)
+
+
+def build_trainer(
+    cfg: RunConfig,
+    *,
+    data: str = "ray",
+    resume_from: str | None = None,
+    faults: dict[str, Any] | None = None,
+    text_dim: int | None = None,
+    exact_resume: bool = True,
+) -> Any:
+    """A ``TorchTrainer`` for one stage (``data="memory"`` trains on seeded random tensors)."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from imagen_ray.train.loop import train_loop_per_worker
+
+    check_resources(cfg, ray.cluster_resources())
+    if text_dim is None:
+        from imagen_ray.text import text_dim as resolve_dim
+
+        text_dim = resolve_dim(cfg.text)
+    datasets = {}
+    stats = None
+    if data == "ray":
+        from imagen_ray.data.pipeline import build_dataset
+
+        ds, stats = build_dataset(cfg)
+        datasets = {"train": ds}
+    name = cfg.train.name or cfg.stage.name
+    storage = cfg.train.storage_path
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    if not cfg.train.use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"  # CPU workers on a GPU box: DeepSpeed's CPU backend
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "run": cfg.model_dump(mode="json"),
+            "text_dim": text_dim,
+            "data": data,
+            "resume_from": resume_from,
+            "faults": faults or {},
+            "stats": stats,
+            "run_dir": run_dir(cfg),
+            "exact_resume": exact_resume,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        # Train V2's RunConfig takes worker_runtime_env; mypy sees the V1 class.
+        run_config=ray.train.RunConfig(  # type: ignore[call-arg]
+            name=name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            worker_runtime_env={"env_vars": env},
+        ),
+        datasets=datasets or None,
+    )
+
+
+_FORWARDED_ENV = (
+    "WANDB_MODE",
+    "WANDB_DIR",
+    "WANDB_API_KEY",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_HOME",
+    "TORCH_EXTENSIONS_DIR",
+    "TOKENIZERS_PARALLELISM",
+)

@@ -1,0 +1,374 @@
+"""``train_loop_per_worker``: one stage, one DeepSpeed engine per Ray Train worker.
+
+Reads top to bottom: rebuild the typed config, build the stage and the DeepSpeed engine,
+resume, then loop (batch -> loss -> backward -> step -> EMA -> report/checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from imagen_ray.cascade import Stage
+from imagen_ray.config import RunConfig
+from imagen_ray.train import checkpoint as ckpt_io
+from imagen_ray.train.deepspeed_config import build_deepspeed_config
+from imagen_ray.train.ema import EMA
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss was NaN/inf for ``train.nan_patience`` steps in a row."""
+
+
+@dataclass
+class RunState:
+    """What a checkpoint stores besides weights: counters and the W&B run id."""
+
+    step: int = 0
+    samples: int = 0
+    micro_batches: int = 0
+    nonfinite_skipped: int = 0
+    wandb_run_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _batches_from_shard(data_cfg: Any) -> Iterator[dict[str, Tensor]]:
+    """Endless stream of collated batches from this worker's Ray Data shard."""
+    import ray.train
+
+    from imagen_ray.data.pipeline import iter_training_batches
+
+    shard = ray.train.get_dataset_shard("train")
+    while True:  # one pass of the stream is one epoch
+        yield from iter_training_batches(shard, data_cfg)
+
+
+def _in_memory_batches(
+    cfg: RunConfig, text_dim: int, rank: int, num: int = 4
+) -> Iterator[dict[str, Tensor]]:
+    """A fixed cycle of seeded random batches (benchmarks and loop tests; no data pipeline)."""
+    g = torch.Generator().manual_seed(cfg.train.seed * 7919 + rank)
+    b, s, L = cfg.data.batch_size, cfg.stage.size, cfg.text.max_length
+    batches = []
+    for _ in range(num):
+        x = torch.rand(b, 3, s, s, generator=g) * 2 - 1
+        batch = {
+            "image": x,
+            "emb": torch.randn(b, L, text_dim, generator=g),
+            "mask": torch.arange(L)[None].expand(b, L) < L // 2,
+        }
+        if cfg.stage.lowres_size:
+            batch["lowres"] = torch.nn.functional.interpolate(
+                x, size=cfg.stage.lowres_size, mode="bilinear", antialias=True
+            )
+        batches.append(batch)
+    while True:
+        yield from batches
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point for one stage.
+
+    Args:
+        config: ``{"run": RunConfig.model_dump(), "text_dim": int, "data": "ray" |
+            "memory", "resume_from": path | None, "faults": {...} (tests only)}``.
+    """
+    import deepspeed
+    import ray.train
+    import ray.train.torch
+
+    cfg = RunConfig.model_validate(config["run"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    faults = config.get("faults") or {}
+
+    # ---------------------------------------------------------------- build
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    stage = Stage(cfg.stage, text_dim=int(config["text_dim"]))
+    ds_config = build_deepspeed_config(cfg.train, cfg.data, world_size=world)
+    client_opt = None
+    if cfg.train.optimizer == "adafactor":
+        client_opt = torch.optim.Adafactor(
+            stage.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+    engine, _, _, _ = deepspeed.initialize(
+        model=stage,
+        model_parameters=[p for p in stage.parameters() if p.requires_grad],
+        optimizer=client_opt,
+        config=ds_config,
+    )
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        cfg.train.resolved_precision, torch.float32
+    )
+    ema = EMA(engine.module, cfg.train.ema_decay, cfg.train.ema_warmup_steps)
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1_000_003 + rank)
+    state = RunState()
+
+    # ---------------------------------------------------------------- resume
+    resume = ray.train.get_checkpoint()
+    if resume is not None:
+        with resume.as_directory() as d:
+            _restore(Path(d), engine, ema, gen, state, rank)
+    elif config.get("resume_from"):
+        _restore(Path(config["resume_from"]), engine, ema, gen, state, rank)
+
+    is_main = rank == 0
+    wandb_run = None
+    if is_main:
+        from imagen_ray.train.tracking import start_wandb
+
+        wandb_run = start_wandb(cfg, config.get("run_dir"), state.wandb_run_id)
+        state.wandb_run_id = wandb_run.id if wandb_run is not None else None
+
+    batches = (
+        _in_memory_batches(cfg, int(config["text_dim"]), rank)
+        if config.get("data", "ray") == "memory"
+        else _batches_from_shard(cfg.data)
+    )
+    # Data position: Ray Data streams restart at the start of the dataset on a new attempt;
+    # with deterministic order (data "memory", or a dataset with preserve_order) skipping the
+    # micro batches already consumed resumes at the exact position.
+    for _ in range(state.micro_batches if config.get("exact_resume", True) else 0):
+        next(batches)
+
+    # ---------------------------------------------------------------- loop
+    stats = config.get("stats")
+    nan_streak = 0
+    window = _Window()
+    t_start = time.perf_counter()
+    while state.step < cfg.train.steps:
+        t0 = time.perf_counter()
+        batch = next(batches)
+        t_data = time.perf_counter() - t0
+        x0 = batch["image"].to(device, dtype)
+        emb = batch["emb"].to(device, dtype)
+        mask = batch["mask"].to(device)
+        lowres = batch["lowres"].to(device, dtype) if "lowres" in batch else None
+
+        loss = engine(x0, emb, mask, lowres, generator=gen).float().mean()
+        if state.step + 1 in faults.get("nan_at_steps", ()):
+            loss = loss * float("nan")
+        finite = _all_ranks_finite(loss, device)
+        state.micro_batches += 1
+        if not finite:
+            nan_streak += 1
+            state.nonfinite_skipped += 1
+            engine.zero_grad()
+            if nan_streak >= cfg.train.nan_patience:
+                raise NonFiniteLoss(
+                    f"the loss was non-finite for {nan_streak} micro batches in a row, the "
+                    f"last at step {state.step + 1}; training stopped. The last good "
+                    "checkpoint is kept: lower train.lr, raise train.warmup_steps or check "
+                    "the data, then rerun with the same name to resume from it."
+                )
+            continue
+        nan_streak = 0
+        boundary = engine.is_gradient_accumulation_boundary()
+        engine.backward(loss)
+        engine.step()
+        window.add(loss.item(), x0.shape[0], t_data, time.perf_counter() - t0)
+        if not boundary:
+            continue
+        ema.update()
+        state.step += 1
+        state.samples += x0.shape[0] * world * cfg.train.grad_accum
+
+        kill = faults.get("kill")
+        if kill and rank == kill["rank"] and state.step == kill["step"]:
+            marker = Path(kill["marker"])
+            if not marker.exists():  # only on the first attempt
+                marker.write_text(str(os.getpid()))
+                os.kill(os.getpid(), 9)
+
+        last = state.step == cfg.train.steps
+        due_log = state.step % cfg.train.log_every == 0 or last
+        due_ckpt = state.step % cfg.train.checkpoint_every == 0 or last
+        if not (due_log or due_ckpt):
+            continue
+        metrics = window.metrics(engine, device, world)
+        metrics.update(
+            step=state.step,
+            samples=state.samples,
+            nonfinite_skipped=state.nonfinite_skipped,
+            elapsed_s=round(time.perf_counter() - t_start, 2),
+        )
+        if stats is not None and is_main:
+            metrics.update({f"data/{k}": v for k, v in _stats(stats).items()})
+        if is_main:
+            _print_progress(cfg, state.step, metrics, t_start)
+            if wandb_run is not None:
+                wandb_run.log(metrics, step=state.step)
+        if cfg.train.sample_every and state.step % cfg.train.sample_every == 0:
+            _log_samples(
+                cfg,
+                engine.module,
+                ema,
+                batch,
+                state.step,
+                wandb_run,
+                is_main,
+                config.get("run_dir"),
+            )
+        if due_ckpt:
+            with tempfile.TemporaryDirectory(prefix="imagen-ray-ckpt-") as tmp:
+                _save(Path(tmp), engine, ema, gen, state, cfg, config, rank, world)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+        window = _Window()
+    if wandb_run is not None:
+        wandb_run.finish()
+
+
+# -------------------------------------------------------------------- helpers
+
+
+class _Window:
+    """Accumulates loss and timings between two reports."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.examples = 0
+        self.data_s = 0.0
+        self.total_s = 0.0
+
+    def add(self, loss: float, examples: int, data_s: float, total_s: float) -> None:
+        self.losses.append(loss)
+        self.examples += examples
+        self.data_s += data_s
+        self.total_s += total_s
+
+    def metrics(self, engine: Any, device: torch.device, world: int) -> dict[str, Any]:
+        local = torch.tensor(
+            [sum(self.losses), len(self.losses)], dtype=torch.float64, device=device
+        )
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(local)
+        loss = (local[0] / local[1].clamp(min=1)).item()
+        gnorm = engine.get_global_grad_norm()
+        return {
+            "loss": loss,
+            "lr": float(engine.get_lr()[0]),
+            "grad_norm": float(gnorm) if gnorm is not None else float("nan"),
+            "samples_per_s": world * self.examples / max(self.total_s, 1e-9),
+            "data_wait_frac": self.data_s / max(self.total_s, 1e-9),
+            "max_rss_gb": _rss_gb(),
+        }
+
+
+def _rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def _all_ranks_finite(loss: Tensor, device: torch.device) -> bool:
+    """Every rank skips the step when any rank's loss is NaN/inf (they must stay in step)."""
+    flag = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flag)
+    return flag.item() == 0.0
+
+
+def _stats(handle: Any) -> dict[str, int]:
+    import ray
+
+    out: dict[str, int] = ray.get(handle.get.remote())
+    return out
+
+
+def _print_progress(cfg: RunConfig, step: int, m: dict[str, Any], t_start: float) -> None:
+    elapsed = time.perf_counter() - t_start
+    eta = elapsed / max(step, 1) * (cfg.train.steps - step)
+    print(
+        f"[{cfg.stage.name}] step {step}/{cfg.train.steps}  loss {m['loss']:.4f}  "
+        f"lr {m['lr']:.2e}  gnorm {m['grad_norm']:.3f}  {m['samples_per_s']:.1f} samples/s  "
+        f"data-wait {100 * m['data_wait_frac']:.0f}%  eta {_hms(eta)}",
+        flush=True,
+    )
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _save(
+    d: Path,
+    engine: Any,
+    ema: EMA,
+    gen: torch.Generator,
+    state: RunState,
+    cfg: RunConfig,
+    config: dict[str, Any],
+    rank: int,
+    world: int,
+) -> None:
+    """Write this rank's part of a checkpoint; the complete marker goes last."""
+    engine.save_checkpoint(str(d), tag=ckpt_io.DS_TAG)
+    ckpt_io.save_rank_files(
+        d,
+        rank=rank,
+        ema_state=ema.state_dict(),
+        state={**state.__dict__},
+        rng={"generator": gen.get_state(), "torch": torch.get_rng_state()},
+    )
+    if rank == 0:
+        ckpt_io.write_config(
+            d,
+            cfg.model_dump(mode="json"),
+            text_dim=int(config["text_dim"]),
+            world_size=world,
+            zero_stage=cfg.train.zero_stage,
+            step=state.step,
+        )
+    ckpt_io.mark_complete(d, rank)
+
+
+def _restore(
+    d: Path, engine: Any, ema: EMA, gen: torch.Generator, state: RunState, rank: int
+) -> None:
+    """Resume weights, optimizer, LR schedule (DeepSpeed), EMA, counters and RNG."""
+    meta = ckpt_io.read_config(d)
+    engine.load_checkpoint(str(d), tag=ckpt_io.DS_TAG)
+    ema.load_state_dict(ckpt_io.load_ema_state(d, rank))
+    saved, rng = ckpt_io.load_rank_state(d, rank)
+    for k, v in saved.items():
+        setattr(state, k, v)
+    gen.set_state(rng["generator"])
+    torch.set_rng_state(rng["torch"])
+    if rank == 0:
+        print(f"resumed from {d} at step {meta['step']}", flush=True)
+
+
+def _log_samples(
+    cfg: RunConfig,
+    module: Any,
+    ema: EMA,
+    batch: dict[str, Tensor],
+    step: int,
+    wandb_run: Any,
+    is_main: bool,
+    run_dir: str | None,
+) -> None:
+    """A sample grid with the EMA weights (every rank joins the ZeRO-3 gather)."""
+    weights = ema.full_state_dict()
+    if not is_main:
+        return
+    from imagen_ray.train.tracking import log_sample_grid
+
+    log_sample_grid(cfg, weights, batch, step, wandb_run, text_dim=module.text_dim, run_dir=run_dir)
