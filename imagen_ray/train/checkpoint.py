@@ -102,3 +102,25 @@ def load_ema_state(ckpt_dir: Path, rank: int) -> dict[str, Any]:
         "tensors": load_file(str(ckpt_dir / "ema" / f"{_rank(rank)}.safetensors")),
         "meta": json.loads((ckpt_dir / "ema" / f"{_rank(rank)}.json").read_text()),
     }
+
+
+def latest_checkpoint(path: str | Path) -> Path:
+    """``path`` itself if it is a checkpoint, else the complete checkpoint with the highest
+    step among the run directory's ``checkpoint_*`` subdirectories."""
+    p = Path(path)
+    if (p / CONFIG).is_file():
+        return p
+    found = []
+    for d in p.glob("checkpoint_*"):
+        if not d.is_dir():
+            continue
+        try:
+            found.append((int(read_config(d)["step"]), d))
+        except (IncompleteCheckpoint, KeyError, ValueError):
+            continue
+    if not found:
+        raise IncompleteCheckpoint(
+            f"no complete imagen-ray checkpoint in {p} (expected a checkpoint_* directory, or "
+            "a run directory runs/<name> containing them)"
+        )
+    return max(found)[1]

@@ -66,7 +66,7 @@ def build_trainer(
         from imagen_ray.text import text_dim as resolve_dim
 
         text_dim = resolve_dim(cfg.text)
-    datasets = {}
+    datasets: dict[str, Any] = {}
     stats = None
     if data == "ray":
         from imagen_ray.data.pipeline import build_dataset

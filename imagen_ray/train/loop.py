@@ -199,7 +199,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = window.metrics(engine, device, world)
         metrics.update(
             step=state.step,
-            samples=state.samples,
+            samples_seen=state.samples,
             nonfinite_skipped=state.nonfinite_skipped,
             elapsed_s=round(time.perf_counter() - t_start, 2),
         )

@@ -77,7 +77,7 @@ def log_sample_grid(
     from imagen_ray.images import grid, save_image, to_pil
 
     stage = Stage(cfg.stage, text_dim=text_dim)
-    stage.unet.load_state_dict(weights)
+    stage.load_state_dict(weights)  # EMA names are the Stage's ("unet.*")
     stage.eval()
     gens = [torch.Generator().manual_seed(i) for i in range(count)]
     if cfg.stage.is_sr:
@@ -106,7 +106,7 @@ def log_sample_grid(
     if wandb_run is not None:
         import wandb
 
-        wandb_run.log({"samples": wandb.Image(image, caption=" / ".join(captions))}, step=step)
+        wandb_run.log({"sample_grid": wandb.Image(image, caption=" / ".join(captions))}, step=step)
     return path
 
 

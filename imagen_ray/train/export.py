@@ -1,0 +1,50 @@
+"""Consolidate a (sharded) training checkpoint into the cascade's stage format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from imagen_ray.cascade import Stage, save_stage
+from imagen_ray.config import RunConfig
+from imagen_ray.train import checkpoint as ckpt_io
+from imagen_ray.train.ema import consolidate_partitions
+
+
+def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, *, weights: str = "ema") -> Path:
+    """Write ``config.json`` + ``model.safetensors`` for the stage trained in ``ckpt_dir``.
+
+    Args:
+        ckpt_dir: a ``checkpoint_*`` directory, or a run directory (its latest complete
+            checkpoint is used).
+        out_dir: the stage directory to write (atomically).
+        weights: ``ema`` (default: the EMA weights, read from safetensors, no process group
+            needed) or ``model`` (the raw weights, consolidated from DeepSpeed's ZeRO files
+            with ``zero_to_fp32``; these are torch pickles written by the run itself).
+
+    Returns:
+        The stage directory, loadable with ``Cascade.load([...])`` / ``load_stage``.
+    """
+    d = ckpt_io.latest_checkpoint(ckpt_dir)
+    meta = ckpt_io.read_config(d)
+    cfg = RunConfig.model_validate(meta["run"])
+    world = int(meta["world_size"])
+    if weights == "ema":
+        state = consolidate_partitions([ckpt_io.load_ema_state(d, r) for r in range(world)])
+    elif weights == "model":
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(d), tag=ckpt_io.DS_TAG)
+        state = {k.removeprefix("unet."): v for k, v in state.items()}
+    else:
+        raise ValueError(f"weights={weights!r}: choose 'ema' or 'model'")
+    with torch.device("meta"):
+        stage = Stage(cfg.stage, text_dim=int(meta["text_dim"]))
+    return save_stage(
+        stage,
+        cfg.text,
+        out_dir,
+        state_dict={k.removeprefix("unet."): v for k, v in state.items()},
+        extra={"step": meta["step"], "weights": weights, "checkpoint": str(d)},
+    )
