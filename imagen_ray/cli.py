@@ -24,11 +24,13 @@ examples:
       --sampling base.steps=8 --out outputs/sample
   imagen-ray data synthetic --out data/synthetic --num-samples 2000 --size 64
   imagen-ray data shards --from-folder photos/ --out data/photos
+  imagen-ray train --config configs/tiny/base.yaml --set data.shards=data/synthetic
+  imagen-ray export --checkpoint runs/base --out runs/export/base
 """
 
 
-def _add_config_args(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--config", "-c", required=True, metavar="YAML", help=what)
+def add_overrides_argument(p: argparse.ArgumentParser) -> None:
+    """The ``--set KEY=VALUE`` flag every config-reading command shares."""
     p.add_argument(
         "--set",
         dest="overrides",
@@ -38,6 +40,11 @@ def _add_config_args(p: argparse.ArgumentParser, what: str) -> None:
         help="override a config value by dotted path, value read as YAML "
         "(repeatable): --set stage.unet.channels=64 --set train.lr=1e-4",
     )
+
+
+def _add_config_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--config", "-c", required=True, metavar="YAML", help=what)
+    add_overrides_argument(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_sample)
 
+    from imagen_ray.train import cli as train_cli
+
+    train_cli.register(sub)
+
     p = sub.add_parser(
         "data",
         help="write webdataset shards (real or synthetic), precompute embeddings, preview",
@@ -132,12 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     from imagen_ray.data import cli_shards
 
     cli_shards.register(data_sub)
-    try:
-        from imagen_ray.data import cli_pipeline
-    except ImportError:  # pragma: no cover - the pipeline commands need ray[data]
-        cli_pipeline = None
-    if cli_pipeline is not None:
-        cli_pipeline.register(data_sub)
+    from imagen_ray.data import cli_pipeline
+
+    cli_pipeline.register(data_sub)
     return parser
 
 

@@ -207,3 +207,40 @@ def test_invalid_configs_fail_before_any_worker_starts(ray_cluster, tmp_path: Pa
         fit(tiny_cfg(tmp_path, "bad", "train.use_gpu=true"))
     with pytest.raises(LaunchError, match="CPUs"):
         fit(tiny_cfg(tmp_path, "bad", "train.num_workers=8"))
+
+
+def test_cli_trains_two_stages_at_once_exports_and_samples(
+    ray_cluster, tmp_path: Path, capsys
+) -> None:
+    """`imagen-ray train` with two --config files runs both stages concurrently (each its
+    own Ray Train run), then `export` + `sample` chain the two exported stages."""
+    from imagen_ray.cli import main
+
+    common = [
+        "--set", "stage.unet.channels=16", "--set", "stage.unet.head_dim=16",
+        "--set", "text.max_length=8", "--set", "data.batch_size=2",
+        "--set", "train.steps=4", "--set", "train.log_every=2",
+        "--set", "train.checkpoint_every=4", "--set", "train.max_failures=0",
+        "--set", "train.num_workers=1", "--set", f"train.storage_path={tmp_path}",
+    ]  # fmt: skip
+    args = ["train", "-c", str(ROOT / "configs/tiny/base.yaml")]
+    args += ["-c", str(ROOT / "configs/tiny/sr64.yaml"), "--data", "memory", *common]
+    assert main(args) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [r["stage"] for r in lines] == ["base", "sr64"]
+    assert all(r["metrics"]["step"] == 4 for r in lines)
+    for stage in ("base", "sr64"):
+        out = [
+            "export",
+            "--checkpoint",
+            str(tmp_path / stage),
+            "--out",
+            str(tmp_path / "x" / stage),
+        ]
+        assert main(out) == 0
+    sample = ["sample", "--cascade", str(tmp_path / "x/base"), str(tmp_path / "x/sr64")]
+    sample += ["-p", "a red circle", "--sampling", "base.steps=2", "--sampling", "sr64.steps=1"]
+    assert main([*sample, "--out", str(tmp_path / "img"), "--no-progress"]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "img" / "0000.png").size == (64, 64)

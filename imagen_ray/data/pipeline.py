@@ -1,0 +1,779 @@
+"""The streaming training-data pipeline, as a Ray Data chain of small functions.
+
+::
+
+    read_shards                       raw bytes per entry; broken tars -> error rows
+      -> decode_filter_resize         map_batches tasks: decode, filter, resize, crop (uint8)
+      -> TextEncoderActor             map_batches actor pool: captions -> emb fp16, mask
+      => rows: image (S, S, 3) uint8, [lowres (s, s, 3) uint8], emb (L, D) fp16, mask (L,)
+      -> iter_training_batches        per train worker: collate to float tensors in [-1, 1]
+
+Images stay uint8 until ``collate`` (4x smaller in the object store than float32) and the
+embeddings travel as float16 (half of float32). Nothing on this path materialises the
+dataset: it streams, so memory stays flat however many shards there are.
+
+Skipped samples are counted by reason in a :class:`PipelineStats` actor (``decode_error``,
+``no_image``, ``no_caption``, ``caption_length``, ``too_small``, ``bad_aspect``,
+``no_embedding``, ``bad_embedding``, the reader's ``truncated_tar``/``bad_tar``) beside
+``ok``. Read them with ``ray.get(stats.get.remote())``; the map tasks send counts
+fire-and-forget, so a read right after the last batch may lag by a few milliseconds
+(:func:`read_stats` waits for a minimum).
+
+Text embeddings are either computed on the fly by the encoder actor pool, or precomputed
+once with :func:`imagen_ray.data.pipeline.encode_shards` (``imagen-ray data encode``) and
+read back from a ``text.npz`` entry per sample (``encoding.json`` next to the shards records
+the text-encoder config, which must equal the run's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+from PIL import Image
+
+from imagen_ray.config import DataConfig, RunConfig, StageConfig, TextEncoderConfig
+from imagen_ray.data.reader import (
+    ERROR_COLUMN,
+    KEY_COLUMN,
+    URL_COLUMN,
+    expand_shards,
+    read_shards,
+)
+
+if TYPE_CHECKING:  # torch is imported where it is used: decode workers never need it
+    import torch
+
+OK = "ok"
+DECODE_ERROR = "decode_error"
+NO_IMAGE = "no_image"
+NO_CAPTION = "no_caption"
+CAPTION_LENGTH = "caption_length"
+TOO_SMALL = "too_small"
+BAD_ASPECT = "bad_aspect"
+NO_EMBEDDING = "no_embedding"
+BAD_EMBEDDING = "bad_embedding"
+
+ENCODING_FILE = "encoding.json"
+EMBEDDING_ENTRY = "text.npz"
+ENCODING_FORMAT = 1
+
+# Captions are read from this entry (webdataset convention).
+CAPTION_ENTRY = "txt"
+
+
+# --------------------------------------------------------------------------- counting
+
+
+class PipelineStats:
+    """Counts of kept (``ok``) and skipped samples by reason; run it as a Ray actor."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+
+    def add(self, counts: dict[str, int]) -> None:
+        """Add per-reason counts (from one batch)."""
+        self._counts.update(counts)
+
+    def get(self) -> dict[str, int]:
+        """All counts so far, e.g. ``{"ok": 118, "decode_error": 1, "truncated_tar": 1}``."""
+        return dict(sorted(self._counts.items()))
+
+
+def create_stats() -> Any:
+    """Start a :class:`PipelineStats` actor (0 CPUs); return its handle once it is running.
+
+    Waiting for it matters: calls sent while the actor is still starting sit in the
+    caller's queue, and when Ray Data cancels a map task (the consumer stopped early) it
+    cancels those queued calls with it.
+    """
+    handle: Any = ray.remote(num_cpus=0)(PipelineStats).remote()
+    ray.get(handle.get.remote())
+    return handle
+
+
+def read_stats(stats: Any, *, min_ok: int = 0, timeout_s: float = 5.0) -> dict[str, int]:
+    """The counts of a :class:`PipelineStats` actor, waiting until ``ok >= min_ok``.
+
+    Map tasks send counts fire-and-forget, so counts for the rows just consumed can
+    arrive a moment after the rows; pass the number of rows seen to wait for them.
+
+    Args:
+        stats: the actor handle from :func:`build_dataset`.
+        min_ok: wait (up to ``timeout_s``) until at least this many samples are counted ok.
+        timeout_s: give up waiting and return what is there.
+
+    Returns:
+        ``{reason: count}`` including ``ok``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts: dict[str, int] = ray.get(stats.get.remote())
+        if counts.get(OK, 0) >= min_ok or time.monotonic() >= deadline:
+            return counts
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def _rng_for(seed: int, key: str) -> np.random.Generator:
+    """Per-sample RNG from (seed, key): reproducible across processes (no ``hash()``)."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return np.random.default_rng([seed & 0xFFFFFFFF, int.from_bytes(digest, "little")])
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB; transparent pixels composited on white instead of whatever RGB they hide."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_crop(
+    img: Image.Image, size: int, *, crop: str = "center", rng: np.random.Generator | None = None
+) -> Image.Image:
+    """Resize the short side to ``size`` (Lanczos, antialiased) and crop a square.
+
+    Done in one ``resize`` with a source box: the square crop of side ``min(w, h)`` is taken
+    in source coordinates, which equals resize-then-crop but filters fewer pixels.
+
+    Args:
+        img: any PIL image (already RGB).
+        size: output side in pixels.
+        crop: ``center`` or ``random`` (offset drawn from ``rng``).
+        rng: required for random crops.
+
+    Returns:
+        A ``size x size`` RGB image.
+    """
+    w, h = img.size
+    side = min(w, h)
+    if crop == "random":
+        if rng is None:
+            raise ValueError("crop='random' needs an rng")
+        left, top = float(rng.integers(0, w - side + 1)), float(rng.integers(0, h - side + 1))
+    else:
+        left, top = (w - side) / 2, (h - side) / 2
+    box = (left, top, left + side, top + side)
+    return img.resize((size, size), Image.Resampling.LANCZOS, box=box)
+
+
+def _decode_image(raw: bytes, data: DataConfig, size: int, key: str) -> Image.Image | str:
+    """Decode, filter by size/aspect, resize and crop: a ``size`` square or a skip reason."""
+    try:
+        img: Image.Image = Image.open(io.BytesIO(raw))
+        w, h = img.size  # from the header, before any pixel is decoded
+    except Exception:  # PIL raises many types for bad bytes (and DecompressionBombError)
+        return DECODE_ERROR
+    if min(w, h) < data.min_size:
+        return TOO_SMALL
+    if max(w, h) / max(1, min(w, h)) > data.max_aspect:
+        return BAD_ASPECT
+    try:
+        # JPEG: let the decoder downscale by 1/2..1/8 in the DCT (never below `size`).
+        img.draft("RGB", (size, size))
+        img = _to_rgb(img)
+        rng = _rng_for(data.seed, key) if data.crop == "random" else None
+        return resize_crop(img, size, crop=data.crop, rng=rng)
+    except Exception:
+        return DECODE_ERROR
+
+
+def _load_embedding(raw: bytes, shape: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """``text.npz`` bytes -> emb (L, D) float16, mask (L,) bool; ValueError when malformed."""
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        emb, mask = z["emb"].astype(np.float16), z["mask"].astype(bool)
+    if emb.ndim != 2 or mask.shape != emb.shape[:1]:
+        raise ValueError(f"emb {emb.shape} / mask {mask.shape} do not match")
+    if shape is not None and emb.shape != tuple(shape):
+        raise ValueError(f"emb has shape {emb.shape}, expected {tuple(shape)}")
+    return emb, mask
+
+
+def decode_filter_resize(
+    batch: pa.Table,
+    *,
+    data_cfg: dict[str, Any],
+    stage_cfg: dict[str, Any],
+    precomputed: bool = False,
+    emb_shape: tuple[int, int] | None = None,
+    stats: Any = None,
+    columns: Sequence[str] | None = None,
+) -> dict[str, np.ndarray] | pa.Table:
+    """One ``map_batches`` step: raw shard rows -> decoded, filtered, resized samples.
+
+    Checks run cheapest first: reader error rows, image present, caption present and of
+    allowed length (after strip), the ``text.npz`` entry (precomputed mode), image header
+    decodes, short side >= ``min_size``, long/short <= ``max_aspect``, pixels decode; each
+    failure counts one skip reason. Then the short side is resized to
+    ``stage.size`` (Lanczos) and a square cropped (center, or random with an RNG seeded from
+    ``(data.seed, key)``: the same crop for a sample every time). SR stages also get the
+    low-res conditioning image: the crop downsampled (bicubic, antialiased) to
+    ``lowres_size``; the U-Net upsamples it itself (``unet.network.upsample_to``).
+
+    Args:
+        batch: reader rows (``__key__``, ``__error__``, one binary column per extension).
+        data_cfg: ``DataConfig.model_dump()``.
+        stage_cfg: ``StageConfig.model_dump()``.
+        precomputed: read ``emb``/``mask`` from each sample's ``text.npz``.
+        emb_shape: expected (L, D) of precomputed embeddings (others are ``bad_embedding``).
+        stats: a :class:`PipelineStats` actor handle; counts are sent fire-and-forget.
+        columns: output columns to keep (default all).
+
+    Returns:
+        Columns ``__key__`` (B,) str, ``caption`` (B,) str, ``image`` (B, S, S, 3) uint8,
+        for SR ``lowres`` (B, s, s, 3) uint8, and when precomputed ``emb`` (B, L, D) float16
+        and ``mask`` (B, L) bool; an empty Arrow table of that schema when no row survives.
+    """
+    data = DataConfig.model_validate(data_cfg)
+    stage = StageConfig.model_validate(stage_cfg)
+    size, lowres_size = stage.size, stage.lowres_size
+    n = batch.num_rows
+    cols = set(batch.column_names)
+
+    def column(name: str) -> list[Any]:
+        return batch.column(name).to_pylist() if name in cols else [None] * n
+
+    keys = column(KEY_COLUMN)
+    errors = column(ERROR_COLUMN)
+    captions_raw = column(CAPTION_ENTRY)
+    embeddings_raw = column(EMBEDDING_ENTRY) if precomputed else [None] * n
+    image_cols = [column(k) for k in data.image_keys if k in cols]
+
+    counts: Counter[str] = Counter()
+    out_keys: list[str] = []
+    out_captions: list[str] = []
+    images: list[np.ndarray] = []
+    lowres: list[np.ndarray] = []
+    embs: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    for i in range(n):
+        if errors[i]:
+            counts[errors[i]] += 1
+            continue
+        raw = next((c[i] for c in image_cols if c[i] is not None), None)
+        if raw is None:
+            counts[NO_IMAGE] += 1
+            continue
+        if captions_raw[i] is None:
+            counts[NO_CAPTION] += 1
+            continue
+        caption = captions_raw[i].decode("utf-8", errors="replace").strip()
+        if not data.caption_min_chars <= len(caption) <= data.caption_max_chars:
+            counts[CAPTION_LENGTH] += 1
+            continue
+        if precomputed:
+            npz = embeddings_raw[i]
+            if npz is None:
+                counts[NO_EMBEDDING] += 1
+                continue
+            try:
+                emb, mask = _load_embedding(npz, emb_shape)
+            except Exception:
+                counts[BAD_EMBEDDING] += 1
+                continue
+        img = _decode_image(raw, data, size, keys[i])
+        if isinstance(img, str):
+            counts[img] += 1
+            continue
+        counts[OK] += 1
+        out_keys.append(keys[i])
+        out_captions.append(caption)
+        images.append(np.asarray(img, dtype=np.uint8))  # (S, S, 3)
+        if lowres_size is not None:
+            small = img.resize((lowres_size, lowres_size), Image.Resampling.BICUBIC)
+            lowres.append(np.asarray(small, dtype=np.uint8))  # (s, s, 3)
+        if precomputed:
+            embs.append(emb)
+            masks.append(mask)
+
+    if stats is not None and counts:
+        stats.add.remote(dict(counts))
+    out: dict[str, np.ndarray] = {
+        KEY_COLUMN: np.array(out_keys, dtype=object),
+        "caption": np.array(out_captions, dtype=object),
+        "image": _stack(images, (size, size, 3), np.uint8),
+    }
+    if lowres_size is not None:
+        out["lowres"] = _stack(lowres, (lowres_size, lowres_size, 3), np.uint8)
+    if precomputed:
+        length, dim = emb_shape if emb_shape is not None else (0, 0)
+        out["emb"] = _stack(embs, (length, dim), np.float16)
+        out["mask"] = _stack(masks, (length,), np.bool_)
+    if columns is not None:
+        out = {k: v for k, v in out.items() if k in columns}
+    return _batch_or_empty_block(out)
+
+
+def _stack(arrays: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Stack to (B, *shape); an empty (0, *shape) array when nothing survived."""
+    if not arrays:
+        return np.zeros((0, *shape), dtype=dtype)
+    return np.stack(arrays).astype(dtype, copy=False)
+
+
+def _batch_or_empty_block(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray] | pa.Table:
+    """The batch itself, or for zero rows an empty Arrow table with the right schema.
+
+    Ray cannot infer a tensor type from a (0, ...) array (it falls back to pickled objects,
+    and strings to the null type); a one-row table sliced to zero rows keeps the schema.
+    """
+    if len(next(iter(columns.values()))):
+        return columns
+    from ray.data.block import BlockAccessor
+
+    one = {
+        k: np.array([""], dtype=object)
+        if v.dtype == object
+        else np.zeros((1, *v.shape[1:]), v.dtype)
+        for k, v in columns.items()
+    }
+    table: pa.Table = BlockAccessor.batch_to_block(one).slice(0, 0)
+    return table
+
+
+# --------------------------------------------------------------------------- text encoder
+
+
+class TextEncoderActor:
+    """Callable class for ``map_batches``: captions -> token embeddings, on an actor pool.
+
+    The frozen encoder loads once per actor. Output ``emb`` is float16 (B, L, D), zero on
+    padding, and ``mask`` bool (B, L); the ``caption`` column is dropped (strings cannot
+    become tensors) unless ``keep_caption``.
+
+    Args:
+        text_cfg: ``TextEncoderConfig.model_dump()``.
+        device: ``auto`` (CUDA when the actor has a GPU, else CPU), ``cpu`` or ``cuda``.
+        keep_caption: keep the caption column (previews, ``encode_shards``).
+    """
+
+    def __init__(
+        self, text_cfg: dict[str, Any], device: str = "auto", keep_caption: bool = False
+    ) -> None:
+        import torch
+
+        from imagen_ray.text.encoder import FrozenTextEncoder
+
+        cfg = TextEncoderConfig.model_validate(text_cfg)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.encoder = FrozenTextEncoder(cfg, device=device)
+        self.length = cfg.max_length
+        self.keep_caption = keep_caption
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray] | pa.Table:
+        captions = [str(c) for c in batch["caption"]]
+        out = {k: v for k, v in batch.items() if k != "caption" or self.keep_caption}
+        if not captions:
+            out["emb"] = np.zeros((0, self.length, self.encoder.dim), np.float16)
+            out["mask"] = np.zeros((0, self.length), np.bool_)
+            return _batch_or_empty_block(out)
+        enc = self.encoder.encode(captions)
+        out["emb"] = enc.emb.half().cpu().numpy()  # (B, L, D)
+        out["mask"] = enc.mask.cpu().numpy()  # (B, L)
+        return out
+
+
+# --------------------------------------------------------------------------- precomputed
+
+
+def _shard_dir(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "://" in path else str(Path(path).parent)
+
+
+def read_encoding_info(shard_dir: str) -> dict[str, Any] | None:
+    """The ``encoding.json`` next to shards (local dir or URI), or None when absent."""
+    if "://" in shard_dir:
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(shard_dir)
+        where = f"{root.rstrip('/')}/{ENCODING_FILE}"
+        if fs.get_file_info(where).type == pafs.FileType.NotFound:
+            return None
+        with fs.open_input_stream(where) as f:
+            info: dict[str, Any] = json.loads(f.read())
+            return info
+    p = Path(shard_dir) / ENCODING_FILE
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def check_encoding(info: dict[str, Any], text: TextEncoderConfig, where: str) -> None:
+    """Raise ValueError unless precomputed embeddings were made with the run's encoder.
+
+    ``dim`` may be null in the run's config; it then matches the recorded width.
+    """
+    stored = TextEncoderConfig.model_validate(info["text"])
+    want = text.model_copy(update={"dim": text.dim if text.dim is not None else info["dim"]})
+    stored = stored.model_copy(update={"dim": info["dim"]})
+    if stored != want:
+        a, b = stored.model_dump(), want.model_dump()
+        diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+        fields = ", ".join(f"text.{k}: shards {a!r} vs run {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"the embeddings precomputed in {where} were made with a different text encoder "
+            f"config ({fields}). Re-encode the shards with this config (`imagen-ray data "
+            "encode`), point data.shards at the raw shards, or set data.precomputed=false to "
+            "encode captions on the fly"
+        )
+
+
+def resolve_encoding(run_cfg: RunConfig, paths: Sequence[str]) -> dict[str, Any] | None:
+    """Decide whether to read precomputed embeddings; return their ``encoding.json``.
+
+    Args:
+        run_cfg: the run (``data.precomputed``: true = required, null = when present,
+            false = never).
+        paths: the expanded shard paths.
+
+    Returns:
+        The encoding info (checked against ``run_cfg.text``) or None for on-the-fly encoding.
+
+    Raises:
+        FileNotFoundError: ``data.precomputed`` is true but a shard directory has no
+            ``encoding.json``.
+        ValueError: the shards were encoded with another text config, or only some
+            directories have embeddings.
+    """
+    mode = run_cfg.data.precomputed
+    if mode is False:
+        return None
+    dirs = sorted({_shard_dir(p) for p in paths})
+    infos = {d: read_encoding_info(d) for d in dirs}
+    missing = [d for d, info in infos.items() if info is None]
+    if mode is True and missing:
+        raise FileNotFoundError(
+            f"data.precomputed=true but {missing[0]}/{ENCODING_FILE} does not exist: run "
+            "`imagen-ray data encode --shards DIR --out DIR --config RUN.yaml` first, or set "
+            "data.precomputed=null (use embeddings when present) or false"
+        )
+    if len(missing) == len(dirs):
+        return None
+    if missing:
+        raise ValueError(
+            f"only some shard directories have precomputed embeddings ({missing[0]} has no "
+            f"{ENCODING_FILE}); encode them all or set data.precomputed=false"
+        )
+    first: dict[str, Any] | None = None
+    for d, info in infos.items():
+        assert info is not None
+        check_encoding(info, run_cfg.text, d)
+        first = first or info
+    return first
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+def model_columns(stage: StageConfig) -> list[str]:
+    """Columns the training loop receives: image, lowres (SR stages), emb, mask."""
+    return ["image", *(["lowres"] if stage.is_sr else []), "emb", "mask"]
+
+
+def build_dataset(
+    run_cfg: RunConfig, *, stats: Any = None, keep: Sequence[str] = (), text: bool = True
+) -> tuple[ray.data.Dataset, Any]:
+    """The lazy, streaming training dataset of one cascade stage.
+
+    read -> decode/filter/resize (tasks, ``data.map_num_cpus``) -> text encoder actor pool
+    (skipped when embeddings are precomputed) -> model columns. Reads, maps and the encoder
+    take fractional CPUs so they schedule beside train workers on small machines.
+
+    Args:
+        run_cfg: the run config (``data``, ``stage``, ``text`` are used).
+        stats: a :class:`PipelineStats` handle to count into (default: a new one).
+        keep: extra columns to keep (``__key__``, ``caption``) for previews and tests;
+            strings cannot go through ``iter_torch_batches``, so leave empty for training.
+        text: False leaves out text embeddings entirely (no encoder, no ``text.npz``):
+            rows carry ``caption`` instead of ``emb``/``mask`` (benchmarks, inspection).
+
+    Returns:
+        (dataset, stats handle). Dataset columns: ``image`` (S, S, 3) uint8, ``lowres``
+        (s, s, 3) uint8 for SR stages, ``emb`` (L, D) float16, ``mask`` (L,) bool, plus
+        ``keep``. Nothing is executed until the dataset is iterated.
+    """
+    data, stage = run_cfg.data, run_cfg.stage
+    unknown = set(keep) - {KEY_COLUMN, "caption"}
+    if unknown:
+        raise ValueError(f"keep={sorted(unknown)}: only '__key__' and 'caption' can be kept")
+    paths = expand_shards(data.shards)
+    encoding = resolve_encoding(run_cfg, paths) if text else None
+    if stats is None:
+        stats = create_stats()
+    emb_shape = (run_cfg.text.max_length, int(encoding["dim"])) if encoding else None
+    # Each step emits only what the next needs: no separate select_columns step (which
+    # would be one more task per block, asking for a whole CPU by default).
+    wanted = [*model_columns(stage), *keep] if text else [*model_columns(stage)[:-2], *keep]
+    ds = read_shards(paths, num_cpus=data.read_num_cpus)
+    ds = ds.map_batches(
+        decode_filter_resize,  # type: ignore[arg-type]  # takes pyarrow batches only
+        batch_format="pyarrow",
+        batch_size=None,
+        num_cpus=data.map_num_cpus,
+        fn_kwargs={
+            "data_cfg": data.model_dump(),
+            "stage_cfg": stage.model_dump(),
+            "precomputed": encoding is not None,
+            "emb_shape": emb_shape,
+            "stats": stats,
+            "columns": wanted if encoding is not None else [*wanted, "caption"],
+        },
+    )
+    if text and encoding is None:
+        ds = ds.map_batches(
+            TextEncoderActor,
+            fn_constructor_kwargs={
+                "text_cfg": run_cfg.text.model_dump(),
+                "keep_caption": "caption" in keep,
+            },
+            batch_format="numpy",
+            batch_size=data.encoder_batch_size,
+            compute=ray.data.ActorPoolStrategy(size=data.encoder_concurrency),
+            num_cpus=data.encoder_num_cpus,
+            num_gpus=data.encoder_num_gpus,
+        )
+    return ds, stats
+
+
+# --------------------------------------------------------------------------- training side
+
+
+def collate(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """``iter_torch_batches`` collate: uint8 images -> float in [-1, 1], channels first.
+
+    Embeddings are cast to float32 here (the object store carries float16); a bf16 trainer
+    casts again. Other columns (``__key__``, ``caption``) are left out.
+
+    Args:
+        batch: ``image`` (B, H, W, 3) uint8, optional ``lowres`` (B, h, w, 3) uint8,
+            ``emb`` (B, L, D) float16, ``mask`` (B, L) bool.
+
+    Returns:
+        ``image`` (B, 3, H, W) float32, ``lowres`` (B, 3, h, w) float32, ``emb``
+        (B, L, D) float32, ``mask`` (B, L) bool.
+    """
+    import torch
+
+    out: dict[str, torch.Tensor] = {}
+    for name in ("image", "lowres"):
+        if name in batch:
+            # astype copies into a writable float array (Ray's batches are read-only views).
+            x = torch.from_numpy(np.asarray(batch[name]).astype(np.float32))  # (B, H, W, 3)
+            out[name] = x.permute(0, 3, 1, 2).div_(127.5).sub_(1.0).contiguous()
+    if "emb" in batch:
+        out["emb"] = torch.from_numpy(np.asarray(batch["emb"]).astype(np.float32))  # (B, L, D)
+    if "mask" in batch:
+        out["mask"] = torch.from_numpy(np.asarray(batch["mask"]).astype(np.bool_))  # (B, L)
+    return out
+
+
+def iter_training_batches(
+    shard_or_dataset: Any, data_cfg: DataConfig, *, seed: int | None = None
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches for a training loop from a Ray Train dataset shard (or a Dataset).
+
+    Args:
+        shard_or_dataset: ``ray.train.get_dataset_shard("train")`` (a DataIterator) or a
+            ``ray.data.Dataset``.
+        data_cfg: batch size, prefetch, local shuffle buffer (0 = off) and seed.
+        seed: local-shuffle seed (default ``data_cfg.seed``; pass e.g. seed + rank + epoch).
+
+    Returns:
+        An iterator of :func:`collate` batches of exactly ``batch_size`` rows (the last
+        short batch is dropped), on the worker's device under Ray Train.
+    """
+    shuffle = data_cfg.shuffle_buffer or None
+    if shuffle is not None and shuffle < data_cfg.batch_size:
+        raise ValueError(
+            f"data.shuffle_buffer={shuffle} must be 0 (off) or >= data.batch_size="
+            f"{data_cfg.batch_size}"
+        )
+    batches: Iterator[dict[str, torch.Tensor]] = iter(
+        shard_or_dataset.iter_torch_batches(
+            batch_size=data_cfg.batch_size,
+            collate_fn=collate,
+            prefetch_batches=data_cfg.prefetch_batches,
+            local_shuffle_buffer_size=shuffle,
+            local_shuffle_seed=(data_cfg.seed if seed is None else seed) if shuffle else None,
+            drop_last=True,
+        )
+    )
+    return batches
+
+
+# --------------------------------------------------------------------------- precompute
+
+
+def _captions_for_encoding(batch: pa.Table, *, stats: Any) -> pa.Table:
+    """Raw rows -> sample rows plus ``caption`` (stripped; "" when missing).
+
+    Error rows of broken tars are counted (waiting for the count, so the summary is exact)
+    and removed, with the ``__error__`` and ``__url__`` columns.
+    """
+    import pyarrow.compute as pc
+
+    if ERROR_COLUMN in batch.column_names:
+        errors = batch.column(ERROR_COLUMN)
+        counts = Counter(e for e in errors.to_pylist() if e)
+        if counts:
+            ray.get(stats.add.remote(dict(counts)))
+        batch = batch.filter(pc.is_null(errors))
+    batch = batch.drop_columns([c for c in (ERROR_COLUMN, URL_COLUMN) if c in batch.column_names])
+    raw = (
+        batch.column(CAPTION_ENTRY).to_pylist()
+        if CAPTION_ENTRY in batch.column_names
+        else [None] * batch.num_rows
+    )
+    captions = [b.decode("utf-8", errors="replace").strip() if b is not None else "" for b in raw]
+    return batch.append_column("caption", pa.array(captions, pa.string()))
+
+
+def _npz_bytes(emb: np.ndarray, mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, emb=emb.astype(np.float16), mask=mask.astype(bool))
+    return buf.getvalue()
+
+
+def encode_shards(
+    in_dir: str | Path | Sequence[str],
+    out_dir: str | Path,
+    text_cfg: TextEncoderConfig,
+    *,
+    encoder_batch_size: int = 64,
+    concurrency: int = 1,
+    num_cpus: float = 0.5,
+    num_gpus: float = 0.0,
+    samples_per_shard: int = 1000,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Precompute text embeddings once: new shards with a ``text.npz`` entry per sample.
+
+    Reads ``in_dir`` with the tolerant reader, encodes captions on an actor pool and writes
+    every sample (same key, original entries, plus ``text.npz`` = float16 ``emb`` (L, D)
+    and bool ``mask`` (L,)) with ``webdataset.ShardWriter`` into a temporary directory
+    beside ``out_dir``, then renames it: ``out_dir`` never holds half-written output.
+    Samples without a caption are copied without embeddings; error rows of broken tars are
+    counted in the summary. Shard order may differ from the input.
+
+    Args:
+        in_dir: raw shards (directory, glob, list; see ``reader.expand_shards``).
+        out_dir: new directory for shards, ``encoding.json`` and ``summary.json``.
+        text_cfg: the text encoder (must equal the training run's ``text`` config).
+        encoder_batch_size, concurrency, num_cpus, num_gpus: the encoder actor pool.
+        samples_per_shard: samples per output tar.
+        overwrite: replace an existing ``out_dir``.
+
+    Returns:
+        The summary written to ``summary.json`` (samples, shards, skipped counts, seconds).
+
+    Raises:
+        ValueError: ``out_dir`` exists (without ``overwrite``) or is the input directory.
+        FileNotFoundError: no input shards.
+    """
+    from webdataset import ShardWriter
+
+    from imagen_ray.data.shards import SHARD_FORMAT, SHARD_FORMAT_VERSION, SHARD_NAME
+    from imagen_ray.text.encoder import text_dim
+
+    t0 = time.perf_counter()
+    paths = expand_shards(str(in_dir) if isinstance(in_dir, (str, Path)) else list(in_dir))
+    out = Path(out_dir).expanduser().resolve()
+    if any(Path(p).parent == out for p in paths if "://" not in p):
+        raise ValueError(f"--out {out} is the input directory; choose a new directory")
+    if out.exists() and not overwrite:
+        raise ValueError(f"output directory {out} already exists (pass overwrite to replace it)")
+    dim = text_dim(text_cfg)
+    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        stats = create_stats()
+        ds = read_shards(paths, num_cpus=0.25).map_batches(
+            _captions_for_encoding,  # type: ignore[arg-type]  # takes pyarrow batches only
+            fn_kwargs={"stats": stats},
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=0.25,
+        )
+        ds = ds.map_batches(
+            TextEncoderActor,
+            fn_constructor_kwargs={"text_cfg": text_cfg.model_dump(), "keep_caption": False},
+            batch_format="numpy",
+            batch_size=encoder_batch_size,
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+        )
+        per_shard: list[int] = []
+        with_emb = 0
+        pattern = str(tmp / SHARD_NAME.replace("{:06d}", "%06d"))
+        with ShardWriter(pattern, maxcount=samples_per_shard, verbose=0) as w:
+            for batch in ds.iter_batches(batch_format="numpy", batch_size=256):
+                entries = [k for k in batch if k not in (KEY_COLUMN, "emb", "mask")]
+                for i, key in enumerate(batch[KEY_COLUMN]):
+                    sample: dict[str, Any] = {KEY_COLUMN: str(key)}
+                    for k in entries:
+                        value = batch[k][i]
+                        if isinstance(value, bytes):  # missing entries come back as None/NaN
+                            sample[k] = value
+                    if CAPTION_ENTRY in sample:
+                        sample[EMBEDDING_ENTRY] = _npz_bytes(batch["emb"][i], batch["mask"][i])
+                        with_emb += 1
+                    w.write(sample)
+                    if not per_shard or per_shard[-1] == samples_per_shard:
+                        per_shard.append(0)
+                    per_shard[-1] += 1
+        skipped: dict[str, int] = ray.get(stats.get.remote())
+        info = {
+            "format": ENCODING_FORMAT,
+            "text": text_cfg.model_dump(),
+            "dim": dim,
+            "max_length": text_cfg.max_length,
+            "emb_dtype": "float16",
+            "entry": EMBEDDING_ENTRY,
+            "num_samples": with_emb,
+        }
+        (tmp / ENCODING_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        shards = sorted(p.name for p in tmp.glob("*.tar"))[: len(per_shard)]
+        for extra in sorted(tmp.glob("*.tar"))[len(per_shard) :]:  # an empty first shard
+            extra.unlink()
+        summary = {
+            "format": SHARD_FORMAT,
+            "version": SHARD_FORMAT_VERSION,
+            "shards": shards,
+            "shard_samples": per_shard,
+            "samples": sum(per_shard),
+            "samples_per_shard": samples_per_shard,
+            "samples_with_embeddings": with_emb,
+            "skipped": skipped,
+            "skipped_total": sum(skipped.values()),
+            "source": paths[0] if len(paths) == 1 else f"{len(paths)} shards in {in_dir}",
+            "seconds": round(time.perf_counter() - t0, 3),
+            "text_encoding": ENCODING_FILE,
+        }
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        return summary
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
