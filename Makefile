@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SRC    := imagen_ray tests $(wildcard bench)
 # Tests and tools must never reach a model hub or W&B's servers.
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
@@ -31,18 +32,19 @@ test-fast: $(STAMP)  ## skip the slow end-to-end tests
 	$(BIN)/python -m pytest tests -m "not slow"
 
 lint: $(STAMP)  ## ruff lint + format check
-	$(BIN)/ruff check imagen_ray tests bench
-	$(BIN)/ruff format --check imagen_ray tests bench
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/ruff format --check $(SRC)
 
 format: $(STAMP)  ## apply ruff fixes and formatting
-	$(BIN)/ruff check --fix imagen_ray tests bench
-	$(BIN)/ruff format imagen_ray tests bench
+	$(BIN)/ruff check --fix $(SRC)
+	$(BIN)/ruff format $(SRC)
 
 typecheck: $(STAMP)  ## mypy on the package
 	$(BIN)/mypy imagen_ray
 
 bench: $(STAMP)  ## run the benchmarks in bench/ (JSON lines on stdout)
 	$(BIN)/python bench/unet.py
+	$(BIN)/python bench/data.py
 
 clean:  ## remove caches (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache build *.egg-info
