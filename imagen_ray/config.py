@@ -602,7 +602,12 @@ def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> li
 
 def _type_name(annotation: Any) -> str:
     args = getattr(annotation, "__args__", None)
-    if getattr(annotation, "__origin__", None) is Literal and args:
+    origin = getattr(annotation, "__origin__", None)
+    if origin is tuple and args:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list of {_type_name(args[0])}"
+        return "[" + ", ".join(_type_name(a) for a in args) + "]"
+    if origin is Literal and args:
         return " \\| ".join(f"`{a}`" for a in args)
     if args:
         return " \\| ".join(_type_name(a) for a in args)
