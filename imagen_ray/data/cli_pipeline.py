@@ -89,7 +89,7 @@ def ray_session() -> Iterator[None]:
 def cmd_encode(args: argparse.Namespace) -> int:
     """``imagen-ray data encode``: precompute text embeddings (see ``encode_shards``)."""
     from imagen_ray.config import load_run_config
-    from imagen_ray.data.pipeline import encode_shards
+    from imagen_ray.data.precompute import encode_shards
     from imagen_ray.data.reader import expand_shards
 
     cfg = load_run_config(args.config, args.overrides)

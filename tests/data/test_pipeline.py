@@ -22,12 +22,11 @@ import torch
 from imagen_ray.config import DataConfig, RunConfig, StageConfig, TextEncoderConfig
 from imagen_ray.data.pipeline import (
     build_dataset,
-    check_encoding,
     collate,
     decode_filter_resize,
-    encode_shards,
     iter_training_batches,
 )
+from imagen_ray.data.precompute import check_encoding, encode_shards
 from imagen_ray.data.reader import (
     ShardFormatError,
     _rows_to_table,
