@@ -24,15 +24,10 @@ PREVIEW_LABEL_WIDTH = 320
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
+    from imagen_ray.cli import add_overrides_argument
+
     p.add_argument("--config", "-c", required=True, metavar="YAML", help="run config (a stage)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value by dotted path (repeatable): --set data.shards=DIR",
-    )
+    add_overrides_argument(p)
 
 
 def register(data_subparsers: Any) -> None:
