@@ -326,11 +326,14 @@ def _torchvision_stub() -> Iterator[str]:
     """
     try:
         importlib.import_module("torchvision")
-        yield "imported"
-        return
+        real = True
     except Exception:  # ImportError, or RuntimeError from a mismatched wheel
+        real = False
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]
+    if real:
+        yield "imported"
+        return
     for dep in ("transformers", "datasets"):
         with contextlib.suppress(Exception):
             importlib.import_module(dep)
@@ -529,11 +532,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.rounds is None:
         args.rounds = max(3, min(5, math.floor(args.budget / max(per_round_s, 1e-9))))
     estimate = args.rounds * per_round_s
-    log(
-        f"estimate: {args.rounds} rounds x ({args.train_steps} train steps + "
-        f"{args.sample_batches} sampling batch(es) of {steps} steps) per model = "
-        f"~{estimate / 60:.1f} min more (so far {(time.perf_counter() - t_start) / 60:.1f} min)"
-    )
+    if args.quick:
+        log("quick smoke run: no warm-up, tiny batches; the numbers are not meaningful")
+    else:
+        log(
+            f"estimate: {args.rounds} rounds x ({args.train_steps} train steps + "
+            f"{args.sample_batches} sampling batch(es) of {steps} steps) per model = "
+            f"~{estimate / 60:.1f} min more (so far {(time.perf_counter() - t_start) / 60:.1f} "
+            "min)"
+        )
     if estimate > 1.5 * args.budget:
         log(
             "warning: this is well over the budget; the machine is slow or busy "
