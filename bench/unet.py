@@ -47,6 +47,8 @@ from typing import Any
 
 import torch
 
+from imagen_ray.cli import add_overrides_argument
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
 
 try:  # imported as bench.unet (tests) or run as a script (python bench/unet.py)
@@ -110,14 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="run config of our U-Net")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value by dotted path (repeatable), e.g. stage.unet.channels=48",
-    )
+    add_overrides_argument(p)  # the CLI's own --set
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, tiny work, < 1 min")
     p.add_argument(
         "--rounds",

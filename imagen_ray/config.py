@@ -474,8 +474,6 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key" + _known_keys_hint(err.title, e["loc"])
-        elif e["type"] == "literal_error":
-            msg = f"{msg}"
         value = e.get("input")
         shown = "" if e["type"] == "missing" else f" (got {value!r})"
         if isinstance(value, dict):

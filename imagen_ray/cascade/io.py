@@ -104,19 +104,28 @@ def save_stage(
     return final
 
 
-def read_stage_meta(stage_dir: str | Path) -> dict[str, Any]:
-    """Read and check a stage's ``config.json`` (format and version)."""
-    path = Path(stage_dir) / CONFIG
+def _read_json(path: Path, missing: str) -> dict[str, Any]:
+    """A JSON mapping, or a CheckpointError saying ``missing`` / what is wrong with it."""
     if not path.is_file():
-        raise CheckpointError(
-            f"{stage_dir} is not a saved stage: {CONFIG} is missing (export a training "
-            "checkpoint with `imagen-ray export`, or save one with Cascade.save)"
-        )
+        raise CheckpointError(missing)
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(meta, dict) or meta.get("format") != STAGE_FORMAT:
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def read_stage_meta(stage_dir: str | Path) -> dict[str, Any]:
+    """Read and check a stage's ``config.json`` (format and version)."""
+    path = Path(stage_dir) / CONFIG
+    meta = _read_json(
+        path,
+        f"{stage_dir} is not a saved stage: {CONFIG} is missing (export a training "
+        "checkpoint with `imagen-ray export`, or save one with Cascade.save)",
+    )
+    if meta.get("format") != STAGE_FORMAT:
         raise CheckpointError(f"{path}: not an imagen-ray stage (format {meta.get('format')!r})")
     if meta.get("version") != FORMAT_VERSION:
         raise CheckpointError(
@@ -195,15 +204,11 @@ def save_cascade_manifest(out_dir: Path, names: list[str], text: TextEncoderConf
 def read_cascade_manifest(path: str | Path) -> list[Path]:
     """Stage directories of a saved cascade, in order; checks format and version."""
     p = Path(path) / MANIFEST
-    if not p.is_file():
-        raise CheckpointError(
-            f"{path} is not a saved cascade: {MANIFEST} is missing (a single stage directory "
-            "holds config.json instead)"
-        )
-    try:
-        meta = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{p} is not valid JSON: {e}") from e
+    meta = _read_json(
+        p,
+        f"{path} is not a saved cascade: {MANIFEST} is missing (a single stage directory "
+        "holds config.json instead)",
+    )
     if meta.get("format") != CASCADE_FORMAT or meta.get("version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{p}: format {meta.get('format')!r} version {meta.get('version')!r} is not "
