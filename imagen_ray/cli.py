@@ -26,6 +26,7 @@ examples:
   imagen-ray data shards --from-folder photos/ --out data/photos
   imagen-ray train --config configs/tiny/base.yaml --set data.shards=data/synthetic
   imagen-ray export --checkpoint runs/base --out runs/export/base
+  imagen-ray generate --cascade runs/tiny-random --prompts prompts.txt --out outputs/batch
 """
 
 
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     from imagen_ray.train import cli as train_cli
 
     train_cli.register(sub)
+    from imagen_ray import generate
+
+    generate.register(sub)
 
     p = sub.add_parser(
         "data",
