@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     from imagen_ray.train import cli as train_cli
 
     train_cli.register(sub)
+    from imagen_ray.serve import cli as serve_cli
+
+    serve_cli.register(sub)
     from imagen_ray import generate
 
     generate.register(sub)

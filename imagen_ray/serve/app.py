@@ -1,0 +1,157 @@
+"""Building the Serve application from a ``serve:`` config and a saved cascade.
+
+``build_app`` is the application builder named in generated Serve config files
+(``import_path: imagen_ray.serve.app:build_app``), so ``serve run serve_app.yaml`` and
+``serve deploy serve_app.yaml`` build exactly what ``imagen-ray serve`` runs.
+
+The cascade directory must be readable at the same path on every node that runs a replica
+(a shared filesystem, or the same files baked into the image).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from imagen_ray.config import (
+    ConfigError,
+    ServeConfig,
+    ServeDeploymentConfig,
+    load_run_config,
+    validate,
+)
+
+IMPORT_PATH = "imagen_ray.serve.app:build_app"
+
+
+def load_serve_config(
+    path: str | Path, overrides: Sequence[str] = (), cascade: str | None = None
+) -> ServeConfig:
+    """The ``serve:`` section of a config file (other sections are not used), with
+    ``--set serve.key=value`` overrides and an optional cascade directory that replaces
+    ``serve.cascade``."""
+    cfg = load_run_config(path, overrides).serve
+    if cascade:
+        cfg = cfg.model_copy(update={"cascade": str(cascade)})
+    return cfg
+
+
+def check_cascade_dir(cfg: ServeConfig) -> list[Path]:
+    """The stage directories of ``cfg.cascade``; a clear error when it is unset or unusable."""
+    from imagen_ray.cascade.io import read_cascade_manifest
+
+    if not cfg.cascade:
+        raise ConfigError(
+            "no cascade to serve: set serve.cascade in the config or pass --cascade DIR (a "
+            "directory written by `imagen-ray init` or `Cascade.save`)"
+        )
+    if not Path(cfg.cascade).is_dir():
+        raise ConfigError(
+            f"serve.cascade={cfg.cascade!r} is not a directory; create one with "
+            "`imagen-ray init --config configs/tiny/cascade.yaml --out DIR` or point at an "
+            "exported cascade"
+        )
+    return read_cascade_manifest(cfg.cascade)
+
+
+def deployment_options(d: ServeDeploymentConfig) -> dict[str, Any]:
+    """``Deployment.options(...)`` for one deployment's settings."""
+    opts: dict[str, Any] = {
+        "max_ongoing_requests": d.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
+    }
+    if d.autoscaling is not None:
+        opts["autoscaling_config"] = d.autoscaling.model_dump()
+    else:
+        opts["num_replicas"] = d.num_replicas
+    return opts
+
+
+def build_application(cfg: ServeConfig) -> Any:
+    """Bind the deployments: ``Ingress(TextEncoder, [Stage(base), Stage(sr), ...])``."""
+    from imagen_ray.cascade.io import read_stage_meta
+    from imagen_ray.serve.deployments import StageDeployment, TextEncoderDeployment
+    from imagen_ray.serve.ingress import Ingress, read_token
+
+    dirs = check_cascade_dir(cfg)
+    metas = [read_stage_meta(d) for d in dirs]
+    names = [m["stage"]["name"] for m in metas]
+    unknown = sorted({s.name for s in cfg.stages} - set(names))
+    if unknown:
+        raise ConfigError(f"serve.stages names {unknown} are not stages of the cascade {names}")
+    if cfg.auth.enabled:
+        read_token(cfg.auth.token_env, cfg.auth.token_file)  # fail here, not in a replica
+    encoder = TextEncoderDeployment.options(  # type: ignore[attr-defined]
+        **deployment_options(cfg.encoder)
+    ).bind(metas[0]["text"], cfg.encoder.model_dump())
+    stages = []
+    for i, (d, name) in enumerate(zip(dirs, names, strict=True)):
+        dep = cfg.stage_deployment(name)
+        stages.append(
+            StageDeployment.options(  # type: ignore[attr-defined]
+                name=f"Stage-{name}", **deployment_options(dep)
+            ).bind(str(Path(d).resolve()), i, dep.model_dump())
+        )
+    ing = cfg.ingress
+    return Ingress.options(  # type: ignore[attr-defined]
+        num_replicas=ing.num_replicas,
+        max_ongoing_requests=ing.max_ongoing_requests,
+        ray_actor_options={"num_cpus": ing.num_cpus},
+    ).bind(encoder, stages, cfg.model_dump(mode="json"), str(Path(cfg.cascade).resolve()))
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Application builder for Serve config files.
+
+    Args (all optional, applied in this order):
+        config: path of a YAML file with a ``serve:`` section.
+        serve: the ``serve:`` section inline (a mapping); replaces ``config``.
+        set: list of ``serve.key=value`` overrides.
+        cascade: cascade directory (replaces ``serve.cascade``).
+    """
+    from imagen_ray.config import apply_overrides
+
+    known = {"config", "serve", "set", "cascade"}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ConfigError(f"build_app: unknown args {unknown}; valid args: {sorted(known)}")
+    overrides = list(args.get("set") or [])
+    if "serve" in args:
+        data = apply_overrides({"serve": dict(args["serve"])}, overrides)
+        cfg = validate(ServeConfig, data["serve"], "build_app args.serve")
+    elif "config" in args:
+        cfg = load_serve_config(args["config"], overrides)
+    else:
+        cfg = validate(ServeConfig, apply_overrides({"serve": {}}, overrides)["serve"], "args")
+    if args.get("cascade"):
+        cfg = cfg.model_copy(update={"cascade": str(args["cascade"])})
+    return build_application(cfg)
+
+
+def serve_deploy_config(cfg: ServeConfig) -> dict[str, Any]:
+    """A Ray Serve config (``serve run`` / ``serve deploy`` / KubeRay ``serveConfigV2``)
+    that builds this application through :func:`build_app`; checked against Ray's schema."""
+    from ray.serve.schema import ServeDeploySchema
+
+    serve_section = cfg.model_dump(mode="json")
+    if cfg.cascade:
+        serve_section["cascade"] = str(Path(cfg.cascade).resolve())
+    out = {
+        "proxy_location": "EveryNode",
+        "http_options": {
+            "host": cfg.host,
+            "port": cfg.port,
+            "request_timeout_s": cfg.request_timeout_s,
+        },
+        "applications": [
+            {
+                "name": cfg.app_name,
+                "route_prefix": cfg.route_prefix,
+                "import_path": IMPORT_PATH,
+                "args": {"serve": serve_section},
+            }
+        ],
+    }
+    ServeDeploySchema.parse_obj(out)
+    return out

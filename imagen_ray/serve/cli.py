@@ -1,0 +1,139 @@
+"""``imagen-ray serve``: run the cascade behind HTTP in the foreground, or write a Serve config."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EPILOG = """\
+examples:
+  imagen-ray init --config configs/tiny/cascade.yaml --out runs/tiny-random
+  imagen-ray serve --config configs/tiny/serve.yaml --cascade runs/tiny-random
+  imagen-ray serve --config configs/tiny/serve.yaml --set serve.port=8080 \\
+      --set serve.auth.enabled=true          # token from $IMAGEN_RAY_TOKEN
+  imagen-ray serve --config configs/tiny/serve.yaml --cascade /shared/cascade \\
+      --write-serve-config serve_app.yaml    # then: serve deploy serve_app.yaml
+
+then open http://127.0.0.1:8000/ or
+  curl -s http://127.0.0.1:8000/v1/generate -H 'Content-Type: application/json' \\
+      -d '{"prompts": "a red circle on the left", "seed": 1}'
+"""
+
+
+def register(sub: Any) -> None:
+    """Add the ``serve`` subcommand to the ``imagen-ray`` parser."""
+    from imagen_ray.cli import add_overrides_argument
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a saved cascade over HTTP with Ray Serve (API + web page)",
+        description="Deploy the cascade as Ray Serve deployments (FastAPI ingress -> text "
+        "encoder -> one deployment per stage, each with dynamic batching) and serve "
+        "POST /v1/generate, GET /v1/models, GET /healthz, the OpenAPI docs at /docs and a web "
+        "page at /. Runs in the foreground until Ctrl-C, which shuts Serve and Ray down. "
+        "With --write-serve-config it writes a Ray Serve config file for `serve run` / "
+        "`serve deploy` / KubeRay instead and exits.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        "-c",
+        required=True,
+        metavar="YAML",
+        help="config file with a `serve:` section (configs/tiny/serve.yaml)",
+    )
+    add_overrides_argument(p)
+    p.add_argument(
+        "--cascade", metavar="DIR", help="saved cascade to serve (replaces serve.cascade)"
+    )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="Ray cluster to join (default: $RAY_ADDRESS, else start a local Ray)",
+    )
+    p.add_argument(
+        "--num-cpus",
+        type=int,
+        metavar="N",
+        help="logical CPUs of a local Ray (default: the machine's cores)",
+    )
+    p.add_argument(
+        "--write-serve-config",
+        metavar="FILE",
+        help="write a Ray Serve config YAML (import path imagen_ray.serve.app:build_app) "
+        "and exit without serving",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import yaml
+
+    from imagen_ray.serve.app import check_cascade_dir, load_serve_config, serve_deploy_config
+
+    cfg = load_serve_config(args.config, args.overrides, args.cascade)
+    dirs = check_cascade_dir(cfg)
+    if args.write_serve_config:
+        out = Path(args.write_serve_config)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        head = (
+            "# Ray Serve config written by `imagen-ray serve --write-serve-config`.\n"
+            f"# Run: serve run {out}   Deploy to a running cluster: serve deploy {out}\n"
+            "# serve.cascade must exist at this path on every node.\n"
+        )
+        out.write_text(head + yaml.safe_dump(serve_deploy_config(cfg), sort_keys=False))
+        print(f"wrote {out} (application {cfg.app_name!r}, {len(dirs)} stages)")
+        return 0
+
+    import ray
+    from ray import serve
+
+    from imagen_ray.serve.app import build_application
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    print(f"starting Ray ({'joining ' + address if address else 'local'})…", flush=True)
+    init: dict[str, Any] = {"address": address, "include_dashboard": False}
+    if not address and args.num_cpus:
+        init["num_cpus"] = args.num_cpus
+    ray.init(**init)
+    # SIGTERM (docker stop, systemd) shuts down as cleanly as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        serve.start(
+            http_options={
+                "host": cfg.host,
+                "port": cfg.port,
+                "request_timeout_s": cfg.request_timeout_s,
+            }
+        )
+        print(f"deploying {len(dirs)} stages from {cfg.cascade}…", flush=True)
+        t0 = time.perf_counter()
+        serve.run(build_application(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
+        url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+        print(
+            f"ready in {time.perf_counter() - t0:.0f} s: web page {url}/ · API {url}/v1/generate "
+            f"· docs {url}/docs · auth {'on' if cfg.auth.enabled else 'off'}. Ctrl-C stops.",
+            flush=True,
+        )
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("shutting down…", file=sys.stderr, flush=True)
+    finally:
+        if address:
+            serve.delete(cfg.app_name)  # leave the cluster's other applications running
+        else:
+            serve.shutdown()
+        ray.shutdown()
+    return 0

@@ -1,0 +1,276 @@
+"""End to end through Ray Serve on 127.0.0.1:8000: the tiny cascade (random weights) behind
+the HTTP API, with bearer-token auth on (the page and every request send the token)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+requests = pytest.importorskip("requests")
+
+from PIL import Image  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+URL = "http://127.0.0.1:8000"
+TOKEN = "test-token-1234"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FAST = {"base": {"steps": 2}, "sr64": {"steps": 1}}  # a few sampler steps keep tests quick
+
+
+@pytest.fixture(scope="module")
+def cascade_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from imagen_ray.cascade import Cascade
+    from imagen_ray.config import load_cascade_config
+
+    cfg = load_cascade_config(ROOT / "configs" / "tiny" / "cascade.yaml")
+    return Cascade.from_config(cfg, seed=0).save(tmp_path_factory.mktemp("serve") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def server(cascade_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from imagen_ray.serve.app import build_application, load_serve_config
+
+    token_file = tmp_path_factory.mktemp("auth") / "token"
+    token_file.write_text(TOKEN + "\n")
+    cfg = load_serve_config(
+        ROOT / "configs" / "tiny" / "serve.yaml",
+        [
+            "serve.max_prompts=4",
+            "serve.max_steps=50",
+            "serve.max_body_bytes=4096",
+            "serve.auth.enabled=true",
+            "serve.auth.token_env=IMAGEN_RAY_TEST_TOKEN_UNSET",
+            f"serve.auth.token_file={token_file}",
+            "serve.stage_defaults.num_cpus=0.2",
+            "serve.stage_defaults.batch_wait_timeout_s=0.05",
+        ],
+        cascade=str(cascade_dir),
+    )
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_application(cfg), name=cfg.app_name, route_prefix="/")
+    yield cfg
+    serve.shutdown()
+    ray.shutdown()
+
+
+def post(body: Any, headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:
+    h = {**AUTH, **(headers or {})}
+    if not isinstance(body, (dict, list)):  # raw bytes, text, or a chunk generator
+        return requests.post(f"{URL}/v1/generate", data=body, headers=h, timeout=120, **kw)
+    return requests.post(f"{URL}/v1/generate", json=body, headers=h, timeout=120, **kw)
+
+
+def pixels(b64_or_bytes: str | bytes) -> np.ndarray:
+    raw = base64.b64decode(b64_or_bytes) if isinstance(b64_or_bytes, str) else b64_or_bytes
+    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+
+
+def test_health_models_docs(server: Any) -> None:
+    assert requests.get(f"{URL}/healthz", timeout=10).json() == {
+        "status": "ok",
+        "stages": ["base", "sr64"],
+    }
+    models = requests.get(f"{URL}/v1/models", timeout=10).json()
+    assert [(s["name"], s["size"]) for s in models["stages"]] == [("base", 32), ("sr64", 64)]
+    assert models["encoder"]["name"] == "minilm" and models["auth"] is True
+    assert models["limits"]["max_prompts"] == 4
+    assert "swagger" in requests.get(f"{URL}/docs", timeout=10).text.lower()
+    spec = requests.get(f"{URL}/openapi.json", timeout=10).json()
+    assert "/v1/generate" in spec["paths"]
+    page = requests.get(f"{URL}/", timeout=10)
+    assert page.headers["content-type"].startswith("text/html") and 'id="generate"' in page.text
+
+
+def test_generate_returns_images_of_each_stage_size(server: Any) -> None:
+    r = post({"prompts": ["a red circle", "a blue square"], "seed": 7, "stages": FAST})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [im["seed"] for im in body["images"]] == [7, 8]
+    assert all(pixels(im["image"]).shape == (64, 64, 3) for im in body["images"])
+    s = body["settings"]
+    assert s["stages"] == ["base", "sr64"] and s["sampling"]["base"]["steps"] == 2
+    assert s["sampling"]["sr64"]["aug_level"] == pytest.approx(0.2)  # the stage default
+
+    r = post({"prompts": "a tree", "until": "base", "format": "jpeg", "stages": FAST})
+    im = r.json()["images"][0]
+    assert im["format"] == "jpeg" and base64.b64decode(im["image"])[:2] == b"\xff\xd8"
+    assert pixels(im["image"]).shape == (32, 32, 3) and r.json()["settings"]["until"] == "base"
+
+
+def test_same_seed_same_pixels_as_the_in_process_cascade(server: Any, cascade_dir: Path) -> None:
+    from imagen_ray.cascade import Cascade
+
+    req = {"prompts": ["two green triangles"], "seed": 11, "stages": FAST}
+    a, b = post(req).json(), post(req).json()
+    assert a["images"][0]["image"] == b["images"][0]["image"]
+    other = post({**req, "seed": 12}).json()
+    assert not np.array_equal(pixels(other["images"][0]["image"]), pixels(a["images"][0]["image"]))
+    # The settings returned reproduce the image in-process, pixel for pixel.
+    s = a["settings"]
+    out = Cascade.load(cascade_dir).generate(
+        ["two green triangles"], seed=s["seed"], sampling=s["sampling"]
+    )
+    np.testing.assert_array_equal(pixels(a["images"][0]["image"]), out.uint8()[0])
+
+
+def test_accept_image_returns_the_image_itself(server: Any) -> None:
+    r = post({"prompts": "a red circle", "seed": 3, "stages": FAST}, {"Accept": "image/png"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert pixels(r.content).shape == (64, 64, 3) and r.headers["X-Imagen-Seed"] == "3"
+    assert json.loads(r.headers["X-Imagen-Settings"])["seed"] == 3
+    r = post({"prompts": ["a", "b"], "stages": FAST}, {"Accept": "image/png"})
+    assert r.status_code == 406 and "one prompt" in r.json()["detail"]
+
+
+def test_concurrent_requests_are_batched_and_batch_independent(server: Any) -> None:
+    """32 requests from 8 threads, with two different step counts: all succeed, the
+    deployments form batches > 1, and each image equals the one made alone."""
+    reqs = [
+        {
+            "prompts": f"prompt {i}",
+            "seed": 100 + i,
+            "until": "base",
+            "stages": {"base": {"steps": 2 + i % 2}},
+        }
+        for i in range(32)
+    ]
+    alone = {i: post(reqs[i]).json()["images"][0]["image"] for i in (0, 1)}
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(post, reqs))
+    assert [r.status_code for r in got] == [200] * 32
+    for i in (0, 1):
+        np.testing.assert_array_equal(pixels(got[i].json()["images"][0]["image"]), pixels(alone[i]))
+    stats = requests.get(f"{URL}/v1/stats", timeout=10).json()
+    assert stats["stages"]["base"]["max_batch"] > 1, stats
+    assert stats["encoder"]["max_batch"] > 1, stats
+    # Different step counts in one batch were split into separate forward passes.
+    fwd = stats["stages"]["base"]["forward_passes"]
+    assert sum(int(k) * v for k, v in fwd.items()) >= 32
+
+
+BIG = json.dumps({"prompts": "x" * 5000})
+BAD: list[tuple[str, Any, dict[str, str], int, str]] = [
+    ("empty list", {"prompts": []}, {}, 422, "empty"),
+    ("blank prompt", {"prompts": ["ok", "  "]}, {}, 422, "prompts[1]"),
+    ("too many", {"prompts": ["a"] * 5}, {}, 422, "max_prompts=4"),
+    ("too long", {"prompts": "x" * 1001}, {}, 422, "max_prompt_chars=1000"),
+    ("steps 0", {"prompts": "a", "stages": {"base": {"steps": 0}}}, {}, 422, "stages.base.steps"),
+    ("steps max", {"prompts": "a", "stages": {"base": {"steps": 51}}}, {}, 422, "max_steps=50"),
+    ("guidance", {"prompts": "a", "stages": {"base": {"guidance_scale": 99}}}, {}, 422, "guid"),
+    ("seed <0", {"prompts": "a", "seed": -1}, {}, 422, "seed"),
+    ("seed big", {"prompts": "a", "seed": 2**40}, {}, 422, "seed"),
+    ("unknown field", {"prompts": "a", "colour": "red"}, {}, 422, "colour: unknown field"),
+    ("unknown key", {"prompts": "a", "stages": {"base": {"stpes": 3}}}, {}, 422, "stpes"),
+    ("unknown stage", {"prompts": "a", "stages": {"sr256": {}}}, {}, 422, "sr256"),
+    ("bad until", {"prompts": "a", "until": "nope"}, {}, 422, "until"),
+    ("bad format", {"prompts": "a", "format": "gif"}, {}, 422, "format"),
+    ("not json", "{prompts: a", {"Content-Type": "application/json"}, 400, "not valid JSON"),
+    ("too big", BIG, {"Content-Type": "application/json"}, 413, "max_body_bytes"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "words"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
+)
+def test_bad_input_gets_a_4xx_naming_the_problem(
+    server: Any, body: Any, headers: dict[str, str], status: int, words: str
+) -> None:
+    r = post(body, headers)
+    assert r.status_code == status, r.text
+    assert words in json.dumps(r.json()["detail"]), r.text
+
+
+def test_chunked_body_over_the_limit_gets_413(server: Any) -> None:
+    chunks = (b'{"prompts": "' + b"y" * 1000 for _ in range(8))
+    r = post(chunks, {"Content-Type": "application/json"})  # a generator: chunked encoding
+    assert r.status_code == 413, r.text
+    assert requests.get(f"{URL}/healthz", timeout=10).status_code == 200  # still alive
+
+
+def test_auth(server: Any) -> None:
+    body = {"prompts": "a", "until": "base", "stages": FAST}
+    r = requests.post(f"{URL}/v1/generate", json=body, timeout=60)
+    assert r.status_code == 401 and "bearer token" in r.json()["detail"]
+    r = requests.post(
+        f"{URL}/v1/generate", json=body, headers={"Authorization": "Bearer wrong"}, timeout=60
+    )
+    assert r.status_code == 401
+    assert post(body).status_code == 200
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or "/usr/bin/chromium"
+    driver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    return (browser, driver) if os.path.exists(browser) and os.path.exists(driver) else None
+
+
+def test_web_page_in_headless_chromium(server: Any) -> None:
+    found = _chromium()
+    if found is None:
+        msg = "headless chromium test needs Debian's chromium + chromium-driver"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{msg}; .ci/run installs them when run as root")
+        pytest.skip(f"{msg} (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = found[0]
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+    ):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=opts)
+    try:
+        driver.get(f"{URL}/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-stage=sr64]"))
+        driver.find_element(By.ID, "prompt").send_keys("a red circle on the left")
+        for el in driver.find_elements(By.CSS_SELECTOR, "[data-key=steps]"):
+            el.clear()
+            el.send_keys("2")
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "generate").click()
+        img = wait.until(
+            lambda d: next(
+                (
+                    e
+                    for e in d.find_elements(By.CSS_SELECTOR, "#results img")
+                    if (e.get_attribute("src") or "").startswith("data:image/png;base64,")
+                    and driver.execute_script("return arguments[0].naturalWidth", e) > 0
+                ),
+                None,
+            )
+        )
+        size = driver.execute_script(
+            "return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img
+        )
+        assert size == [64, 64]
+        assert "seed" in driver.find_element(By.CSS_SELECTOR, "#results figcaption").text
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
