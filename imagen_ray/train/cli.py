@@ -29,7 +29,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="ray: the Ray Data webdataset pipeline (default); memory: seeded random "
         "tensors (benchmarks, smoke tests)",
     )
-    p.add_argument("--resume-from", metavar="DIR", help="start from this checkpoint/run dir")
+    p.add_argument(
+        "--resume-from",
+        action="append",
+        metavar="DIR",
+        help="start from this checkpoint_* directory or run directory (its latest complete "
+        "checkpoint): weights, optimizer, LR schedule, EMA, step, RNG and the W&B run id; "
+        "once per --config, in the same order. Needs the same stage, workers and ZeRO stage",
+    )
     p.add_argument(
         "--num-cpus",
         type=float,
@@ -48,13 +55,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     names = [c.train.name or c.stage.name for c in cfgs]
     if len(set(names)) != len(names):
         raise ValueError(f"run names must differ, got {names}: set train.name per config")
+    resume: list[str | None] = list(args.resume_from or [None] * len(cfgs))
+    if len(resume) != len(cfgs):
+        raise ValueError(
+            f"{len(resume)} --resume-from for {len(cfgs)} --config: give one --resume-from "
+            "per --config (in the same order), or train the stages in separate commands"
+        )
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init()
         else:
             ray.init(num_cpus=args.num_cpus, include_dashboard=False)
     trainers = [
-        build_trainer(c, data=args.data, resume_from=args.resume_from) for c in cfgs
+        build_trainer(c, data=args.data, resume_from=r) for c, r in zip(cfgs, resume, strict=True)
     ]  # all validated against the cluster before any starts
     with ThreadPoolExecutor(max_workers=len(trainers)) as pool:
         results = list(pool.map(lambda t: t.fit(), trainers))

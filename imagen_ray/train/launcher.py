@@ -45,6 +45,52 @@ def run_dir(cfg: RunConfig) -> str:
     return str(Path(root).expanduser().resolve() / name)
 
 
+def resolve_resume(cfg: RunConfig, resume_from: str) -> str:
+    """The checkpoint a run starts from, checked against the run before any worker starts.
+
+    Args:
+        cfg: the run that will resume.
+        resume_from: a ``checkpoint_*`` directory, or a run directory (its latest complete
+            checkpoint is used). URIs are passed through unchecked.
+
+    Returns:
+        The checkpoint directory.
+
+    Raises:
+        LaunchError: no complete checkpoint there, or it was written by a run with another
+            world size, ZeRO stage or stage (model) config, which cannot load it.
+    """
+    if "://" in resume_from:
+        return resume_from
+    from imagen_ray.train.checkpoint import IncompleteCheckpoint, latest_checkpoint, read_config
+
+    try:
+        ckpt = latest_checkpoint(resume_from)
+        meta = read_config(ckpt)
+    except IncompleteCheckpoint as e:
+        raise LaunchError(f"--resume-from {resume_from}: {e}") from e
+    problems = []
+    if int(meta["world_size"]) != cfg.train.num_workers:
+        problems.append(
+            f"it was written by {meta['world_size']} workers, this run has "
+            f"train.num_workers={cfg.train.num_workers}"
+        )
+    if int(meta["zero_stage"]) != cfg.train.zero_stage:
+        problems.append(
+            f"it was written with ZeRO stage {meta['zero_stage']}, this run has "
+            f"train.zero_stage={cfg.train.zero_stage}"
+        )
+    if meta["run"]["stage"] != cfg.stage.model_dump(mode="json"):
+        problems.append("its stage (model) config differs from this run's")
+    if problems:
+        raise LaunchError(
+            f"cannot resume from {ckpt}: {'; '.join(problems)}. Use the checkpoint's own "
+            "settings (its config.json holds them), or `imagen-ray export` it and start a "
+            "new run"
+        )
+    return str(ckpt)
+
+
 def build_trainer(
     cfg: RunConfig,
     *,
@@ -53,8 +99,15 @@ def build_trainer(
     faults: dict[str, Any] | None = None,
     text_dim: int | None = None,
     exact_resume: bool = True,
+    measure_memory: bool = False,
 ) -> Any:
-    """A ``TorchTrainer`` for one stage (``data="memory"`` trains on seeded random tensors)."""
+    """A ``TorchTrainer`` for one stage (``data="memory"`` trains on seeded random tensors).
+
+    ``resume_from`` (a checkpoint or run directory) is used when the run has no checkpoint
+    of its own yet; after a worker failure Ray Train's latest checkpoint of this run wins.
+    ``measure_memory`` adds each rank's model-state bytes to the reported metrics
+    (``imagen_ray.train.memory``; benchmarks).
+    """
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -62,6 +115,8 @@ def build_trainer(
     from imagen_ray.train.loop import train_loop_per_worker
 
     check_resources(cfg, ray.cluster_resources())
+    if resume_from is not None:
+        resume_from = resolve_resume(cfg, resume_from)
     if text_dim is None:
         from imagen_ray.text import text_dim as resolve_dim
 
@@ -91,6 +146,7 @@ def build_trainer(
             "stats": stats,
             "run_dir": run_dir(cfg),
             "exact_resume": exact_resume,
+            "measure_memory": measure_memory,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,

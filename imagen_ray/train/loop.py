@@ -24,6 +24,7 @@ from imagen_ray.config import RunConfig
 from imagen_ray.train import checkpoint as ckpt_io
 from imagen_ray.train.deepspeed_config import build_deepspeed_config
 from imagen_ray.train.ema import EMA
+from imagen_ray.train.memory import gather_model_state_bytes
 
 
 class NonFiniteLoss(RuntimeError):
@@ -81,7 +82,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     Args:
         config: ``{"run": RunConfig.model_dump(), "text_dim": int, "data": "ray" |
-            "memory", "resume_from": path | None, "faults": {...} (tests only)}``.
+            "memory", "resume_from": path | None, "faults": {...} (tests only),
+            "measure_memory": bool (benchmarks: per-rank model-state bytes in the
+            reported metrics, see ``imagen_ray.train.memory``)}``.
     """
     import deepspeed
     import ray.train
@@ -99,6 +102,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ds_config = build_deepspeed_config(cfg.train, cfg.data, world_size=world)
     client_opt = None
     if cfg.train.optimizer == "adafactor":
+        # Under ZeRO 1-3 DeepSpeed hands the optimizer flat 1-D fp32 partitions, so Adafactor
+        # keeps unfactored second moments there (Adam's exp_avg_sq size, without exp_avg);
+        # its factored row/column statistics apply at ZeRO 0, where it sees the real shapes.
         client_opt = torch.optim.Adafactor(
             stage.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
@@ -144,6 +150,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # ---------------------------------------------------------------- loop
     stats = config.get("stats")
+    measure_memory = bool(config.get("measure_memory"))
+    memory: list[dict[str, int]] | None = None
     nan_streak = 0
     window = _Window()
     t_start = time.perf_counter()
@@ -176,6 +184,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         nan_streak = 0
         boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
+        if measure_memory and boundary and state.step >= 1 and memory is None:
+            # gradients live between backward and step; optimizer states after one step
+            memory = gather_model_state_bytes(engine)
         engine.step()
         window.add(loss.item(), x0.shape[0], t_data, time.perf_counter() - t0)
         if not boundary:
@@ -209,6 +220,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _print_progress(cfg, state.step, metrics, t_start)
             if wandb_run is not None:
                 wandb_run.log(metrics, step=state.step)
+        if memory is not None:  # per-rank list: for the run's result, not for W&B charts
+            metrics["memory/model_state_bytes"] = memory
         if cfg.train.sample_every and state.step % cfg.train.sample_every == 0:
             _log_samples(
                 cfg,

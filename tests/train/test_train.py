@@ -14,55 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from imagen_ray.config import RunConfig, load_run_config
+from tests.train.conftest import (
+    ROOT,
+    exported,
+    fit,
+    read_wandb_history,
+    tiny_cfg,
+    wandb_run_files,
+)
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    import ray
-
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/torch_extensions"))
-    ray.init(num_cpus=4, object_store_memory=500 * 1024**2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-def tiny_cfg(tmp: Path, name: str, *extra: str) -> RunConfig:
-    return load_run_config(
-        ROOT / "configs/tiny/base.yaml",
-        [
-            "stage.unet.channels=16",
-            "stage.unet.head_dim=16",
-            "text.max_length=8",
-            "data.batch_size=4",
-            "train.steps=10",
-            "train.lr=1e-3",
-            "train.log_every=5",
-            "train.checkpoint_every=5",
-            "train.ema_decay=0.9",
-            "train.max_failures=0",
-            f"train.storage_path={tmp}",
-            f"train.name={name}",
-            *extra,
-        ],
-    )
-
-
-def fit(cfg: RunConfig, **kw):
-    from imagen_ray.train.launcher import build_trainer
-
-    return build_trainer(cfg, data="memory", text_dim=384, **kw).fit()
-
-
-def exported(run_dir: Path, out: Path, weights: str = "ema") -> dict[str, torch.Tensor]:
-    from imagen_ray.cascade import load_stage
-    from imagen_ray.train.export import export_checkpoint
-
-    stage, _ = load_stage(export_checkpoint(run_dir, out, weights=weights))
-    return {k: v.detach().clone() for k, v in stage.unet.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -116,39 +77,6 @@ def test_export_loads_into_a_cascade_that_generates(runs, tmp_path: Path) -> Non
     assert images[0].shape == (1, 3, 32, 32) and torch.isfinite(images[0]).all()
 
 
-def read_wandb_history(path: str) -> list[dict]:
-    """History rows of an offline ``run-*.wandb`` file (W&B's LevelDB-style record log:
-    a 7-byte file header, 32 KiB blocks of records with a 7-byte crc/length/type header)."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
-
-    data = Path(path).read_bytes()
-    assert data[:4] == b":W&B"
-    pos, block, buf, rows = 7, 32768, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # block trailer padding
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0 and length == 0:
-            break
-        buf += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # FULL or LAST: a whole record is in buf
-            rec = wandb_internal_pb2.Record()
-            rec.ParseFromString(buf)
-            buf = b""
-            if rec.WhichOneof("record_type") == "history":
-                rows.append(
-                    {
-                        (i.key or "/".join(i.nested_key)): json.loads(i.value_json)
-                        for i in rec.history.item
-                    }
-                )
-    return rows
-
-
 def test_offline_wandb_run_has_metrics_and_images(runs) -> None:
     tmp, _ = runs
     files = glob.glob(str(tmp / "zero2" / "wandb" / "offline-run-*" / "run-*.wandb"))
@@ -179,6 +107,89 @@ def test_killed_worker_recovers_from_the_last_checkpoint_exactly(runs, tmp_path:
     resumed = exported(tmp_path / "killed", tmp_path / "resumed")
     for k in straight:
         torch.testing.assert_close(resumed[k], straight[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def checkpoint_at(run_dir: Path, step: int) -> Path:
+    from imagen_ray.train.checkpoint import read_config
+
+    found = [
+        c for c in run_dir.glob("checkpoint_*") if c.is_dir() and read_config(c)["step"] == step
+    ]
+    assert len(found) == 1, f"no single checkpoint of step {step} in {run_dir}"
+    return found[0]
+
+
+def test_resume_from_a_mid_run_checkpoint_gives_the_same_weights_and_wandb_run(
+    runs, tmp_path: Path, capsys
+) -> None:
+    """N steps straight (the ZeRO-2 run: 10) vs N/2 + N/2: a new run (new name, new worker
+    processes) started by `imagen-ray train --resume-from <step-5 checkpoint>` trains steps
+    6..10 and ends with exactly the straight run's weights (bitwise: same data position,
+    RNG, Adam state, LR schedule and EMA; 2 gloo ranks reduce in a fixed order on CPU), and
+    continues the straight run's W&B run (same id, history resumes at step 10)."""
+    from imagen_ray.cli import main
+
+    tmp, _ = runs
+    half = checkpoint_at(tmp / "zero2", 5)
+    [straight_file] = wandb_run_files(tmp / "zero2")
+    run_id = straight_file.stem.removeprefix("run-")
+    saved = json.loads((half / "state" / "rank_00000.json").read_text())
+    assert saved["wandb_run_id"] == run_id and saved["step"] == 5
+
+    sets = [
+        "stage.unet.channels=16", "stage.unet.head_dim=16", "text.max_length=8",
+        "data.batch_size=4", "train.steps=10", "train.lr=1e-3", "train.log_every=5",
+        "train.checkpoint_every=5", "train.ema_decay=0.9", "train.max_failures=0",
+        "train.zero_stage=2", f"train.storage_path={tmp_path}", "train.name=resumed",
+    ]  # fmt: skip
+    args = ["train", "-c", str(ROOT / "configs/tiny/base.yaml"), "--data", "memory"]
+    args += [x for kv in sets for x in ("--set", kv)] + ["--resume-from", str(half)]
+    assert main(args) == 0
+    [summary] = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x[:1] == "{"]
+    assert summary["metrics"]["step"] == 10 and summary["metrics"]["samples_seen"] == 80
+
+    for weights in ("model", "ema"):
+        straight = exported(tmp / "zero2", tmp_path / f"s-{weights}", weights)
+        resumed = exported(tmp_path / "resumed", tmp_path / f"r-{weights}", weights)
+        assert straight.keys() == resumed.keys()
+        for k in straight:
+            assert torch.equal(resumed[k], straight[k]), f"{weights} {k} differs after resume"
+    # the untouched half-way weights differ from the end: the equality above is not vacuous
+    halfway = exported(half, tmp_path / "half", "model")
+    assert any(not torch.equal(halfway[k], straight[k]) for k in straight)
+
+    [resumed_file] = wandb_run_files(tmp_path / "resumed")
+    assert resumed_file.name == straight_file.name, "the resumed run started a new W&B run"
+    steps = [r["step"] for r in read_wandb_history(resumed_file) if "loss" in r]
+    assert steps == [10]
+    end = checkpoint_at(tmp_path / "resumed", 10) / "state/rank_00000.json"
+    assert json.loads(end.read_text())["wandb_run_id"] == run_id
+
+
+def test_resume_from_checks_the_checkpoint_before_any_worker_starts(
+    runs, tmp_path: Path, capsys
+) -> None:
+    from imagen_ray.cli import main
+    from imagen_ray.train.launcher import LaunchError, resolve_resume
+
+    tmp, _ = runs
+    run2 = tmp / "zero2"
+    cfg = tiny_cfg(tmp_path, "r", "train.zero_stage=2")
+    # a run directory resolves to its latest complete checkpoint
+    assert resolve_resume(cfg, str(run2)) == str(checkpoint_at(run2, 10))
+    with pytest.raises(LaunchError, match=r"by 2 workers, this run has train\.num_workers=1"):
+        resolve_resume(tiny_cfg(tmp_path, "r", "train.num_workers=1"), str(run2))
+    with pytest.raises(LaunchError, match=r"ZeRO stage 2, this run has train\.zero_stage=3"):
+        resolve_resume(tiny_cfg(tmp_path, "r", "train.zero_stage=3"), str(run2))
+    with pytest.raises(LaunchError, match=r"stage \(model\) config differs"):
+        resolve_resume(tiny_cfg(tmp_path, "r", "stage.unet.channels=32"), str(run2))
+    with pytest.raises(LaunchError, match="no complete imagen-ray checkpoint"):
+        resolve_resume(cfg, str(tmp_path))
+    # one --resume-from cannot serve two stages
+    args = ["train", "-c", str(ROOT / "configs/tiny/base.yaml")]
+    args += ["-c", str(ROOT / "configs/tiny/sr64.yaml"), "--resume-from", str(run2)]
+    assert main(args) == 2
+    assert "1 --resume-from for 2 --config" in capsys.readouterr().err
 
 
 def test_nonfinite_losses_stop_the_run_with_a_clear_error(ray_cluster, tmp_path: Path) -> None:
