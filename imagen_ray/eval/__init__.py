@@ -1,0 +1,1 @@
+"""Evaluation: the synthetic-set alignment probe, SR fidelity, prompt suites, FID/CLIP."""

@@ -1,0 +1,173 @@
+"""The alignment probe: read colour, shape, position and count back from a generated image.
+
+A deterministic pixel checker for images of the synthetic set (:mod:`imagen_ray.data.synthetic`).
+It makes no use of a learned model, so its verdicts do not drift and a wrong answer can be
+reproduced by hand:
+
+1. background: the per-channel median of the image's border ring (objects keep a margin);
+2. object pixels: farther than ``min_contrast`` (RGB Euclidean) from the background;
+3. colour: majority vote of the object pixels' nearest colour in the synthetic palette;
+4. count: connected components (8-neighbourhood, ``scipy.ndimage.label``) of the pixels of
+   that colour, ignoring specks smaller than ``min_component`` of the image area;
+5. position: the centroid of those pixels, named by the nearest region anchor;
+6. shape: the largest component against each shape drawn into its bounding box with the
+   renderer that made the training images; the best intersection-over-union wins (below
+   ``min_iou`` the blob is no shape at all).
+
+On the training images themselves it reads every attribute back (``tests/eval``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from imagen_ray.data.synthetic import ATTRIBUTES, CROSS_ARM
+
+PROBED = ("colour", "shape", "position", "count")
+
+_PALETTE_NAMES = tuple(ATTRIBUTES.colours)
+_PALETTE = np.asarray([ATTRIBUTES.colours[c] for c in _PALETTE_NAMES], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the probe read from one image (``None`` where nothing could be read)."""
+
+    colour: str | None
+    shape: str | None
+    position: str | None
+    count: int
+    object_fraction: float  # share of the image covered by object pixels
+    shape_iou: float  # IoU of the best shape template (0 when no object)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _shape_mask(shape: str, width: int, height: int, ss: int = 4) -> np.ndarray:
+    """``shape`` filling a ``width x height`` box, drawn like the training set, as bool."""
+    w, h = width * ss, height * ss
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    x0, y0, x1, y1 = 0, 0, w - 1, h - 1
+    if shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=255)
+    elif shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=255)
+    elif shape == "triangle":
+        draw.polygon([(w / 2, y0), (x1, y1), (x0, y1)], fill=255)
+    elif shape == "cross":
+        ax, ay = CROSS_ARM * w / 2, CROSS_ARM * h / 2
+        draw.rectangle((w / 2 - ax, y0, w / 2 + ax, y1), fill=255)
+        draw.rectangle((x0, h / 2 - ay, x1, h / 2 + ay), fill=255)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(ATTRIBUTES.shapes)}")
+    small = canvas.resize((width, height), Image.Resampling.BOX)
+    return np.asarray(small) >= 128
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def read_image(
+    image: np.ndarray | Image.Image,
+    *,
+    min_contrast: float = 100.0,
+    min_component: float = 0.004,
+    min_iou: float = 0.5,
+) -> Reading:
+    """Read the attributes of one synthetic-style image.
+
+    Args:
+        image: RGB, ``(H, W, 3)`` uint8 array or a PIL image (any square size >= 8).
+        min_contrast: RGB distance from the background above which a pixel is "object".
+        min_component: components smaller than this share of the image are ignored.
+        min_iou: a best shape template matching worse than this reads as no shape.
+
+    Returns:
+        The :class:`Reading`.
+    """
+    img = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {img.shape}")
+    from scipy import ndimage  # scipy: labelled components; a transitive dependency of ours
+
+    x = img.astype(np.float32)
+    h, w = x.shape[:2]
+    ring = max(1, min(h, w) // 32)
+    border = np.concatenate(
+        [
+            x[:ring].reshape(-1, 3),
+            x[-ring:].reshape(-1, 3),
+            x[:, :ring].reshape(-1, 3),
+            x[:, -ring:].reshape(-1, 3),
+        ]
+    )
+    bg = np.median(border, axis=0)
+    obj = np.linalg.norm(x - bg, axis=-1) > min_contrast
+    if not obj.any():
+        return Reading(None, None, None, 0, 0.0, 0.0)
+
+    nearest = np.argmin(((x[obj][:, None, :] - _PALETTE[None]) ** 2).sum(-1), axis=1)
+    votes = np.bincount(nearest, minlength=len(_PALETTE_NAMES))
+    ci = int(votes.argmax())
+    colour = _PALETTE_NAMES[ci]
+    mine = np.zeros_like(obj)
+    mine[obj] = nearest == ci
+
+    labels, n = ndimage.label(mine, structure=np.ones((3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    keep = [i + 1 for i, s in enumerate(sizes) if s >= min_component * h * w]
+    if not keep:
+        return Reading(colour, None, None, 0, float(obj.mean()), 0.0)
+    kept = np.isin(labels, keep)
+    ys, xs = np.nonzero(kept)
+    cx, cy = (xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h
+    anchors = ATTRIBUTES.positions
+    position = min(anchors, key=lambda p: (anchors[p][0] - cx) ** 2 + (anchors[p][1] - cy) ** 2)
+    largest = max(keep, key=lambda i: sizes[i - 1])
+    sl = ndimage.find_objects((labels == largest).astype(np.int32))[0]
+    comp = labels[sl] == largest
+    bh, bw = comp.shape
+    scores = {s: _iou(comp, _shape_mask(s, bw, bh)) for s in ATTRIBUTES.shapes}
+    best = max(scores, key=lambda s: scores[s])
+    shape = best if scores[best] >= min_iou else None
+    return Reading(colour, shape, position, len(keep), float(obj.mean()), scores[best])
+
+
+def score(readings: Sequence[Reading], expected: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Accuracy of each probed attribute, and of all of colour+shape+position together.
+
+    Args:
+        readings: one per image.
+        expected: the attributes each image was prompted with (``colour``, ``shape``,
+            ``position``, ``count``; a missing or ``None`` key is not scored).
+
+    Returns:
+        ``{"n": int, "accuracy": {attr: float}, "all": float}``; ``all`` counts images where
+        colour, shape and position are all right.
+    """
+    if len(readings) != len(expected):
+        raise ValueError(f"{len(readings)} readings for {len(expected)} expected attribute sets")
+    acc: dict[str, float] = {}
+    for attr in PROBED:
+        pairs = [(getattr(r, attr), e[attr]) for r, e in zip(readings, expected, strict=True)]
+        pairs = [(got, want) for got, want in pairs if want is not None]
+        if pairs:
+            acc[attr] = sum(got == want for got, want in pairs) / len(pairs)
+    all_right = [
+        all(getattr(r, a) == e[a] for a in ("colour", "shape", "position"))
+        for r, e in zip(readings, expected, strict=True)
+    ]
+    return {
+        "n": len(readings),
+        "accuracy": acc,
+        "all": sum(all_right) / len(all_right) if all_right else 0.0,
+    }
