@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -135,8 +135,10 @@ def create_app(ingress: Ingress) -> FastAPI:
     async def problem(request: Request, exc: RequestProblem) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, exc.status)
 
+    # FastAPI's default-argument form: an Annotated[...] naming the local `bearer` would be a
+    # string here (postponed annotations) that FastAPI cannot resolve.
     def authorize(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> None:
         if ingress.token is None:
             return

@@ -153,5 +153,5 @@ def serve_deploy_config(cfg: ServeConfig) -> dict[str, Any]:
             }
         ],
     }
-    ServeDeploySchema.parse_obj(out)
+    ServeDeploySchema.model_validate(out)
     return out

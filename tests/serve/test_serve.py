@@ -15,12 +15,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
-requests = pytest.importorskip("requests")
-
-from PIL import Image  # noqa: E402
+import ray
+import requests
+from PIL import Image
+from ray import serve
 
 pytestmark = pytest.mark.slow
 

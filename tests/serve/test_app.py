@@ -1,0 +1,144 @@
+"""The serve config, the application builder, the Serve config writer and the request schema,
+without starting Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from imagen_ray.cli import main
+from imagen_ray.config import ConfigError
+from imagen_ray.serve.app import (
+    IMPORT_PATH,
+    build_app,
+    check_cascade_dir,
+    load_serve_config,
+    serve_deploy_config,
+)
+from imagen_ray.serve.ingress import read_token
+from imagen_ray.serve.schemas import GenerateRequest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE_YAML = ROOT / "configs" / "tiny" / "serve.yaml"
+
+
+@pytest.fixture(scope="module")
+def cascade_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from imagen_ray.cascade import Cascade
+    from imagen_ray.config import load_cascade_config
+
+    cfg = load_cascade_config(ROOT / "configs" / "tiny" / "cascade.yaml")
+    return Cascade.from_config(cfg).save(tmp_path_factory.mktemp("app") / "tiny")
+
+
+def test_stage_entries_override_stage_defaults_field_by_field() -> None:
+    cfg = load_serve_config(
+        SERVE_YAML,
+        ["serve.stages=[{name: sr64, num_cpus: 1.5, num_replicas: 2}]"],
+        cascade="elsewhere",
+    )
+    assert cfg.cascade == "elsewhere"
+    sr = cfg.stage_deployment("sr64")
+    assert (sr.num_cpus, sr.num_replicas) == (1.5, 2)
+    assert sr.max_batch_size == cfg.stage_defaults.max_batch_size == 16  # from the defaults
+    assert cfg.stage_deployment("base") == cfg.stage_defaults
+    with pytest.raises(ConfigError, match="names must be unique"):
+        load_serve_config(SERVE_YAML, ["serve.stages=[{name: a}, {name: a}]"])
+    with pytest.raises(ConfigError, match=r"serve\.stage_defaults\.max_batch_size"):
+        load_serve_config(SERVE_YAML, ["serve.stage_defaults.max_batch_size=0"])
+
+
+def test_missing_cascade_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--cascade DIR"):
+        check_cascade_dir(load_serve_config(SERVE_YAML, ["serve.cascade="]))
+    with pytest.raises(ConfigError, match="is not a directory"):
+        check_cascade_dir(load_serve_config(SERVE_YAML, cascade=str(tmp_path / "nope")))
+
+
+def test_serve_config_file_builds_the_same_application(
+    cascade_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "serve_app.yaml"
+    argv = ["serve", "-c", str(SERVE_YAML), "--cascade", str(cascade_dir)]
+    assert main([*argv, "--set", "serve.port=8123", "--write-serve-config", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    written = yaml.safe_load(out.read_text())
+    assert written == serve_deploy_config(
+        load_serve_config(SERVE_YAML, ["serve.port=8123"], cascade=str(cascade_dir))
+    )
+    app = written["applications"][0]
+    assert app["import_path"] == IMPORT_PATH and written["http_options"]["port"] == 8123
+    assert app["args"]["serve"]["cascade"] == str(cascade_dir.resolve())
+    # What `serve run` / `serve deploy` call with those args: the bound ingress application.
+    built = build_app(app["args"])
+    assert type(built).__name__ == "Application"
+    with pytest.raises(ConfigError, match="unknown args"):
+        build_app({"serve": {}, "cascad": "x"})
+    with pytest.raises(ConfigError, match=r"serve.stages names \['sr256'\]"):
+        build_app(
+            {
+                "config": str(SERVE_YAML),
+                "cascade": str(cascade_dir),
+                "set": ["serve.stages=[{name: sr256}]"],
+            }
+        )
+
+
+def test_serve_command_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "-c", str(SERVE_YAML), "--cascade", "/nonexistent/cascade"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_token_from_env_first_then_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "token"
+    f.write_text("from-file\n")
+    monkeypatch.delenv("IMAGEN_TEST_TOKEN", raising=False)
+    assert read_token("IMAGEN_TEST_TOKEN", str(f)) == "from-file"
+    monkeypatch.setenv("IMAGEN_TEST_TOKEN", "from-env")
+    assert read_token("IMAGEN_TEST_TOKEN", str(f)) == "from-env"
+    monkeypatch.delenv("IMAGEN_TEST_TOKEN")
+    with pytest.raises(ValueError, match="IMAGEN_TEST_TOKEN"):
+        read_token("IMAGEN_TEST_TOKEN", None)
+    with pytest.raises(ValueError, match="does not exist"):
+        read_token("IMAGEN_TEST_TOKEN", str(tmp_path / "missing"))
+
+
+def test_auth_on_without_a_token_fails_before_deploying(
+    cascade_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("IMAGEN_RAY_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="no token was found"):
+        build_app(
+            {
+                "config": str(SERVE_YAML),
+                "cascade": str(cascade_dir),
+                "set": ["serve.auth.enabled=true"],
+            }
+        )
+
+
+def test_request_schema() -> None:
+    req = GenerateRequest.model_validate({"prompts": "one", "stages": {"base": {"steps": 3}}})
+    assert req.prompt_list() == ["one"] and req.seed is None
+    for bad in (
+        {"prompts": "a", "extra": 1},
+        {"prompts": "a", "seed": 2**32},
+        {"prompts": "a", "stages": {"base": {"guidance_scale": -1}}},
+        {"prompts": "a", "format": "bmp"},
+        {},
+    ):
+        with pytest.raises(ValueError):
+            GenerateRequest.model_validate(bad)
+
+
+def test_page_ships_with_the_package() -> None:
+    from importlib import resources
+
+    page = resources.files("imagen_ray.serve").joinpath("page.html").read_text()
+    assert (
+        "__ROOT_PATH__" in page
+        and 'id="generate"' in page
+        and "http" not in page.split("<script>")[1].replace("http.", "")
+    )  # no CDN or external URL in the page's script
