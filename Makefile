@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-fast lint format typecheck bench clean
+.PHONY: help setup demo test test-fast lint format typecheck bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv with pinned dev installs (CPU torch)
+
+demo: $(STAMP)  ## train, serve and evaluate a tiny cascade on this machine (~15 min, CPU)
+	$(BIN)/imagen-ray demo --out runs/demo
 
 test: $(STAMP)  ## run the whole test suite
 	$(BIN)/python -m pytest tests
@@ -45,6 +48,8 @@ typecheck: $(STAMP)  ## mypy on the package
 bench: $(STAMP)  ## run the benchmarks in bench/ (JSON lines on stdout)
 	$(BIN)/python bench/unet.py
 	$(BIN)/python bench/data.py
+	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/train.py
 
 clean:  ## remove caches (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache build *.egg-info

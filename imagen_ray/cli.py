@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     from imagen_ray import generate
 
     generate.register(sub)
+    from imagen_ray import demo
+
+    demo.register(sub)
 
     p = sub.add_parser(
         "data",
@@ -153,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     from imagen_ray.data import cli_pipeline
 
     cli_pipeline.register(data_sub)
+    from imagen_ray.eval import cli as eval_cli
+
+    eval_cli.register(sub)
     return parser
 
 
