@@ -1,0 +1,316 @@
+"""``imagen-ray eval``: alignment probe, SR fidelity, prompt-suite gallery, FID, CLIP score."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = """\
+examples:
+  imagen-ray eval probe --cascade runs/export --out eval/probe --heldout data/synthetic
+  imagen-ray eval sr-fidelity --cascade runs/export --n 8 --out eval/sr
+  imagen-ray eval prompts --suite examples/prompt_suite.csv --cascade runs/a \\
+      --cascade runs/b --out eval/gallery --n 2
+  imagen-ray eval fid --generated outputs/batch/images --reference data/ref \\
+      --inception weights/inception-2015-12-05.pt
+  imagen-ray eval clip --images outputs/batch --prompts outputs/batch/manifest.jsonl \\
+      --clip weights/clip-vit-large-patch14
+"""
+
+
+def _cascade_args(p: argparse.ArgumentParser, *, many: bool = False) -> None:
+    if many:
+        p.add_argument(
+            "--cascade",
+            required=True,
+            action="append",
+            metavar="DIR",
+            help="saved cascade directory (repeat to compare cascades side by side)",
+        )
+    else:
+        p.add_argument(
+            "--cascade",
+            required=True,
+            nargs="+",
+            metavar="DIR",
+            help="saved cascade directory, or stage directories base first",
+        )
+    p.add_argument(
+        "--sampling",
+        action="append",
+        default=[],
+        metavar="STAGE.KEY=VALUE",
+        help="override a stage's sampling setting, e.g. base.steps=8 (repeatable)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def register(sub: Any) -> None:
+    """Add ``imagen-ray eval`` and its subcommands to the CLI."""
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a cascade: alignment probe, SR fidelity, prompt suites, FID, CLIP score",
+        description="Evaluation commands. `probe` reads colour/shape/position/count back from "
+        "images generated for held-out and seen synthetic prompts; `sr-fidelity` checks that "
+        "SR stages follow their low-res input; `prompts` renders a DrawBench-style CSV into "
+        "an HTML gallery; `fid` and `clip` score image folders with local weights.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    esub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
+
+    q = esub.add_parser(
+        "probe",
+        help="text-image alignment on the synthetic set (held-out and seen combinations)",
+        description="Generate images for the held-out prompts of the synthetic set and for as "
+        "many seen (colour, shape, position) combinations, read colour, shape, position and "
+        "count back with the deterministic probe (imagen_ray.eval.probe), and report accuracy "
+        "per attribute. Writes metrics.json, readings.jsonl (prompt, seed, expected, read, "
+        "file), images/ and failures.png (each failure with its prompt and what was read). "
+        "The last stage run (--until) is the one read.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _cascade_args(q)
+    q.add_argument("--out", required=True, metavar="DIR", help="report directory")
+    q.add_argument("--images-per-prompt", "-n", type=int, default=1, metavar="N", help="default 1")
+    q.add_argument(
+        "--heldout",
+        metavar="PATH",
+        help="heldout.json of the synthetic shards (or their directory); default: the "
+        "synthetic set's default held-out pairs",
+    )
+    q.add_argument(
+        "--num-seen",
+        type=int,
+        metavar="N",
+        help="seen combinations to add (default: as many as held-out prompts; 0 for none)",
+    )
+    q.add_argument("--until", metavar="STAGE", help="last stage to run and read (default all)")
+    q.set_defaults(func=cmd_probe)
+
+    q = esub.add_parser(
+        "sr-fidelity",
+        help="does each SR stage follow its low-res input? (PSNR/MAE vs a shuffled control)",
+        description="For each super-resolution stage: feed low-res inputs (synthetic images "
+        "rendered at the stage's lowres_size, or the previous stage's outputs with --source "
+        "generated), shrink the output back with the stage's own resize, and compare it with "
+        "the input (PSNR in dB and mean absolute error on 0-255). The control gives every "
+        "prompt another prompt's input: a stage that ignores its input scores about the "
+        "control; one that follows it scores far above (verdict at a gap of 3 dB).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _cascade_args(q)
+    q.add_argument("--n", type=int, default=8, help="inputs per stage (>= 2, default 8)")
+    q.add_argument(
+        "--source",
+        choices=("synthetic", "generated"),
+        default="synthetic",
+        help="low-res inputs: rendered synthetic images (default) or the previous stage's",
+    )
+    q.add_argument("--out", metavar="DIR", help="write fidelity.json and sr_<stage>.png here")
+    q.set_defaults(func=cmd_sr_fidelity)
+
+    q = esub.add_parser(
+        "prompts",
+        help="render a DrawBench-style CSV into an HTML gallery, cascades side by side",
+        description="Read a prompt suite CSV with the columns Prompts and Category (the layout "
+        "of DrawBench, whose CSV works as it is), make N images per prompt with every "
+        "--cascade using the same seeds, and write index.html (grouped by category, one row "
+        "per prompt, one column per cascade), images/ and results.json.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _cascade_args(q, many=True)
+    q.add_argument("--suite", required=True, metavar="CSV", help="prompt suite (Prompts,Category)")
+    q.add_argument("--out", required=True, metavar="DIR", help="gallery directory")
+    q.add_argument("--n", type=int, default=1, help="images per prompt and cascade (default 1)")
+    q.set_defaults(func=cmd_prompts)
+
+    q = esub.add_parser(
+        "fid",
+        help="FID between two image folders (Inception weights from a local file)",
+        description="Fréchet Inception Distance (torchmetrics) between --generated and "
+        "--reference image folders. --inception is the local path of the TorchScript "
+        "Inception-v3 that clean-fid uses (inception-2015-12-05.pt); nothing is downloaded. "
+        "Images are resized to 299 px (bicubic). Use thousands of images for a stable value.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument("--generated", required=True, metavar="DIR", help="generated images")
+    q.add_argument("--reference", required=True, metavar="DIR", help="reference images")
+    q.add_argument("--inception", required=True, metavar="WEIGHTS", help="TorchScript Inception")
+    q.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    q.add_argument("--out", metavar="JSON", help="also write the result to this file")
+    q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    q.set_defaults(func=cmd_fid)
+
+    q = esub.add_parser(
+        "clip",
+        help="CLIP score of images against their prompts (CLIP model from a local directory)",
+        description="CLIP score, max(100 * mean cos(image, text), 0), with a CLIP model "
+        "loaded by transformers from a local directory. --prompts is a manifest: .jsonl with "
+        "file and prompt per record (imagen-ray generate's manifest.jsonl) or .csv with file "
+        "and prompt columns; relative files are under --images.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument("--images", metavar="DIR", help="folder of the manifest's relative files")
+    q.add_argument("--prompts", required=True, metavar="MANIFEST", help=".jsonl or .csv")
+    q.add_argument("--clip", required=True, metavar="MODEL_DIR", help="local CLIP model directory")
+    q.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    q.add_argument("--out", metavar="JSON", help="also write the result to this file")
+    q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    q.set_defaults(func=cmd_clip)
+
+
+def _load(args: argparse.Namespace, path: Any) -> Any:
+    from imagen_ray.cascade import Cascade
+
+    cascade = Cascade.load(path, device=args.device)
+    _ = cascade.encoder  # load it before any progress bar starts
+    return cascade
+
+
+def _positive(name: str, value: int, minimum: int = 1) -> None:
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from imagen_ray.cli import parse_sampling_overrides
+    from imagen_ray.eval.alignment import (
+        evaluate_probe,
+        generate_images,
+        load_spec,
+        probe_items,
+        summary_table,
+    )
+
+    _positive("--images-per-prompt", args.images_per_prompt)
+    if args.num_seen is not None:
+        _positive("--num-seen", args.num_seen, 0)
+    sampling = parse_sampling_overrides(args.sampling)
+    spec = load_spec(args.heldout)
+    base = probe_items(spec, num_seen=args.num_seen, seed=args.seed)
+    k = args.images_per_prompt
+    items = [it for it in base for _ in range(k)]
+    seeds = [args.seed + i for i in range(len(items))]
+    cascade = _load(args, args.cascade[0] if len(args.cascade) == 1 else args.cascade)
+    t0 = time.perf_counter()
+    images = generate_images(
+        cascade,
+        [it["prompt"] for it in items],
+        seeds,
+        sampling=sampling,
+        until=args.until,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    seconds = time.perf_counter() - t0
+    extra = {
+        "cascade": [str(c) for c in args.cascade],
+        "heldout": args.heldout,
+        "images_per_prompt": k,
+        "seed": args.seed,
+        "sampling": sampling,
+        "until": args.until,
+        "generate_seconds": round(seconds, 3),
+    }
+    metrics = evaluate_probe(images, items, args.out, seeds=seeds, extra=extra)
+    print(summary_table(metrics))
+    fail = f", failures.png ({metrics['failures']} failures)" if metrics["failures_png"] else ""
+    print(f"wrote metrics.json, readings.jsonl, {len(images)} images{fail} to {args.out}")
+    return 0
+
+
+def cmd_sr_fidelity(args: argparse.Namespace) -> int:
+    from imagen_ray.cli import parse_sampling_overrides
+    from imagen_ray.eval.sr_fidelity import format_results, sr_fidelity
+
+    _positive("--n", args.n, 2)
+    sampling = parse_sampling_overrides(args.sampling)
+    cascade = _load(args, args.cascade[0] if len(args.cascade) == 1 else args.cascade)
+    results = sr_fidelity(
+        cascade, n=args.n, seed=args.seed, source=args.source, sampling=sampling, out_dir=args.out
+    )
+    print(format_results(results))
+    if args.out:
+        path = Path(args.out) / "fidelity.json"
+        path.write_text(json.dumps({"stages": results}, indent=2) + "\n")
+        print(f"wrote {path} and the sr_<stage>.png grids")
+    else:
+        print(json.dumps({"stages": results}))
+    return 0
+
+
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from imagen_ray.cli import parse_sampling_overrides
+    from imagen_ray.eval.suite import cascade_names, read_suite, run_suite
+
+    _positive("--n", args.n)
+    prompts = read_suite(args.suite)
+    sampling = parse_sampling_overrides(args.sampling)
+    names = cascade_names(args.cascade)
+    cascades = [(name, _load(args, path)) for name, path in zip(names, args.cascade, strict=True)]
+    results = run_suite(
+        cascades,
+        prompts,
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        sampling=sampling,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        title=f"prompt suite: {Path(args.suite).name}",
+    )
+    cats = len({p.category for p in prompts})
+    total = len(prompts) * args.n * len(cascades)
+    print(
+        f"wrote {Path(args.out) / 'index.html'}: {len(prompts)} prompts in {cats} categories, "
+        f"{total} images from {', '.join(results['cascades'])}"
+    )
+    return 0
+
+
+def _write_result(result: dict[str, Any], out: str | None) -> None:
+    print(json.dumps({k: v for k, v in result.items() if k != "per_image"}))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    from imagen_ray.eval.fid import fid, load_inception
+
+    features = load_inception(args.inception, device=args.device)
+    result = fid(
+        args.generated,
+        args.reference,
+        features,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    _write_result({**result, "inception": str(args.inception)}, args.out)
+    return 0
+
+
+def cmd_clip(args: argparse.Namespace) -> int:
+    from imagen_ray.eval.clip import clip_score, load_clip, read_manifest
+
+    pairs = read_manifest(args.prompts, args.images)
+    model, processor = load_clip(args.clip, device=args.device)
+    result = clip_score(
+        pairs, model, processor, batch_size=args.batch_size, progress=not args.no_progress
+    )
+    _write_result({**result, "clip": str(args.clip)}, args.out)
+    return 0
