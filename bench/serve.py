@@ -212,6 +212,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ceiling = batching_ceiling(cascade, steps, max(args.concurrency), reps)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
+        from imagen_ray.serve.app import free_port, port_in_use
+
+        if port_in_use("127.0.0.1", args.port):  # Serve would share it (SO_REUSEPORT)
+            busy, args.port = args.port, free_port()
+            log(f"port {busy} is in use by another server; using {args.port}")
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         cfgs = deploy(args, cascade)
         base = f"http://127.0.0.1:{args.port}"
@@ -279,6 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "order": "per concurrency and round: on, off (closed-loop clients)",
             "ray_num_cpus": args.num_cpus,
+            "port": args.port,
         },
         "variants": {
             "on": {

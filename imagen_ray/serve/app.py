@@ -55,6 +55,32 @@ def check_cascade_dir(cfg: ServeConfig) -> list[Path]:
     return read_cascade_manifest(cfg.cascade)
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on ``host:port``.
+
+    Ray Serve's proxy binds with SO_REUSEPORT, so a second Serve instance on the same port
+    does not fail: the kernel silently splits connections between the two servers. Check
+    first (a plain bind, without SO_REUSEPORT, fails while anyone listens).
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def deployment_options(d: ServeDeploymentConfig) -> dict[str, Any]:
     """``Deployment.options(...)`` for one deployment's settings."""
     opts: dict[str, Any] = {

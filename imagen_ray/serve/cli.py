@@ -99,9 +99,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from imagen_ray.serve.app import build_application
+    from imagen_ray.serve.app import build_application, port_in_use
 
     address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address and port_in_use(cfg.host, cfg.port):
+        raise ValueError(
+            f"{cfg.host}:{cfg.port} is already in use by another process (another imagen-ray "
+            "serve?); stop it or choose another port with --set serve.port=PORT"
+        )
     print(f"starting Ray ({'joining ' + address if address else 'local'})…", flush=True)
     init: dict[str, Any] = {"address": address, "include_dashboard": False}
     if not address and args.num_cpus:

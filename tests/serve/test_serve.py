@@ -23,7 +23,7 @@ from ray import serve
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-URL = "http://127.0.0.1:8000"
+PORT = 8000
 TOKEN = "test-token-1234"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FAST = {"base": {"steps": 2}, "sr64": {"steps": 1}}  # a few sampler steps keep tests quick
@@ -40,7 +40,12 @@ def cascade_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(cascade_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from imagen_ray.serve.app import build_application, load_serve_config
+    """The base URL of the served tiny cascade (auth on)."""
+    from imagen_ray.serve.app import build_application, free_port, load_serve_config, port_in_use
+
+    # Serve's proxy binds with SO_REUSEPORT: on a machine where another Serve already
+    # listens on 8000 (a second test run), sharing the port would mix the two servers.
+    port = free_port() if port_in_use("127.0.0.1", PORT) else PORT
 
     token_file = tmp_path_factory.mktemp("auth") / "token"
     token_file.write_text(TOKEN + "\n")
@@ -55,22 +60,25 @@ def server(cascade_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
             f"serve.auth.token_file={token_file}",
             "serve.stage_defaults.num_cpus=0.2",
             "serve.stage_defaults.batch_wait_timeout_s=0.05",
+            f"serve.port={port}",
         ],
         cascade=str(cascade_dir),
     )
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_application(cfg), name=cfg.app_name, route_prefix="/")
-    yield cfg
+    yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
 
 
-def post(body: Any, headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:
+def post(
+    url: str, body: Any, headers: dict[str, str] | None = None, **kw: Any
+) -> requests.Response:
     h = {**AUTH, **(headers or {})}
     if not isinstance(body, (dict, list)):  # raw bytes, text, or a chunk generator
-        return requests.post(f"{URL}/v1/generate", data=body, headers=h, timeout=120, **kw)
-    return requests.post(f"{URL}/v1/generate", json=body, headers=h, timeout=120, **kw)
+        return requests.post(f"{url}/v1/generate", data=body, headers=h, timeout=120, **kw)
+    return requests.post(f"{url}/v1/generate", json=body, headers=h, timeout=120, **kw)
 
 
 def pixels(b64_or_bytes: str | bytes) -> np.ndarray:
@@ -78,24 +86,24 @@ def pixels(b64_or_bytes: str | bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
 
 
-def test_health_models_docs(server: Any) -> None:
-    assert requests.get(f"{URL}/healthz", timeout=10).json() == {
+def test_health_models_docs(server: str) -> None:
+    assert requests.get(f"{server}/healthz", timeout=10).json() == {
         "status": "ok",
         "stages": ["base", "sr64"],
     }
-    models = requests.get(f"{URL}/v1/models", timeout=10).json()
+    models = requests.get(f"{server}/v1/models", timeout=10).json()
     assert [(s["name"], s["size"]) for s in models["stages"]] == [("base", 32), ("sr64", 64)]
     assert models["encoder"]["name"] == "minilm" and models["auth"] is True
     assert models["limits"]["max_prompts"] == 4
-    assert "swagger" in requests.get(f"{URL}/docs", timeout=10).text.lower()
-    spec = requests.get(f"{URL}/openapi.json", timeout=10).json()
+    assert "swagger" in requests.get(f"{server}/docs", timeout=10).text.lower()
+    spec = requests.get(f"{server}/openapi.json", timeout=10).json()
     assert "/v1/generate" in spec["paths"]
-    page = requests.get(f"{URL}/", timeout=10)
+    page = requests.get(f"{server}/", timeout=10)
     assert page.headers["content-type"].startswith("text/html") and 'id="generate"' in page.text
 
 
-def test_generate_returns_images_of_each_stage_size(server: Any) -> None:
-    r = post({"prompts": ["a red circle", "a blue square"], "seed": 7, "stages": FAST})
+def test_generate_returns_images_of_each_stage_size(server: str) -> None:
+    r = post(server, {"prompts": ["a red circle", "a blue square"], "seed": 7, "stages": FAST})
     assert r.status_code == 200, r.text
     body = r.json()
     assert [im["seed"] for im in body["images"]] == [7, 8]
@@ -104,19 +112,19 @@ def test_generate_returns_images_of_each_stage_size(server: Any) -> None:
     assert s["stages"] == ["base", "sr64"] and s["sampling"]["base"]["steps"] == 2
     assert s["sampling"]["sr64"]["aug_level"] == pytest.approx(0.2)  # the stage default
 
-    r = post({"prompts": "a tree", "until": "base", "format": "jpeg", "stages": FAST})
+    r = post(server, {"prompts": "a tree", "until": "base", "format": "jpeg", "stages": FAST})
     im = r.json()["images"][0]
     assert im["format"] == "jpeg" and base64.b64decode(im["image"])[:2] == b"\xff\xd8"
     assert pixels(im["image"]).shape == (32, 32, 3) and r.json()["settings"]["until"] == "base"
 
 
-def test_same_seed_same_pixels_as_the_in_process_cascade(server: Any, cascade_dir: Path) -> None:
+def test_same_seed_same_pixels_as_the_in_process_cascade(server: str, cascade_dir: Path) -> None:
     from imagen_ray.cascade import Cascade
 
     req = {"prompts": ["two green triangles"], "seed": 11, "stages": FAST}
-    a, b = post(req).json(), post(req).json()
+    a, b = post(server, req).json(), post(server, req).json()
     assert a["images"][0]["image"] == b["images"][0]["image"]
-    other = post({**req, "seed": 12}).json()
+    other = post(server, {**req, "seed": 12}).json()
     assert not np.array_equal(pixels(other["images"][0]["image"]), pixels(a["images"][0]["image"]))
     # The settings returned reproduce the image in-process, pixel for pixel.
     s = a["settings"]
@@ -126,16 +134,18 @@ def test_same_seed_same_pixels_as_the_in_process_cascade(server: Any, cascade_di
     np.testing.assert_array_equal(pixels(a["images"][0]["image"]), out.uint8()[0])
 
 
-def test_accept_image_returns_the_image_itself(server: Any) -> None:
-    r = post({"prompts": "a red circle", "seed": 3, "stages": FAST}, {"Accept": "image/png"})
+def test_accept_image_returns_the_image_itself(server: str) -> None:
+    r = post(
+        server, {"prompts": "a red circle", "seed": 3, "stages": FAST}, {"Accept": "image/png"}
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert pixels(r.content).shape == (64, 64, 3) and r.headers["X-Imagen-Seed"] == "3"
     assert json.loads(r.headers["X-Imagen-Settings"])["seed"] == 3
-    r = post({"prompts": ["a", "b"], "stages": FAST}, {"Accept": "image/png"})
+    r = post(server, {"prompts": ["a", "b"], "stages": FAST}, {"Accept": "image/png"})
     assert r.status_code == 406 and "one prompt" in r.json()["detail"]
 
 
-def test_concurrent_requests_are_batched_and_batch_independent(server: Any) -> None:
+def test_concurrent_requests_are_batched_and_batch_independent(server: str) -> None:
     """32 requests from 8 threads, with two different step counts: all succeed, the
     deployments form batches > 1, and each image equals the one made alone."""
     reqs = [
@@ -147,13 +157,13 @@ def test_concurrent_requests_are_batched_and_batch_independent(server: Any) -> N
         }
         for i in range(32)
     ]
-    alone = {i: post(reqs[i]).json()["images"][0]["image"] for i in (0, 1)}
+    alone = {i: post(server, reqs[i]).json()["images"][0]["image"] for i in (0, 1)}
     with ThreadPoolExecutor(8) as pool:
-        got = list(pool.map(post, reqs))
+        got = list(pool.map(lambda r: post(server, r), reqs))
     assert [r.status_code for r in got] == [200] * 32
     for i in (0, 1):
         np.testing.assert_array_equal(pixels(got[i].json()["images"][0]["image"]), pixels(alone[i]))
-    stats = requests.get(f"{URL}/v1/stats", timeout=10).json()
+    stats = requests.get(f"{server}/v1/stats", timeout=10).json()
     assert stats["stages"]["base"]["max_batch"] > 1, stats
     assert stats["encoder"]["max_batch"] > 1, stats
     # Different step counts in one batch were split into separate forward passes.
@@ -186,29 +196,29 @@ BAD: list[tuple[str, Any, dict[str, str], int, str]] = [
     ("body", "headers", "status", "words"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
 )
 def test_bad_input_gets_a_4xx_naming_the_problem(
-    server: Any, body: Any, headers: dict[str, str], status: int, words: str
+    server: str, body: Any, headers: dict[str, str], status: int, words: str
 ) -> None:
-    r = post(body, headers)
+    r = post(server, body, headers)
     assert r.status_code == status, r.text
     assert words in json.dumps(r.json()["detail"]), r.text
 
 
-def test_chunked_body_over_the_limit_gets_413(server: Any) -> None:
+def test_chunked_body_over_the_limit_gets_413(server: str) -> None:
     chunks = (b'{"prompts": "' + b"y" * 1000 for _ in range(8))
-    r = post(chunks, {"Content-Type": "application/json"})  # a generator: chunked encoding
+    r = post(server, chunks, {"Content-Type": "application/json"})  # a generator: chunked encoding
     assert r.status_code == 413, r.text
-    assert requests.get(f"{URL}/healthz", timeout=10).status_code == 200  # still alive
+    assert requests.get(f"{server}/healthz", timeout=10).status_code == 200  # still alive
 
 
-def test_auth(server: Any) -> None:
+def test_auth(server: str) -> None:
     body = {"prompts": "a", "until": "base", "stages": FAST}
-    r = requests.post(f"{URL}/v1/generate", json=body, timeout=60)
+    r = requests.post(f"{server}/v1/generate", json=body, timeout=60)
     assert r.status_code == 401 and "bearer token" in r.json()["detail"]
     r = requests.post(
-        f"{URL}/v1/generate", json=body, headers={"Authorization": "Bearer wrong"}, timeout=60
+        f"{server}/v1/generate", json=body, headers={"Authorization": "Bearer wrong"}, timeout=60
     )
     assert r.status_code == 401
-    assert post(body).status_code == 200
+    assert post(server, body).status_code == 200
 
 
 def _chromium() -> tuple[str, str] | None:
@@ -217,7 +227,7 @@ def _chromium() -> tuple[str, str] | None:
     return (browser, driver) if os.path.exists(browser) and os.path.exists(driver) else None
 
 
-def test_web_page_in_headless_chromium(server: Any) -> None:
+def test_web_page_in_headless_chromium(server: str) -> None:
     found = _chromium()
     if found is None:
         msg = "headless chromium test needs Debian's chromium + chromium-driver"
@@ -244,7 +254,7 @@ def test_web_page_in_headless_chromium(server: Any) -> None:
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=opts)
     try:
-        driver.get(f"{URL}/")
+        driver.get(f"{server}/")
         wait = WebDriverWait(driver, 60)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-stage=sr64]"))
         driver.find_element(By.ID, "prompt").send_keys("a red circle on the left")
