@@ -70,10 +70,12 @@ def model_state_bytes(engine: Any) -> dict[str, int]:
     Returns:
         ``params``: the module's parameters as this rank holds them (ZeRO-3: its partition
         ``ds_tensor``); ``grads``: gradients (ZeRO 0: ``param.grad``; ZeRO 1-3: the
-        optimizer's gradient partitions); ``optimizer``: the inner optimizer's states plus
-        its fp32 master copies of the parameters where those are separate tensors (ZeRO
-        keeps one for its partition even in fp32); ``buffers``: other tensors of the ZeRO
-        optimizer (communication buckets and the like), not part of the three.
+        optimizer's gradient partitions, plus any ``param.grad`` still held);
+        ``optimizer``: the inner optimizer's states (Adam's moments); ``master_weights``:
+        the tensors the inner optimizer steps when they are not the parameters themselves
+        (ZeRO 1/2 keep an fp32 copy of the rank's partition even in fp32 training; ZeRO-3
+        in fp32 and ZeRO 0 step the parameters: 0); ``buffers``: other tensors of the ZeRO
+        optimizer (communication buckets and the like), kept apart.
     """
     count = _Counter()
     module = engine.module
@@ -87,12 +89,13 @@ def model_state_bytes(engine: Any) -> dict[str, int]:
         if attr.endswith("__param_id_to_grad_partition"):
             grads += count.add_all(value)
     master_grads = 0
+    master = 0
     optimizer = 0
     if inner is not None:
         for group in inner.param_groups:
             for p in group["params"]:
                 master_grads += count.add(p.grad)
-                optimizer += count.add(p)  # fp32 master partition (already seen at ZeRO 0)
+                master += count.add(p)  # a separate fp32 master copy (the params at ZeRO 0)
         for st in inner.state.values():
             optimizer += count.add_all(st)
     buffers = 0
@@ -102,6 +105,7 @@ def model_state_bytes(engine: Any) -> dict[str, int]:
         "params": params,
         "grads": grads + master_grads,
         "optimizer": optimizer,
+        "master_weights": master,
         "buffers": buffers,
     }
 

@@ -27,7 +27,8 @@ def test_replicated_model_counts_params_grads_and_adam_moments() -> None:
     assert got == {
         "params": 144 * 4,
         "grads": 144 * 4,
-        "optimizer": 2 * 144 * 4 + steps,
+        "optimizer": 2 * 144 * 4 + steps,  # Adam's two moments (+ step counters)
+        "master_weights": 0,  # AdamW steps the parameters themselves
         "buffers": 0,
     }
 
@@ -58,7 +59,8 @@ def test_partitioned_model_counts_only_this_ranks_slices_once() -> None:
     assert got == {
         "params": 144 * 4,  # the flat buffer, once, though two parameters view it
         "grads": 72 * 4,  # two views of one partition buffer
-        "optimizer": 72 * 4 + 2 * 72 * 4 + step,  # master partition + Adam moments
+        "optimizer": 2 * 72 * 4 + step,  # Adam moments of the partition
+        "master_weights": 72 * 4,  # the separate fp32 partition the optimizer steps
         "buffers": 10 * 4,
     }
     # a ZeRO-3 parameter: only its partition (ds_tensor) counts

@@ -1,0 +1,111 @@
+"""Learning on 2 CPU workers: loss falls through the real Ray Data pipeline (ZeRO-2, ZeRO-3),
+and the Adafactor optimizer trains, checkpoints and resumes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from statistics import mean
+
+import pytest
+import torch
+
+from tests.train.conftest import (
+    TEXT_DIM,
+    exported,
+    fit,
+    logged_losses,
+    read_wandb_history,
+    tiny_cfg,
+    wandb_run_files,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shards(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """256 synthetic 32 px samples in 4 webdataset shards, MiniLM embeddings precomputed once
+    (the pipeline then reads them instead of running the encoder in every run)."""
+    from imagen_ray.data.precompute import encode_shards
+    from imagen_ray.data.synthetic import SyntheticSpec, write_synthetic
+
+    tmp = tmp_path_factory.mktemp("synthetic")
+    spec = SyntheticSpec(num_samples=256, size=32, samples_per_shard=64)
+    write_synthetic(spec, tmp / "raw", progress=False)
+    encode_shards(tmp / "raw", tmp / "encoded", tiny_cfg(tmp, "x").text, samples_per_shard=64)
+    return tmp / "encoded"
+
+
+@pytest.mark.parametrize("zero", [2, 3])
+def test_loss_falls_through_the_ray_data_pipeline(shards: Path, tmp_path: Path, zero: int) -> None:
+    """40 steps of 2 x 8 samples (2.5 epochs of the set), constant LR after 2 warmup steps.
+
+    The diffusion loss of one step is noisy (random t per sample), so 4-step windows are
+    compared: measured here, the mean of the last 3 windows was ~0.70x that of the first 3
+    (0.70 -> 0.49); the test asks for < 0.85x.
+    """
+    cfg = tiny_cfg(
+        tmp_path,
+        f"learn{zero}",
+        f"train.zero_stage={zero}",
+        "train.steps=40",
+        "train.log_every=4",
+        "train.checkpoint_every=40",
+        "train.lr=2e-3",
+        "train.warmup_steps=2",
+        "train.min_lr_ratio=1.0",
+        "data.batch_size=8",
+        f"data.shards={shards}",
+        "data.precomputed=true",
+    )
+    res = fit(cfg, data="ray")
+    assert res.error is None
+    m = res.metrics
+    assert m["step"] == 40 and m["samples_seen"] == 640 and m["nonfinite_skipped"] == 0
+    # the batches came from the pipeline: it decoded at least as many samples as the loop
+    # consumed (more: prefetching), and skipped none of the synthetic set
+    assert m["data/ok"] >= 640
+    assert [k for k in m if k.startswith("data/")] == ["data/ok"]
+    steps, losses = zip(*logged_losses(tmp_path / f"learn{zero}"), strict=True)
+    assert list(steps) == list(range(4, 41, 4))
+    assert all(math.isfinite(x) for x in losses)
+    first, last = mean(losses[:3]), mean(losses[-3:])
+    assert last < 0.85 * first, f"loss did not fall: {[round(x, 3) for x in losses]}"
+
+
+def test_adafactor_trains_checkpoints_and_resumes(ray_cluster, tmp_path: Path) -> None:
+    """Adafactor (a client optimizer under ZeRO-2): rank 1 is killed at step 4, the restarted
+    workers load the step-3 checkpoint (weights and Adafactor state) and finish step 6."""
+    from imagen_ray.cascade import Stage
+
+    marker = tmp_path / "kill.marker"
+    cfg = tiny_cfg(
+        tmp_path,
+        "adafactor",
+        "train.optimizer=adafactor",
+        "train.zero_stage=2",
+        "train.steps=6",
+        "train.log_every=3",
+        "train.checkpoint_every=3",
+        "train.max_failures=1",
+    )
+    res = fit(cfg, faults={"kill": {"rank": 1, "step": 4, "marker": str(marker)}})
+    assert marker.is_file(), "the worker was never killed"
+    assert res.error is None and res.metrics["step"] == 6
+    assert math.isfinite(res.metrics["loss"]) and res.metrics["nonfinite_skipped"] == 0
+
+    # the second attempt resumed at step 3: it logged only step 6, into the same W&B run
+    files = wandb_run_files(tmp_path / "adafactor")
+    assert len(files) == 2 and files[0].name == files[1].name
+    logged = [[r["step"] for r in read_wandb_history(f) if "loss" in r] for f in files]
+    assert [6] in logged
+
+    # the weights moved away from their (seeded) initial values, and the checkpoint exports
+    torch.manual_seed(cfg.train.seed)
+    init = Stage(cfg.stage, text_dim=TEXT_DIM).unet.state_dict()
+    trained = exported(tmp_path / "adafactor", tmp_path / "export", weights="model")
+    assert trained.keys() == init.keys()
+    still = [k for k in init if torch.equal(trained[k], init[k])]
+    # measured: 189 of 214 tensors differ even beyond allclose's tolerance after 6 steps
+    assert len(still) / len(init) < 0.15, f"{len(still)} of {len(init)} did not move: {still}"
