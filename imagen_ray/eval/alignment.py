@@ -282,7 +282,7 @@ def evaluate_probe(
         if wrong:
             failures += 1
             if len(tiles) < MAX_FAILURES:
-                tiles.append(failure_tile(image, item["prompt"], reading, wrong))
+                tiles.append(failure_tile(image, f"{item['prompt']} [{split}]", reading, wrong))
     with open(out / "readings.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")

@@ -7,6 +7,10 @@ TorchScript Inception-v3 of clean-fid and StyleGAN2-ADA (``inception-2015-12-05.
 nothing is downloaded at run time. (torchmetrics' built-in Inception comes from
 torch-fidelity, which needs a torchvision build matching the installed torch; TorchScript
 needs only torch.) Images are resized to 299 px with PIL bicubic, as clean-fid does.
+
+The file is published with StyleGAN2-ADA's metrics at
+https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt
+(the one clean-fid fetches); download it once and pass its path.
 """
 
 from __future__ import annotations

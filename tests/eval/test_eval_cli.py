@@ -98,6 +98,7 @@ def test_command_errors_exit_2_and_name_the_flag(tmp_path: Path, capsys) -> None
     assert "--images-per-prompt must be >= 1, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # imports torchmetrics and transformers: seconds on a busy machine
 def test_fid_and_clip_commands_with_stand_in_weights(tmp_path: Path, capsys) -> None:
     from imagen_ray.eval.tiny import build_standin_inception, build_tiny_clip
 
