@@ -235,7 +235,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_sr_fidelity(args: argparse.Namespace) -> int:
     from imagen_ray.cli import parse_sampling_overrides
-    from imagen_ray.eval.sr_fidelity import format_results, sr_fidelity
+    from imagen_ray.eval.sr_fidelity import GRID_COLUMNS, format_results, sr_fidelity
 
     _positive("--n", args.n, 2)
     sampling = parse_sampling_overrides(args.sampling)
@@ -247,7 +247,7 @@ def cmd_sr_fidelity(args: argparse.Namespace) -> int:
     if args.out:
         path = Path(args.out) / "fidelity.json"
         path.write_text(json.dumps({"stages": results}, indent=2) + "\n")
-        print(f"wrote {path} and the sr_<stage>.png grids")
+        print(f"wrote {path} and sr_<stage>.png (columns: {', '.join(GRID_COLUMNS)})")
     else:
         print(json.dumps({"stages": results}))
     return 0

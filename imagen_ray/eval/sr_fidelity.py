@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torch import Tensor
 
 from imagen_ray.data.synthetic import SyntheticSpec, render_sample
@@ -134,6 +135,21 @@ def stage_fidelity(
     return result, rows
 
 
+GRID_CELL = 96  # px: grid cells are at least this large (nearest upscaling)
+GRID_COLUMNS = ("input", "output", "shrunk", "ctl input", "ctl output")
+
+
+def _with_header(sheet: Image.Image, labels: tuple[str, ...], pad: int = 2) -> Image.Image:
+    """The grid with a row of column labels above it (columns as laid out by images.grid)."""
+    cell = (sheet.width - pad) // len(labels) - pad
+    out = Image.new("RGB", (sheet.width, sheet.height + 14), (255, 255, 255))
+    out.paste(sheet, (0, 14))
+    draw = ImageDraw.Draw(out)
+    for k, label in enumerate(labels):
+        draw.text((pad + k * (cell + pad) + 2, 1), label, fill=(0, 0, 0))
+    return out
+
+
 def sr_fidelity(
     cascade: Cascade,
     *,
@@ -153,8 +169,8 @@ def sr_fidelity(
             ``generated`` runs the cascade up to the previous stage on the synthetic
             captions and feeds its images.
         sampling: per-stage sampling overrides (``{"sr64": {"steps": 8}}``).
-        out_dir: if given, writes ``sr_<stage>.png`` per stage (rows: input, output, output
-            shrunk, control input, control output).
+        out_dir: if given, writes ``sr_<stage>.png`` per stage: one row per input; columns
+            input, output, output shrunk back, control input, control output.
 
     Returns:
         One result dict per SR stage (see :func:`stage_fidelity`), with ``source``.
@@ -183,7 +199,8 @@ def sr_fidelity(
         )
         result["source"] = source
         if out_dir is not None:
-            path = save_image(grid(rows, cell=st.cfg.size), Path(out_dir) / f"sr_{st.cfg.name}.png")
+            sheet = _with_header(grid(rows, cell=max(st.cfg.size, GRID_CELL)), GRID_COLUMNS)
+            path = save_image(sheet, Path(out_dir) / f"sr_{st.cfg.name}.png")
             result["grid_png"] = path.name
         results.append(result)
     return results
