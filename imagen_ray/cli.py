@@ -27,6 +27,7 @@ examples:
   imagen-ray train --config configs/tiny/base.yaml --set data.shards=data/synthetic
   imagen-ray export --checkpoint runs/base --out runs/export/base
   imagen-ray generate --cascade runs/tiny-random --prompts prompts.txt --out outputs/batch
+  imagen-ray eval probe --cascade runs/tiny-random --out eval/probe   (see `eval --help`)
 """
 
 

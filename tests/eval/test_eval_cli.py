@@ -68,7 +68,8 @@ def test_probe_sr_fidelity_and_prompts_commands(saved: Path, tmp_path: Path, cap
         main(["eval", "sr-fidelity", "--cascade", str(saved), "--n", "2", "--out", str(sr), *FAST])
         == 0
     )
-    assert "control" not in capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "gap dB" in out and "columns: input, output, shrunk" in out
     (stage,) = json.loads((sr / "fidelity.json").read_text())["stages"]
     assert stage["stage"] == "sr" and stage["n"] == 2 and (sr / "sr_sr.png").is_file()
 
