@@ -92,15 +92,18 @@ class Timer:
 
 
 def demo_spec(samples: int | None = None) -> Any:
-    """The synthetic set the demo trains on: single objects, 64 px (the SR stage's size)."""
+    """The synthetic set the demo trains on: one large object per image, 64 px (the SR
+    stage's size; the base stage reads it resized to 32 px)."""
     from imagen_ray.data.synthetic import SyntheticSpec
 
-    spec = SyntheticSpec(size=64, seed=0, count_probs=(1.0, 0.0, 0.0), samples_per_shard=1000)
-    if samples is not None:
-        spec = SyntheticSpec(**{**spec.__dict__, "num_samples": samples})
-    else:
-        spec = SyntheticSpec(**{**spec.__dict__, "num_samples": 8000})
-    return spec
+    return SyntheticSpec(
+        num_samples=8000 if samples is None else samples,
+        size=64,
+        seed=0,
+        count_probs=(1.0, 0.0, 0.0),
+        sizes=("large",),
+        samples_per_shard=1000,
+    )
 
 
 def _same_spec(shard_dir: Path, spec: Any) -> bool:

@@ -86,6 +86,12 @@ def register(data_subparsers: Any) -> None:
         help="probabilities of 1, 2, 3 objects (default 0.7 0.2 0.1)",
     )
     p.add_argument(
+        "--sizes",
+        nargs="+",
+        choices=["small", "large"],
+        help="object sizes to draw (default: small large)",
+    )
+    p.add_argument(
         "--heldout",
         action="append",
         metavar="COLOUR:SHAPE",
@@ -168,6 +174,8 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.count_probs is not None:
         extra["count_probs"] = tuple(args.count_probs)
+    if args.sizes:
+        extra["sizes"] = tuple(args.sizes)
     spec = SyntheticSpec(
         num_samples=args.num_samples,
         size=args.size,

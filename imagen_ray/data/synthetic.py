@@ -156,6 +156,7 @@ class SyntheticSpec:
     size: int = 64
     seed: int = 0
     count_probs: tuple[float, float, float] = (0.7, 0.2, 0.1)  # P(count = 1, 2, 3)
+    sizes: tuple[str, ...] = ("small", "large")  # object sizes drawn (uniformly)
     heldout: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT  # (colour, shape) pairs
     heldout_shape_positions: tuple[tuple[str, str], ...] = ()  # (shape, position) pairs
     samples_per_shard: int = 500
@@ -179,6 +180,10 @@ class SyntheticSpec:
             raise ValueError(f"image_format must be png or jpg, got {self.image_format!r}")
         if not self.templates:
             raise ValueError("templates must not be empty")
+        if not self.sizes:
+            raise ValueError(f"sizes must name at least one of {', '.join(ATTRIBUTES.sizes)}")
+        for size in self.sizes:
+            _check_name("size", size, ATTRIBUTES.sizes)
         for colour, shape in self.heldout:
             _check_name("colour", colour, ATTRIBUTES.colours)
             _check_name("shape", shape, ATTRIBUTES.shapes)
@@ -194,6 +199,7 @@ class SyntheticSpec:
         d["heldout"] = [list(p) for p in self.heldout]
         d["heldout_shape_positions"] = [list(p) for p in self.heldout_shape_positions]
         d["templates"] = list(self.templates)
+        d["sizes"] = list(self.sizes)
         return d
 
     @classmethod
@@ -203,7 +209,7 @@ class SyntheticSpec:
         for k in ("heldout", "heldout_shape_positions"):
             if k in kw:
                 kw[k] = tuple(tuple(p) for p in kw[k])
-        for k in ("count_probs", "templates"):
+        for k in ("count_probs", "templates", "sizes"):
             if k in kw:
                 kw[k] = tuple(kw[k])
         return cls(**kw)
@@ -276,7 +282,7 @@ def sample_attributes(spec: SyntheticSpec, index: int) -> dict[str, Any]:
     triples = _allowed_triples(spec)
     colour, shape, position = triples[int(rng.integers(len(triples)))]
     count = int(rng.choice(ATTRIBUTES.counts, p=np.asarray(spec.count_probs, dtype=float)))
-    size = str(rng.choice(list(ATTRIBUTES.sizes)))
+    size = str(rng.choice(list(spec.sizes)))
     backgrounds = [
         b for b in ATTRIBUTES.backgrounds if ATTRIBUTES.backgrounds[b] != ATTRIBUTES.colours[colour]
     ]

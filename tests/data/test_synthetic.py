@@ -174,6 +174,10 @@ def test_spec_rejects_bad_settings() -> None:
                 (s, p) for s in ATTRIBUTES.shapes for p in ATTRIBUTES.positions
             )
         )
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        SyntheticSpec(sizes=("huge",))
+    with pytest.raises(ValueError, match="sizes must name"):
+        SyntheticSpec(sizes=())
     assert parse_pair("red:circle") == ("red", "circle")
     with pytest.raises(ValueError, match="COLOUR:SHAPE"):
         parse_pair("red-circle")
@@ -211,3 +215,12 @@ def test_cli_synthetic_writes_shards_heldout_and_preview(
     bad = p.parse_args([*argv, "--heldout", "pink:circle"])
     with pytest.raises(ValueError, match="unknown colour 'pink'"):
         bad.func(bad)
+
+
+def test_sizes_restrict_what_is_drawn_and_round_trip() -> None:
+    spec = SyntheticSpec(size=64, sizes=("large",))
+    assert {render_sample(spec, i)[2]["size"] for i in range(30)} == {"large"}
+    assert SyntheticSpec.from_dict(spec.to_dict()) == spec
+    # the default draws both sizes
+    both = SyntheticSpec(size=64)
+    assert {render_sample(both, i)[2]["size"] for i in range(30)} == {"small", "large"}
