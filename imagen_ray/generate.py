@@ -501,7 +501,13 @@ def register(sub: Any) -> None:
         'column; other columns go to the manifest) or .jsonl ({"prompt": ...} per line)',
     )
     p.add_argument("--prompt-column", metavar="NAME", help="CSV column / JSONL key of prompts")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory; on a multi-node cluster, one that every node sees (as the "
+        "cascade directory must be)",
+    )
     p.add_argument("--config", "-c", metavar="YAML", help="generate settings file (optional)")
     p.add_argument("--seed", type=int, metavar="N", help="base seed (default 0)")
     p.add_argument(

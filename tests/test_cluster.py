@@ -315,7 +315,8 @@ def test_ray_job_submit_trains_on_a_local_cluster(tmp_path: Path) -> None:
             text=True,
             timeout=60,
         )
-        assert "SUCCEEDED" in status.stdout + status.stderr, status.stdout + status.stderr
+        # the CLI's wording of JobStatus.SUCCEEDED
+        assert "Job 'imagen-tiny' succeeded" in status.stdout + status.stderr, status.stdout
         summary = next(
             json.loads(line[line.index("{") :])
             for line in reversed(logs.splitlines())
