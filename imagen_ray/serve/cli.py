@@ -112,7 +112,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not address and args.num_cpus:
         init["num_cpus"] = args.num_cpus
     ray.init(**init)
-    # SIGTERM (docker stop, systemd) shuts down as cleanly as Ctrl-C.
+    # Ctrl-C, and SIGTERM (docker stop, systemd), shut down cleanly; SIGINT is set explicitly
+    # because a process started in the background inherits it ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve.start(
