@@ -9,7 +9,8 @@ usage() {
 usage: cluster/start-local.sh [options]
 
 Start a Ray head node on 127.0.0.1 (plus --workers extra worker nodes) for
-`ray job submit`, `imagen-ray train/generate` with RAY_ADDRESS, and `serve deploy`.
+`ray job submit --address http://127.0.0.1:<dashboard port>`, and for drivers
+such as `imagen-ray train/generate` run with RAY_ADDRESS=127.0.0.1:<port>.
 
 options:
   --workers N           extra worker nodes joining the head (default 0)
@@ -101,8 +102,9 @@ done
 cat <<DONE
 
 Ray cluster up: head 127.0.0.1:$port, $workers extra worker node(s).
-  export RAY_ADDRESS=http://127.0.0.1:$dashboard_port RAY_AUTH_MODE=token
+  export RAY_AUTH_MODE=token
   ray status --address 127.0.0.1:$port
-  ray job submit --runtime-env cluster/runtime_env.yaml --working-dir . -- python -m imagen_ray.train --config configs/tiny/base.yaml
+  ray job submit --address http://127.0.0.1:$dashboard_port --runtime-env cluster/runtime_env.yaml --working-dir . -- python -m imagen_ray.train --config configs/tiny/base.yaml --data memory
+  RAY_ADDRESS=127.0.0.1:$port imagen-ray generate ...    # a driver on this machine
   cluster/stop-local.sh --temp-dir $temp_dir
 DONE

@@ -459,7 +459,7 @@ examples:
       --images-per-prompt 4 --sampling base.steps=8
   imagen-ray generate --cascade runs/export/base runs/export/sr64 --prompts drawbench.csv \\
       --out outputs/drawbench --replicas 4 --num-gpus 1 --batch-size 16
-  RAY_ADDRESS=http://127.0.0.1:8265 imagen-ray generate ...   # on a running cluster
+  RAY_ADDRESS=127.0.0.1:6379 imagen-ray generate ...   # on a running cluster (GCS address)
 
 Run the same command again to finish an interrupted run: finished images are skipped.
 Image j of prompt i has seed SeedSequence([seed, i, j]) (in the manifest); `imagen-ray
