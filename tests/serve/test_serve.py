@@ -134,6 +134,13 @@ def test_same_seed_same_pixels_as_the_in_process_cascade(server: str, cascade_di
     np.testing.assert_array_equal(pixels(a["images"][0]["image"]), out.uint8()[0])
 
 
+def test_prompt_over_the_token_limit_is_truncated_with_a_warning(server: str) -> None:
+    long = " ".join(["a small red circle next to a big blue square"] * 6)  # > 24 tokens
+    body = post(server, {"prompts": [long, "short"], "until": "base", "stages": FAST}).json()
+    assert [im["truncated"] for im in body["images"]] == [True, False]
+    assert len(body["warnings"]) == 1 and "prompts[0]" in body["warnings"][0]
+
+
 def test_accept_image_returns_the_image_itself(server: str) -> None:
     r = post(
         server, {"prompts": "a red circle", "seed": 3, "stages": FAST}, {"Accept": "image/png"}
