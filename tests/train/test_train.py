@@ -1,7 +1,7 @@
 """Ray Train + DeepSpeed on 2 CPU workers (gloo): ZeRO-2/3, checkpoints, export, faults.
 
 These run the real distributed path. Data comes from the loop's seeded in-memory batches so
-that two runs see identical data; the Ray Data pipeline is tested in tests/data.
+that two runs see identical data; test_learning.py trains through the Ray Data pipeline.
 """
 
 from __future__ import annotations
