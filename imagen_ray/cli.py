@@ -44,6 +44,29 @@ def add_overrides_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_cascade_argument(p: argparse.ArgumentParser) -> None:
+    """``--cascade DIR [DIR ...]``: a saved cascade, or stage directories base first."""
+    p.add_argument(
+        "--cascade",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="saved cascade directory, or stage directories base first",
+    )
+
+
+def add_sampling_argument(p: argparse.ArgumentParser) -> None:
+    """``--sampling STAGE.KEY=VALUE`` (repeatable), read by ``parse_sampling_overrides``."""
+    p.add_argument(
+        "--sampling",
+        action="append",
+        default=[],
+        metavar="STAGE.KEY=VALUE",
+        help="override a stage's sampling setting: base.steps=8, sr64.aug_level=0.1, "
+        "base.sampler=ddim, base.guidance_scale=3, base.threshold=static (repeatable)",
+    )
+
+
 def _add_config_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--config", "-c", required=True, metavar="YAML", help=what)
     add_overrides_argument(p)
@@ -105,26 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         "for the last stage run, a grid.png with every stage side by side, and "
         "settings.json with everything needed to reproduce the images.",
     )
-    p.add_argument(
-        "--cascade",
-        required=True,
-        nargs="+",
-        metavar="DIR",
-        help="saved cascade directory, or stage directories base first",
-    )
+    add_cascade_argument(p)
     p.add_argument("--prompt", "-p", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts-file", metavar="TXT", help="a text file with one prompt per line")
     p.add_argument("--negative-prompt", help="steer away from this text (all stages)")
     p.add_argument("--seed", type=int, default=0, help="prompt i uses seed+i (default 0)")
     p.add_argument("--until", metavar="STAGE", help="last stage to run (default: all)")
-    p.add_argument(
-        "--sampling",
-        action="append",
-        default=[],
-        metavar="STAGE.KEY=VALUE",
-        help="override a stage's sampling setting: base.steps=8, sr64.aug_level=0.1, "
-        "base.sampler=ddim, base.guidance_scale=3, base.threshold=static (repeatable)",
-    )
+    add_sampling_argument(p)
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

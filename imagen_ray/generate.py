@@ -471,7 +471,7 @@ def register(sub: Any) -> None:
     """Add ``imagen-ray generate`` to the CLI's subcommands."""
     import argparse
 
-    from imagen_ray.cli import add_overrides_argument
+    from imagen_ray.cli import add_cascade_argument, add_overrides_argument, add_sampling_argument
 
     p = sub.add_parser(
         "generate",
@@ -486,13 +486,7 @@ def register(sub: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--cascade",
-        required=True,
-        nargs="+",
-        metavar="DIR",
-        help="saved cascade directory, or stage directories base first",
-    )
+    add_cascade_argument(p)
     p.add_argument(
         "--prompts",
         required=True,
@@ -517,13 +511,7 @@ def register(sub: Any) -> None:
         "--negative-prompt", metavar="TEXT", help="steer away from this text (all stages)"
     )
     p.add_argument("--until", metavar="STAGE", help="last stage to run (default: all)")
-    p.add_argument(
-        "--sampling",
-        action="append",
-        default=[],
-        metavar="STAGE.KEY=VALUE",
-        help="override a stage's sampling setting: base.steps=8, sr64.aug_level=0.1 (repeatable)",
-    )
+    add_sampling_argument(p)
     p.add_argument("--format", choices=["png", "jpg", "webp"], help="image format (png)")
     p.add_argument(
         "--batch-size", type=int, metavar="N", help="images per cascade call (default 4)"

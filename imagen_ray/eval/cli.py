@@ -22,6 +22,8 @@ examples:
 
 
 def _cascade_args(p: argparse.ArgumentParser, *, many: bool = False) -> None:
+    from imagen_ray.cli import add_cascade_argument, add_sampling_argument
+
     if many:
         p.add_argument(
             "--cascade",
@@ -31,20 +33,8 @@ def _cascade_args(p: argparse.ArgumentParser, *, many: bool = False) -> None:
             help="saved cascade directory (repeat to compare cascades side by side)",
         )
     else:
-        p.add_argument(
-            "--cascade",
-            required=True,
-            nargs="+",
-            metavar="DIR",
-            help="saved cascade directory, or stage directories base first",
-        )
-    p.add_argument(
-        "--sampling",
-        action="append",
-        default=[],
-        metavar="STAGE.KEY=VALUE",
-        help="override a stage's sampling setting, e.g. base.steps=8 (repeatable)",
-    )
+        add_cascade_argument(p)
+    add_sampling_argument(p)
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
