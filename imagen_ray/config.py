@@ -111,6 +111,11 @@ class UNetConfig(Strict):
         0.7071067811865476, gt=0.0, description="Efficient U-Net scales skips by 1/sqrt(2)"
     )
     grad_checkpointing: bool = Field(False, description="recompute activations in backward")
+    pos_emb: bool = Field(
+        False,
+        description="add a learned map of 2-D position features to attention tokens "
+        "(not in the paper; helps small models learn 'on the left')",
+    )
 
     @model_validator(mode="after")
     def _groups_divide_channels(self) -> UNetConfig:

@@ -28,6 +28,23 @@ def sinusoidal_embedding(x: Tensor, dim: int, max_period: float = 10000.0) -> Te
     return emb
 
 
+POS_FREQS = 8  # frequencies per axis of position_features (4 * POS_FREQS features)
+
+
+def position_features(h: int, w: int, device: torch.device | None = None) -> Tensor:
+    """Fixed 2-D sin/cos features of each cell's centre in [0, 1]^2, shape (h * w, 32).
+
+    Resolution-independent (the same place in the image gets the same features at any size),
+    row-major like the (B, HW, C) token sequence of :class:`AttentionBlock`.
+    """
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    freqs = math.pi * 2.0 ** torch.arange(POS_FREQS, device=device, dtype=torch.float32) / 2
+    args = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)[:, :, None] * freqs  # (HW, 2, F)
+    return torch.cat([torch.sin(args), torch.cos(args)], -1).reshape(h * w, 4 * POS_FREQS)
+
+
 def zero_init(module: nn.Module) -> nn.Module:
     """Zero every parameter: residual branches start as the identity (guided-diffusion)."""
     for p in module.parameters():
@@ -109,8 +126,12 @@ class AttentionBlock(nn.Module):
         self_attn: bool,
         cross_attn: bool,
         ff_mult: int,
+        pos_emb: bool = False,
     ) -> None:
         super().__init__()
+        # optional absolute position: a learned map of fixed 2-D sin/cos features, added to
+        # the tokens (zero-initialised, so it starts as the plain block)
+        self.pos = zero_init(nn.Linear(4 * POS_FREQS, ch)) if pos_emb else None
         self.self_attn = Attention(ch, head_dim) if self_attn else None
         self.norm_self = nn.LayerNorm(ch) if self_attn else None
         self.cross_attn = Attention(ch, head_dim, ctx_dim) if cross_attn else None
@@ -123,6 +144,8 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor, ctx: Tensor, mask: Tensor) -> Tensor:
         b, c, h, w = x.shape
         s = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # (B, HW, C); a view if channels_last
+        if self.pos is not None:
+            s = s + self.pos(position_features(h, w, x.device)).to(s.dtype)
         if self.self_attn is not None and self.norm_self is not None:
             s = s + self.self_attn(self.norm_self(s))
         if self.cross_attn is not None and self.norm_cross is not None:

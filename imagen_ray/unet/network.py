@@ -85,6 +85,7 @@ class EfficientUNet(nn.Module):
                     self_attn=lvl.self_attn,
                     cross_attn=lvl.cross_attn,
                     ff_mult=cfg.ff_mult,
+                    pos_emb=cfg.pos_emb,
                 )
                 if (lvl.self_attn or lvl.cross_attn) and (lvl.attn_every_block or k == n - 1)
                 else None

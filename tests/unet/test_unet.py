@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from imagen_ray.config import CascadeConfig, LevelConfig, UNetConfig, load_any_config
 from imagen_ray.unet import EfficientUNet, count_parameters, upsample_to
 from imagen_ray.unet import network as network_mod
-from imagen_ray.unet.layers import AttentionBlock
+from imagen_ray.unet.layers import POS_FREQS, AttentionBlock, position_features
 
 TEXT_DIM = 24
 TOKENS = 6
@@ -383,6 +383,38 @@ def test_attn_every_block_adds_attention() -> None:
     assert count_parameters(every) > count_parameters(once)
     inp = _inputs()
     assert _run(_perturb(every).eval(), inp).shape == (BATCH, 3, SIZE, SIZE)
+
+
+def test_position_features_are_resolution_independent() -> None:
+    f4, f12 = position_features(4, 4), position_features(12, 12)
+    assert f4.shape == (16, 4 * POS_FREQS) and f12.shape == (144, 4 * POS_FREQS)
+    # the centre of cell (r, c) of a 4x4 map is the centre of cell (3r+1, 3c+1) at 12x12
+    assert torch.allclose(f4.view(4, 4, -1), f12.view(12, 12, -1)[1::3, 1::3], atol=1e-5)
+    f8 = position_features(8, 8)
+    assert len({tuple(row.tolist()) for row in f8}) == 64  # every cell is told apart
+
+
+def test_pos_emb_adds_a_zero_initialised_position_map() -> None:
+    plain = EfficientUNet(_cfg(), text_dim=TEXT_DIM)
+    with_pos = EfficientUNet(_cfg(pos_emb=True), text_dim=TEXT_DIM)
+    pos = {n: p for n, p in with_pos.named_parameters() if ".pos." in n}
+    assert len(pos) == 2 * _attention_blocks(with_pos)  # weight + bias per attention block
+    assert count_parameters(with_pos) - count_parameters(plain) == sum(
+        p.numel() for p in pos.values()
+    )
+    # zero-initialised: with the plain model's weights it computes the plain model
+    missing, unexpected = with_pos.load_state_dict(plain.state_dict(), strict=False)
+    assert set(missing) == set(pos) and not unexpected
+    inp = _inputs()
+    assert torch.equal(_run(with_pos.eval(), inp), _run(plain.eval(), inp))
+    # once learned, the same input at another place gives another output
+    block = AttentionBlock(
+        32, head_dim=8, ctx_dim=16, self_attn=False, cross_attn=False, ff_mult=2, pos_emb=True
+    )
+    assert block.pos is not None
+    nn.init.normal_(block.pos.weight)
+    y = block(torch.zeros(1, 32, 4, 4), torch.zeros(1, 2, 16), torch.ones(1, 2, dtype=torch.bool))
+    assert not torch.allclose(y[..., 0, 0], y[..., 3, 3])
 
 
 def test_attention_only_where_configured() -> None:
