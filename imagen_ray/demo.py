@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs" / "tiny"
+CONFIGS = ROOT / "configs" / "demo"
 # What `make demo` must show (issue: colour >= 90%, shape >= 70%, position >= 80% on
 # held-out combinations); the demo exits 1 when a target is missed.
 TARGETS = {"colour": 0.9, "shape": 0.7, "position": 0.8}
@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--configs",
         default=str(CONFIGS),
         metavar="DIR",
-        help="directory with base.yaml, sr64.yaml and serve.yaml (default: configs/tiny)",
+        help="directory with base.yaml, sr64.yaml and serve.yaml (default: configs/demo)",
     )
     p.add_argument(
         "--samples",
