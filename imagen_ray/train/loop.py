@@ -200,6 +200,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             marker = Path(kill["marker"])
             if not marker.exists():  # only on the first attempt
                 marker.write_text(str(os.getpid()))
+                # the controller registers reported checkpoints asynchronously: delay_s lets
+                # a test be sure the last one is registered before the worker dies
+                time.sleep(float(kill.get("delay_s", 0.0)))
                 os.kill(os.getpid(), 9)
 
         last = state.step == cfg.train.steps

@@ -90,7 +90,10 @@ def test_adafactor_trains_checkpoints_and_resumes(ray_cluster, tmp_path: Path) -
         "train.checkpoint_every=3",
         "train.max_failures=1",
     )
-    res = fit(cfg, faults={"kill": {"rank": 1, "step": 4, "marker": str(marker)}})
+    # 10 s before the kill: Ray Train registers the step-3 checkpoint asynchronously, and a
+    # restart that found none would start a new run (and a new W&B run) from step 0
+    kill = {"rank": 1, "step": 4, "marker": str(marker), "delay_s": 10}
+    res = fit(cfg, faults={"kill": kill})
     assert marker.is_file(), "the worker was never killed"
     assert res.error is None and res.metrics["step"] == 6
     assert math.isfinite(res.metrics["loss"]) and res.metrics["nonfinite_skipped"] == 0
