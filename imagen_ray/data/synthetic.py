@@ -190,7 +190,7 @@ class SyntheticSpec:
         for shape, position in self.heldout_shape_positions:
             _check_name("shape", shape, ATTRIBUTES.shapes)
             _check_name("position", position, ATTRIBUTES.positions)
-        if not _allowed_triples(self):
+        if not allowed_triples(self):
             raise ValueError("the held-out pairs exclude every (colour, shape, position)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -249,7 +249,7 @@ def parse_pair(text: str, first: str = "colour", second: str = "shape") -> tuple
     return a, b
 
 
-def _allowed_triples(spec: SyntheticSpec) -> list[tuple[str, str, str]]:
+def allowed_triples(spec: SyntheticSpec) -> list[tuple[str, str, str]]:
     """Every (colour, shape, position) not excluded by the held-out pairs, in table order."""
     cs, sp = set(spec.heldout), set(spec.heldout_shape_positions)
     return [
@@ -279,7 +279,7 @@ def sample_attributes(spec: SyntheticSpec, index: int) -> dict[str, Any]:
         to 4 decimals, and :func:`render_attributes` draws from exactly these values.
     """
     rng = np.random.default_rng([spec.seed, index])
-    triples = _allowed_triples(spec)
+    triples = allowed_triples(spec)
     colour, shape, position = triples[int(rng.integers(len(triples)))]
     count = int(rng.choice(ATTRIBUTES.counts, p=np.asarray(spec.count_probs, dtype=float)))
     size = str(rng.choice(list(spec.sizes)))
@@ -419,20 +419,26 @@ def heldout_prompts(spec: SyntheticSpec | None = None) -> list[dict[str, Any]]:
     combos += [(c, s, p) for s, p in spec.heldout_shape_positions for c in ATTRIBUTES.colours]
     out, seen = [], set()
     for colour, shape, position in combos:
-        attrs = {
-            "colour": colour,
-            "rgb": list(ATTRIBUTES.colours[colour]),
-            "shape": shape,
-            "position": position,
-            "count": 1,
-            "size": None,
-            "background": None,
-        }
-        prompt = make_caption(attrs, TEMPLATES[0])
-        if prompt not in seen:
-            seen.add(prompt)
-            out.append({"prompt": prompt, "attributes": attrs})
+        item = prompt_item(colour, shape, position)
+        if item["prompt"] not in seen:
+            seen.add(item["prompt"])
+            out.append(item)
     return out
+
+
+def prompt_item(colour: str, shape: str, position: str) -> dict[str, Any]:
+    """An evaluation prompt ``a {colour} {shape} {where}`` (one object, size and background
+    unspecified) with the attributes it asks for, as :func:`heldout_prompts` lists them."""
+    attrs = {
+        "colour": colour,
+        "rgb": list(ATTRIBUTES.colours[colour]),
+        "shape": shape,
+        "position": position,
+        "count": 1,
+        "size": None,
+        "background": None,
+    }
+    return {"prompt": make_caption(attrs, TEMPLATES[0]), "attributes": attrs}
 
 
 def heldout_json(spec: SyntheticSpec) -> dict[str, Any]:

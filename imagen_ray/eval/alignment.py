@@ -18,11 +18,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from imagen_ray.data.synthetic import (
-    ATTRIBUTES,
-    TEMPLATES,
     SyntheticSpec,
+    allowed_triples,
     heldout_prompts,
-    make_caption,
+    prompt_item,
 )
 from imagen_ray.eval.probe import PROBED, Reading, read_image, score
 from imagen_ray.images import save_image
@@ -81,30 +80,10 @@ def seen_prompts(spec: SyntheticSpec, n: int, *, seed: int = 0) -> list[dict[str
     Returns:
         Items shaped like :func:`heldout_prompts` returns.
     """
-    held_cs, held_sp = set(spec.heldout), set(spec.heldout_shape_positions)
-    combos = [
-        (c, s, p)
-        for c in ATTRIBUTES.colours
-        for s in ATTRIBUTES.shapes
-        for p in ATTRIBUTES.positions
-        if (c, s) not in held_cs and (s, p) not in held_sp
-    ]
+    combos = allowed_triples(spec)
     rng = np.random.default_rng(seed)
     picks = rng.permutation(len(combos))[: max(0, n)]
-    out = []
-    for k in sorted(int(i) for i in picks):
-        colour, shape, position = combos[k]
-        attrs = {
-            "colour": colour,
-            "rgb": list(ATTRIBUTES.colours[colour]),
-            "shape": shape,
-            "position": position,
-            "count": 1,
-            "size": None,
-            "background": None,
-        }
-        out.append({"prompt": make_caption(attrs, TEMPLATES[0]), "attributes": attrs})
-    return out
+    return [prompt_item(*combos[k]) for k in sorted(int(i) for i in picks)]
 
 
 def probe_items(
