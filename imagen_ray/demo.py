@@ -400,6 +400,10 @@ def run(args: argparse.Namespace) -> int:
             )
     finally:
         ray.shutdown()
+    # the report was written inside the last step: add that step's time and the final total
+    metrics["seconds"] = dict(timer.seconds)
+    metrics["total_seconds"] = round(time.monotonic() - timer.start, 1)
+    (out / "report" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     acc = metrics["heldout"]["accuracy"]
     print(f"\n[demo {timer.elapsed()}] held-out prompts ({metrics['heldout']['n']} images):")
