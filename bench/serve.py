@@ -49,17 +49,15 @@ TARGET_TAIL = 3.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from imagen_ray.cli import add_overrides_argument
+
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--cascade", help="saved cascade (default: a random tiny one in a temp dir)")
     p.add_argument("--config", default=str(SERVE_CONFIG), help="serve config (serve: section)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
+    add_overrides_argument(
+        p,
         help="serve config override, applied to both variants (repeatable): "
         "--set serve.stage_defaults.batch_wait_timeout_s=0.05",
     )

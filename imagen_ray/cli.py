@@ -31,7 +31,7 @@ examples:
 """
 
 
-def add_overrides_argument(p: argparse.ArgumentParser) -> None:
+def add_overrides_argument(p: argparse.ArgumentParser, help: str | None = None) -> None:
     """The ``--set KEY=VALUE`` flag every config-reading command shares."""
     p.add_argument(
         "--set",
@@ -39,7 +39,8 @@ def add_overrides_argument(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value by dotted path, value read as YAML "
+        help=help
+        or "override a config value by dotted path, value read as YAML "
         "(repeatable): --set stage.unet.channels=64 --set train.lr=1e-4",
     )
 

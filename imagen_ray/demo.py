@@ -335,8 +335,6 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
 
-    from imagen_ray.config import load_run_config
-
     cfgs = _run_configs(args, out, encoded)
 
     with timer.step("data", f"synthetic shards: {spec.num_samples} images at {spec.size} px"):
@@ -382,9 +380,7 @@ def run(args: argparse.Namespace) -> int:
             f"Ray Serve on 127.0.0.1:{args.port}; {len(items)} held-out prompts x "
             f"{args.images_per_prompt} seeds over HTTP",
         ):
-            images, expected, settings = _serve_and_generate(
-                args, cascade_dir, items, load_run_config
-            )
+            images, expected, settings = _serve_and_generate(args, cascade_dir, items)
 
         with timer.step("eval", "alignment probe + report"):
             metrics = write_report(
@@ -442,7 +438,7 @@ def _train(cfgs: list[Any], out: Path) -> list[Path]:
 
 
 def _serve_and_generate(
-    args: argparse.Namespace, cascade_dir: Path, items: list[dict[str, Any]], _: Any
+    args: argparse.Namespace, cascade_dir: Path, items: list[dict[str, Any]]
 ) -> tuple[list[np.ndarray], list[dict[str, Any]], dict[str, Any]]:
     from ray import serve
 
