@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -351,14 +351,27 @@ class TextEncoderActor:
     padding, and ``mask`` bool (B, L); the ``caption`` column is dropped (strings cannot
     become tensors) unless ``keep_caption``.
 
+    Captions repeat (templated synthetic captions; alt-text such as "image" or a product
+    name in web data), so each actor keeps the embeddings of the last ``cache_size``
+    distinct captions and encodes only the ones it has not seen; a batch's duplicates are
+    encoded once. Every caption is padded to ``max_length`` on its own, so a cached row is
+    the row a fresh encode would give. (``functools.lru_cache`` caches one call's arguments;
+    this needs per-item hits inside a batched call, hence the small OrderedDict.)
+
     Args:
         text_cfg: ``TextEncoderConfig.model_dump()``.
         device: ``auto`` (CUDA when the actor has a GPU, else CPU), ``cpu`` or ``cuda``.
         keep_caption: keep the caption column (previews, ``encode_shards``).
+        cache_size: distinct captions remembered per actor (0 turns the cache off); each
+            costs ``max_length * dim * 2`` bytes (18 KB for MiniLM at 24 tokens).
     """
 
     def __init__(
-        self, text_cfg: dict[str, Any], device: str = "auto", keep_caption: bool = False
+        self,
+        text_cfg: dict[str, Any],
+        device: str = "auto",
+        keep_caption: bool = False,
+        cache_size: int = 4096,
     ) -> None:
         import torch
 
@@ -370,6 +383,9 @@ class TextEncoderActor:
         self.encoder = FrozenTextEncoder(cfg, device=device)
         self.length = cfg.max_length
         self.keep_caption = keep_caption
+        self.cache_size = cache_size
+        self.cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.encoded = 0  # captions actually run through the encoder (hits are not)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray] | pa.Table:
         captions = [str(c) for c in batch["caption"]]
@@ -378,10 +394,28 @@ class TextEncoderActor:
             out["emb"] = np.zeros((0, self.length, self.encoder.dim), np.float16)
             out["mask"] = np.zeros((0, self.length), np.bool_)
             return _batch_or_empty_block(out)
-        enc = self.encoder.encode(captions)
-        out["emb"] = enc.emb.half().cpu().numpy()  # (B, L, D)
-        out["mask"] = enc.mask.cpu().numpy()  # (B, L)
+        rows = self._lookup(captions)
+        out["emb"] = np.stack([r[0] for r in rows])  # (B, L, D)
+        out["mask"] = np.stack([r[1] for r in rows])  # (B, L)
         return out
+
+    def _lookup(self, captions: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(emb, mask) per caption: cached ones reused, the distinct rest encoded at once."""
+        found = {c: self.cache[c] for c in dict.fromkeys(captions) if c in self.cache}
+        missing = [c for c in dict.fromkeys(captions) if c not in found]
+        if missing:
+            enc = self.encoder.encode(missing)
+            emb, mask = enc.emb.half().cpu().numpy(), enc.mask.cpu().numpy()
+            self.encoded += len(missing)
+            for i, c in enumerate(missing):
+                found[c] = (emb[i].copy(), mask[i].copy())  # not views of the batch
+        if self.cache_size > 0:
+            for c in dict.fromkeys(captions):
+                self.cache[c] = found[c]
+                self.cache.move_to_end(c)
+            while len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        return [found[c] for c in captions]
 
 
 # --------------------------------------------------------------------------- precomputed

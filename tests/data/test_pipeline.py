@@ -21,6 +21,7 @@ import torch
 
 from imagen_ray.config import DataConfig, RunConfig, StageConfig, TextEncoderConfig
 from imagen_ray.data.pipeline import (
+    TextEncoderActor,
     build_dataset,
     collate,
     decode_filter_resize,
@@ -275,6 +276,24 @@ def test_check_encoding_names_the_difference():
     check_encoding(info, TEXT.model_copy(update={"dim": 384}), "d")  # dim given explicitly
     with pytest.raises(ValueError, match=r"text.max_length: shards 8 vs run 16"):
         check_encoding(info, TEXT.model_copy(update={"max_length": 16}), "d")
+
+
+def test_encoder_actor_caches_repeated_captions():
+    captions = ["a red circle", "two blue squares", "a red circle", "a green cross"]
+    plain = TextEncoderActor(TEXT.model_dump(), device="cpu", cache_size=0)
+    cached = TextEncoderActor(TEXT.model_dump(), device="cpu", cache_size=2)
+    want = plain({"caption": np.array(captions, dtype=object)})
+    first = cached({"caption": np.array(captions, dtype=object)})
+    assert cached.encoded == 3  # the repeated caption was encoded once
+    np.testing.assert_allclose(first["emb"].astype(np.float32), want["emb"], atol=2e-3)
+    np.testing.assert_array_equal(first["mask"], want["mask"])
+    np.testing.assert_array_equal(first["emb"][0], first["emb"][2])
+    # the two most recently used captions stay; the oldest ("a red circle") was evicted
+    assert list(cached.cache) == ["two blue squares", "a green cross"]
+    again = cached({"caption": np.array(["a green cross", "a red circle"], dtype=object)})
+    assert cached.encoded == 4  # only the evicted caption ran through the encoder again
+    np.testing.assert_allclose(again["emb"].astype(np.float32), want["emb"][[3, 0]], atol=2e-3)
+    assert "caption" not in again and again["emb"].dtype == np.float16
 
 
 # --------------------------------------------------------------------------- Ray
