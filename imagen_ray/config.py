@@ -116,6 +116,11 @@ class UNetConfig(Strict):
         description="add a learned map of 2-D position features to attention tokens "
         "(not in the paper; helps small models learn 'on the left')",
     )
+    coord_input: bool = Field(
+        False,
+        description="append x and y coordinate channels to the input (CoordConv, Liu et al. "
+        "2018; not in the paper; lets text conditioning choose a place in the image)",
+    )
 
     @model_validator(mode="after")
     def _groups_divide_channels(self) -> UNetConfig:
