@@ -45,11 +45,8 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 typecheck: $(STAMP)  ## mypy on the package
 	$(BIN)/mypy imagen_ray
 
-bench: $(STAMP)  ## run the benchmarks in bench/ (JSON lines on stdout)
-	$(BIN)/python bench/unet.py
-	$(BIN)/python bench/data.py
-	$(BIN)/python bench/serve.py
-	$(BIN)/python bench/train.py
+bench: $(STAMP)  ## run every benchmark in bench/, one after another, into bench/results.json
+	$(BIN)/python bench/all.py --out bench/results.json
 
 clean:  ## remove caches (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache build *.egg-info
