@@ -225,45 +225,26 @@ def write_report(
     timer: Timer,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """metrics.json, grid.png, images/*.png and report.html under ``out/report``."""
-    from PIL import Image
-
-    from imagen_ray.eval.probe import read_image, score
+    """The probe's report (:func:`~imagen_ray.eval.alignment.evaluate_probe`: images/,
+    readings.jsonl, failures.png) plus the targets, grid.png and report.html, under
+    ``out/report``; metrics.json holds the held-out scores, the targets and the timings."""
+    from imagen_ray.eval.alignment import HELDOUT, evaluate_probe
 
     rep = out / "report"
     if rep.exists():
         shutil.rmtree(rep)
-    (rep / "images").mkdir(parents=True)
-    readings = [read_image(im) for im in images]
-    attrs = [e["attributes"] for e in expected]
-    result = score(readings, attrs)
-    ok = [
-        all(getattr(r, a) == e[a] for a in ("colour", "shape", "position"))
-        for r, e in zip(readings, attrs, strict=True)
-    ]
-    rows = []
-    for i, (im, e, r, good) in enumerate(zip(images, expected, readings, ok, strict=True)):
-        name = f"images/{i:04d}.png"
-        Image.fromarray(im).save(rep / name)
-        rows.append(
-            {
-                "file": name,
-                "prompt": e["prompt"],
-                "seed": e["seed"],
-                "ok": good,
-                "expected": {a: e["attributes"][a] for a in ("colour", "shape", "position")},
-                "read": r.to_dict(),
-            }
-        )
-    with open(rep / "readings.jsonl", "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    items = [{**e, "split": HELDOUT} for e in expected]
+    probe = evaluate_probe(images, items, rep, seeds=[e["seed"] for e in expected])
+    rows = [json.loads(line) for line in (rep / "readings.jsonl").read_text().splitlines()]
+    ok = [not set(r["wrong"]) & set(TARGETS) for r in rows]
+    result = probe["splits"][HELDOUT]
     passed = {a: result["accuracy"].get(a, 0.0) >= t for a, t in TARGETS.items()}
     metrics = {
         "heldout": result,
         "targets": TARGETS,
         "passed": passed,
         "all_passed": all(passed.values()),
+        "failures_png": probe["failures_png"],
         "seconds": timer.seconds,
         "total_seconds": round(time.monotonic() - timer.start, 1),
         **extra,
@@ -272,11 +253,11 @@ def write_report(
     cols = max(1, len(images) // max(1, len({e["prompt"] for e in expected})))
     grid = _labelled_grid(images, [e["prompt"] for e in expected], ok, cols=min(15, max(cols, 8)))
     grid.save(rep / "grid.png")
-    (rep / "report.html").write_text(_html(metrics, rows))
+    (rep / "report.html").write_text(_html(metrics, rows, ok))
     return metrics
 
 
-def _html(metrics: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _html(metrics: dict[str, Any], rows: list[dict[str, Any]], ok: Sequence[bool]) -> str:
     acc = metrics["heldout"]["accuracy"]
     trs = "".join(
         f"<tr><td>{html.escape(a)}</td><td>{acc.get(a, 0):.1%}</td><td>{t:.0%}</td>"
@@ -289,11 +270,16 @@ def _html(metrics: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         for k, v in metrics["seconds"].items()
     )
     cards = "".join(
-        f"<figure class={'ok' if r['ok'] else 'bad'}><img src='{html.escape(r['file'])}' "
+        f"<figure class={'ok' if good else 'bad'}><img src='{html.escape(r['file'])}' "
         f"width=128 height=128><figcaption>{html.escape(r['prompt'])} (seed {r['seed']})<br>"
         f"read: {html.escape(str(r['read']['colour']))} {html.escape(str(r['read']['shape']))} "
         f"{html.escape(str(r['read']['position']))}</figcaption></figure>"
-        for r in rows
+        for r, good in zip(rows, ok, strict=True)
+    )
+    failures = (
+        " <a href='failures.png'>failures.png</a> shows each miss with what the probe read."
+        if metrics.get("failures_png")
+        else ""
     )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>imagen-ray demo</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}
@@ -311,7 +297,7 @@ never occur in its training data. The alignment probe reads each image back.</p>
 <td></td><td></td></tr>
 </table>
 <h2>Time</h2><table>{times}<tr><th>total</th><th>{metrics["total_seconds"]:.0f} s</th></tr></table>
-<h2>Images</h2><p>Green frame: colour, shape and position all read back as prompted.</p>
+<h2>Images</h2><p>Green frame: colour, shape and position all read back as prompted.{failures}</p>
 {cards}
 </body></html>
 """

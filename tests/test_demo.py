@@ -48,7 +48,8 @@ def test_report_scores_heldout_images_and_writes_every_file(tmp_path: Path) -> N
     assert metrics["all_passed"] and metrics["note"] == "x"
     assert json.loads((rep / "metrics.json").read_text())["heldout"]["n"] == len(images)
     rows = [json.loads(line) for line in (rep / "readings.jsonl").read_text().splitlines()]
-    assert len(rows) == len(images) and all(r["ok"] for r in rows)
+    assert len(rows) == len(images) and not any(r["wrong"] for r in rows)
+    assert metrics["failures_png"] is None and not (rep / "failures.png").exists()
     assert Image.open(rep / rows[0]["file"]).size == (64, 64)
     assert Image.open(rep / "grid.png").size[0] > 64
     page = (rep / "report.html").read_text()
@@ -61,7 +62,11 @@ def test_report_names_a_missed_target(tmp_path: Path) -> None:
     assert metrics["heldout"]["accuracy"]["shape"] < TARGETS["shape"]
     assert metrics["passed"] == {"colour": True, "shape": False, "position": True}
     assert not metrics["all_passed"]
-    assert "missed" in (tmp_path / "report" / "report.html").read_text()
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "missed" in page and "failures.png" in page
+    assert metrics["failures_png"] == "failures.png"
+    rows = (tmp_path / "report" / "readings.jsonl").read_text().splitlines()
+    assert sum("shape" in json.loads(r)["wrong"] for r in rows) == 8
 
 
 def test_demo_spec_and_cli() -> None:
