@@ -56,6 +56,12 @@ class TextEncoderConfig(Strict):
     )
     max_length: int = Field(64, ge=1, le=4096, description="tokens per prompt (pad/truncate)")
     dtype: TextDType = Field("float32", description="weights dtype; float16 needs a GPU")
+    hidden_layer: int = Field(
+        -1,
+        description="which hidden state to use: -1 the last (Imagen), -2 the one before "
+        "(diffusers' clip_skip), 0 the token embeddings; the final layers of sentence "
+        "encoders such as MiniLM blur 'left' and 'right', earlier ones keep them apart",
+    )
     dim: int | None = Field(
         None,
         ge=1,

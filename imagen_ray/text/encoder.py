@@ -148,6 +148,12 @@ class FrozenTextEncoder:
             raise _not_found(cfg.name, e) from e
         self.model.to(self.device).eval().requires_grad_(False)
         self.dim = embedding_dim(model_config)
+        layers = getattr(model_config, "num_hidden_layers", None) or model_config.num_layers
+        if not -(layers + 1) <= cfg.hidden_layer <= layers:
+            raise ValueError(
+                f"text.hidden_layer={cfg.hidden_layer} but {cfg.name!r} has {layers} layers: "
+                f"use -1 (the last) ... -{layers + 1}, or 0 (token embeddings) ... {layers}"
+            )
         if cfg.dim is not None and cfg.dim != self.dim:
             raise ValueError(
                 f"text.dim={cfg.dim} but {cfg.name!r} makes {self.dim}-d embeddings; "
@@ -189,8 +195,14 @@ class FrozenTextEncoder:
             return_tensors="pt",
         ).to(self.device)
         mask = tokens["attention_mask"].bool()  # (B, L)
-        out = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-        emb = out.last_hidden_state.float() * mask[..., None]  # (B, L, D)
+        layer = self.cfg.hidden_layer
+        out = self.model(
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            output_hidden_states=layer != -1,
+        )
+        hidden = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+        emb = hidden.float() * mask[..., None]  # (B, L, D)
         return TextEncoding(emb=emb, mask=mask, truncated=truncated)
 
     __call__ = encode

@@ -351,3 +351,31 @@ def test_dim_mismatch_rejected(t5_dir: Path) -> None:
     # The matching value is accepted.
     enc = FrozenTextEncoder(TextEncoderConfig(name=str(t5_dir), dim=T5_D_MODEL))
     assert enc.dim == T5_D_MODEL
+
+
+@pytest.mark.parametrize("which", ["minilm", "t5"])
+def test_hidden_layer_picks_a_hidden_state(which: str, t5_dir: Path, minilm) -> None:
+    name = "minilm" if which == "minilm" else str(t5_dir)
+    length = MAX_LEN if which == "minilm" else 8
+    last = (
+        minilm
+        if which == "minilm"
+        else FrozenTextEncoder(TextEncoderConfig(name=name, max_length=8))
+    )
+    prompts = ["a red circle on the left", "a red circle on the right"]
+    ref = last.encode(prompts)
+    out = last.model(
+        **last.tokenizer(prompts, padding="max_length", max_length=length, return_tensors="pt"),
+        output_hidden_states=True,
+    )
+    layers = len(out.hidden_states) - 1
+    for layer in (0, 1, -2):
+        cfg = TextEncoderConfig(name=name, max_length=length, hidden_layer=layer)
+        enc = FrozenTextEncoder(cfg).encode(prompts)
+        want = out.hidden_states[layer] * enc.mask[..., None]
+        torch.testing.assert_close(enc.emb, want.float())
+        torch.testing.assert_close(enc.mask, ref.mask)  # same tokens, another layer
+    same = FrozenTextEncoder(TextEncoderConfig(name=name, max_length=length, hidden_layer=layers))
+    torch.testing.assert_close(same.encode(prompts).emb, ref.emb)  # the last one, counted
+    with pytest.raises(ValueError, match=rf"hidden_layer={layers + 1} but .* has {layers} layers"):
+        FrozenTextEncoder(TextEncoderConfig(name=name, hidden_layer=layers + 1))
