@@ -117,7 +117,6 @@ class EfficientUNet(nn.Module):
 
         # middle, at the lowest resolution
         mid_ch = chans[-1]
-
         mid_lvl = LevelConfig(mult=1, res_blocks=1, self_attn=cfg.mid_attn, cross_attn=cfg.mid_attn)
         self.mid = level([res(mid_ch, mid_ch) for _ in range(cfg.mid_blocks)], mid_ch, mid_lvl)
 
