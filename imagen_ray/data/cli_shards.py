@@ -92,6 +92,12 @@ def register(data_subparsers: Any) -> None:
         help="object sizes to draw (default: small large)",
     )
     p.add_argument(
+        "--backgrounds",
+        nargs="+",
+        choices=["black", "white", "gray"],
+        help="background colours to draw (default: black white gray; never the object's)",
+    )
+    p.add_argument(
         "--heldout",
         action="append",
         metavar="COLOUR:SHAPE",
@@ -176,6 +182,8 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
         extra["count_probs"] = tuple(args.count_probs)
     if args.sizes:
         extra["sizes"] = tuple(args.sizes)
+    if args.backgrounds:
+        extra["backgrounds"] = tuple(args.backgrounds)
     spec = SyntheticSpec(
         num_samples=args.num_samples,
         size=args.size,

@@ -157,6 +157,7 @@ class SyntheticSpec:
     seed: int = 0
     count_probs: tuple[float, float, float] = (0.7, 0.2, 0.1)  # P(count = 1, 2, 3)
     sizes: tuple[str, ...] = ("small", "large")  # object sizes drawn (uniformly)
+    backgrounds: tuple[str, ...] = ("black", "white", "gray")  # drawn uniformly (not the colour)
     heldout: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT  # (colour, shape) pairs
     heldout_shape_positions: tuple[tuple[str, str], ...] = ()  # (shape, position) pairs
     samples_per_shard: int = 500
@@ -184,6 +185,12 @@ class SyntheticSpec:
             raise ValueError(f"sizes must name at least one of {', '.join(ATTRIBUTES.sizes)}")
         for size in self.sizes:
             _check_name("size", size, ATTRIBUTES.sizes)
+        if not self.backgrounds:
+            raise ValueError(
+                f"backgrounds must name at least one of {', '.join(ATTRIBUTES.backgrounds)}"
+            )
+        for bg in self.backgrounds:
+            _check_name("background", bg, ATTRIBUTES.backgrounds)
         for colour, shape in self.heldout:
             _check_name("colour", colour, ATTRIBUTES.colours)
             _check_name("shape", shape, ATTRIBUTES.shapes)
@@ -192,6 +199,12 @@ class SyntheticSpec:
             _check_name("position", position, ATTRIBUTES.positions)
         if not allowed_triples(self):
             raise ValueError("the held-out pairs exclude every (colour, shape, position)")
+        for colour, rgb in ATTRIBUTES.colours.items():
+            if all(ATTRIBUTES.backgrounds[b] == rgb for b in self.backgrounds):
+                raise ValueError(
+                    f"a {colour} object would be invisible on every background of "
+                    f"{list(self.backgrounds)}; add another background"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -200,6 +213,7 @@ class SyntheticSpec:
         d["heldout_shape_positions"] = [list(p) for p in self.heldout_shape_positions]
         d["templates"] = list(self.templates)
         d["sizes"] = list(self.sizes)
+        d["backgrounds"] = list(self.backgrounds)
         return d
 
     @classmethod
@@ -209,7 +223,7 @@ class SyntheticSpec:
         for k in ("heldout", "heldout_shape_positions"):
             if k in kw:
                 kw[k] = tuple(tuple(p) for p in kw[k])
-        for k in ("count_probs", "templates", "sizes"):
+        for k in ("count_probs", "templates", "sizes", "backgrounds"):
             if k in kw:
                 kw[k] = tuple(kw[k])
         return cls(**kw)
@@ -284,7 +298,7 @@ def sample_attributes(spec: SyntheticSpec, index: int) -> dict[str, Any]:
     count = int(rng.choice(ATTRIBUTES.counts, p=np.asarray(spec.count_probs, dtype=float)))
     size = str(rng.choice(list(spec.sizes)))
     backgrounds = [
-        b for b in ATTRIBUTES.backgrounds if ATTRIBUTES.backgrounds[b] != ATTRIBUTES.colours[colour]
+        b for b in spec.backgrounds if ATTRIBUTES.backgrounds[b] != ATTRIBUTES.colours[colour]
     ]
     background = backgrounds[int(rng.integers(len(backgrounds)))]
     template = int(rng.integers(len(spec.templates)))

@@ -199,6 +199,7 @@ def test_cli_synthetic_writes_shards_heldout_and_preview(
     argv = ["synthetic", "--out", str(out), "--num-samples", "20", "--size", "16"]
     args = p.parse_args(
         [*argv, "--samples-per-shard", "8", "--heldout", "red:cross", "--no-progress"]
+        + ["--sizes", "large", "--backgrounds", "black", "gray"]
     )
     assert args.func(args) == 0
     line = capsys.readouterr().out.strip()
@@ -210,7 +211,10 @@ def test_cli_synthetic_writes_shards_heldout_and_preview(
     preview = Image.open(out / "preview.png")
     assert preview.width > 4 * 96 and preview.height > 4 * 96
     captions = (out / "preview.txt").read_text().splitlines()
-    spec = SyntheticSpec(size=16, heldout=(("red", "cross"),))
+    assert summary["synthetic"]["backgrounds"] == ["black", "gray"]
+    spec = SyntheticSpec(
+        size=16, heldout=(("red", "cross"),), sizes=("large",), backgrounds=("black", "gray")
+    )
     assert len(captions) == 16 and captions[0].endswith(render_sample(spec, 0)[1])
     bad = p.parse_args([*argv, "--heldout", "pink:circle"])
     with pytest.raises(ValueError, match="unknown colour 'pink'"):
@@ -224,3 +228,20 @@ def test_sizes_restrict_what_is_drawn_and_round_trip() -> None:
     # the default draws both sizes
     both = SyntheticSpec(size=64)
     assert {render_sample(both, i)[2]["size"] for i in range(30)} == {"small", "large"}
+
+
+def test_backgrounds_restrict_what_is_drawn_and_round_trip() -> None:
+    spec = SyntheticSpec(size=32, backgrounds=("black",))
+    samples = [render_sample(spec, i) for i in range(30)]
+    assert {at["background"] for _, _, at in samples} == {"black"}
+    assert all(np.asarray(im)[0, 0].tolist() == [0, 0, 0] for im, _, _ in samples)
+    assert SyntheticSpec.from_dict(spec.to_dict()) == spec
+    # the default keeps drawing the same samples as before the option existed
+    assert [render_sample(SyntheticSpec(size=32), i)[1] for i in range(5)] == [
+        render_sample(SyntheticSpec(size=32, backgrounds=("black", "white", "gray")), i)[1]
+        for i in range(5)
+    ]
+    with pytest.raises(ValueError, match="unknown background 'pink'"):
+        SyntheticSpec(backgrounds=("pink",))
+    with pytest.raises(ValueError, match="white object would be invisible"):
+        SyntheticSpec(backgrounds=("white",))
