@@ -345,9 +345,12 @@ def run(args: argparse.Namespace) -> int:
         stage_dirs = []
         with timer.step(
             "train",
-            f"training base ({cfgs[0].train.steps} steps) and sr64 ({cfgs[1].train.steps} "
-            f"steps) at once: Ray Data -> Ray Train + DeepSpeed "
-            f"ZeRO-{cfgs[0].train.zero_stage}, 2 workers each",
+            " and ".join(
+                f"{c.stage.name} ({c.train.steps} steps, {c.train.num_workers} "
+                f"worker{'s' if c.train.num_workers > 1 else ''})"
+                for c in cfgs
+            )
+            + f" at once: Ray Data -> Ray Train + DeepSpeed ZeRO-{cfgs[0].train.zero_stage}",
         ):
             stage_dirs = _train(cfgs, out)
 

@@ -197,9 +197,9 @@ def test_cli_synthetic_writes_shards_heldout_and_preview(
     register(p.add_subparsers())
     out = tmp_path / "syn"
     argv = ["synthetic", "--out", str(out), "--num-samples", "20", "--size", "16"]
+    argv += ["--sizes", "large", "--backgrounds", "black", "gray"]
     args = p.parse_args(
         [*argv, "--samples-per-shard", "8", "--heldout", "red:cross", "--no-progress"]
-        + ["--sizes", "large", "--backgrounds", "black", "gray"]
     )
     assert args.func(args) == 0
     line = capsys.readouterr().out.strip()
