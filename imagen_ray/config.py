@@ -122,11 +122,6 @@ class UNetConfig(Strict):
         description="add a learned map of 2-D position features to attention tokens "
         "(not in the paper; helps small models learn 'on the left')",
     )
-    coord_input: bool = Field(
-        False,
-        description="append x and y coordinate channels to the input (CoordConv, Liu et al. "
-        "2018; not in the paper; lets text conditioning choose a place in the image)",
-    )
 
     @model_validator(mode="after")
     def _groups_divide_channels(self) -> UNetConfig:
@@ -179,24 +174,9 @@ class DiffusionConfig(Strict):
     objective: Objective = Field("v", description="what the U-Net predicts")
     loss_weighting: LossWeighting = Field("none", description="per-timestep loss weight")
     min_snr_gamma: float = Field(5.0, gt=0.0, description="gamma of min-SNR weighting")
-    min_snr_floor: float = Field(
-        0.0,
-        ge=0.0,
-        description="lower bound of the min-SNR weight (x0 space; 1 = truncated SNR): gives "
-        "the noisiest steps, where layout comes from the text alone, their share",
-    )
     text_drop_prob: float = Field(
         0.1, ge=0.0, le=1.0, description="classifier-free guidance: drop text this often"
     )
-
-    @model_validator(mode="after")
-    def _floor_below_gamma(self) -> DiffusionConfig:
-        if self.min_snr_floor > self.min_snr_gamma:
-            raise ValueError(
-                f"min_snr_floor ({self.min_snr_floor}) must not exceed min_snr_gamma "
-                f"({self.min_snr_gamma}); lower the floor (1 is the truncated-SNR choice)"
-            )
-        return self
 
 
 class SamplingConfig(Strict):

@@ -108,14 +108,7 @@ class Stage(nn.Module):
             lowres_in = self.augment_lowres(lowres, aug, generator)
         pred = self.unet(x_t, t, text_emb, text_mask, lowres_in, aug, drop_text=drop)
         return diffusion_loss(
-            pred.float(),
-            x0,
-            eps,
-            log_snr,
-            d.objective,
-            d.loss_weighting,
-            d.min_snr_gamma,
-            d.min_snr_floor,
+            pred.float(), x0, eps, log_snr, d.objective, d.loss_weighting, d.min_snr_gamma
         )
 
     def forward(

@@ -183,11 +183,7 @@ def target_for(objective: str, x0: Tensor, eps: Tensor, log_snr: Tensor) -> Tens
 
 
 def loss_weight(
-    log_snr: Tensor,
-    objective: str,
-    weighting: str = "none",
-    gamma: float = 5.0,
-    floor: float = 0.0,
+    log_snr: Tensor, objective: str, weighting: str = "none", gamma: float = 5.0
 ) -> Tensor:
     """Per-example loss weight.
 
@@ -196,24 +192,17 @@ def loss_weight(
     i.e. ``min(snr, gamma) / snr`` for eps, ``min(snr, gamma) / (snr + 1)`` for v and
     ``min(snr, gamma)`` for x0, with ``snr = exp(log_snr)``.
 
-    ``floor`` > 0 also bounds the x0-space weight from below, ``max(min(snr, gamma), floor)``,
-    as the truncated-SNR weighting ``max(snr, 1)`` of Salimans & Ho (2022, "Progressive
-    Distillation") does: plain min-SNR gives the noisiest steps almost no weight (``snr`` ->
-    0), and those are the steps where nothing but the text says where the object goes.
-
     Args:
         log_snr: log-SNR per example, shape (B,).
         objective: ``"eps"``, ``"v"`` or ``"x0"``.
         weighting: ``"none"`` (all ones) or ``"min_snr"``.
         gamma: the Min-SNR clamp (5 in the paper), must be > 0.
-        floor: the lower bound of the x0-space weight (0: plain Min-SNR), ``<= gamma``.
 
     Returns:
         Weights, shape (B,), dtype of ``log_snr``.
 
     Raises:
-        ValueError: on an unknown objective or weighting, gamma <= 0 or a floor outside
-            [0, gamma].
+        ValueError: on an unknown objective or weighting, or gamma <= 0.
     """
     check_choice("objective", objective, OBJECTIVES)
     check_choice("loss weighting", weighting, LOSS_WEIGHTINGS)
@@ -221,12 +210,8 @@ def loss_weight(
         return torch.ones_like(log_snr)
     if not gamma > 0:
         raise ValueError(f"min-SNR gamma must be > 0, got {gamma}")
-    if not 0 <= floor <= gamma:
-        raise ValueError(f"min-SNR floor must be between 0 and gamma={gamma}, got {floor}")
     snr = torch.exp(log_snr)
-    clipped = snr.clamp(min=floor, max=gamma)
-    if objective == "eps" and floor > 0:
-        return clipped * torch.exp(-log_snr)
+    clipped = snr.clamp(max=gamma)
     if objective == "eps":
         # min(snr, gamma) / snr == min(1, gamma / snr), written without dividing by snr.
         return (gamma * torch.exp(-log_snr)).clamp(max=1.0)
@@ -244,7 +229,6 @@ def diffusion_loss(
     objective: str,
     weighting: str = "none",
     gamma: float = 5.0,
-    floor: float = 0.0,
 ) -> Tensor:
     """Per-example weighted MSE between the network output and its target.
 
@@ -256,7 +240,6 @@ def diffusion_loss(
         objective: what ``pred`` estimates: ``"eps"``, ``"v"`` or ``"x0"``.
         weighting: ``"none"`` or ``"min_snr"`` (see :func:`loss_weight`).
         gamma: Min-SNR clamp.
-        floor: Min-SNR lower bound (see :func:`loss_weight`).
 
     Returns:
         ``loss_weight * mean((pred - target)**2 over non-batch dims)``, shape (B,).
@@ -264,4 +247,4 @@ def diffusion_loss(
     """
     target = target_for(objective, x0, eps, log_snr)
     mse = (pred - target).square().reshape(pred.shape[0], -1).mean(dim=1)
-    return mse * loss_weight(log_snr, objective, weighting, gamma, floor).to(mse.dtype)
+    return mse * loss_weight(log_snr, objective, weighting, gamma).to(mse.dtype)

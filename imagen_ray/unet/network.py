@@ -103,10 +103,7 @@ class EfficientUNet(nn.Module):
         self.pool_proj = nn.Linear(ctx_dim, cond_dim)
 
         # down path
-        coords = 2 if cfg.coord_input else 0
-        self.init_conv = nn.Conv2d(
-            in_channels * (2 if lowres else 1) + coords, chans[0], 3, padding=1
-        )
+        self.init_conv = nn.Conv2d(in_channels * (2 if lowres else 1), chans[0], 3, padding=1)
         self.downsamples = nn.ModuleList()
         self.down = nn.ModuleList()
         prev = chans[0]
@@ -200,9 +197,6 @@ class EfficientUNet(nn.Module):
         elif lowres is not None:
             raise ValueError("this U-Net is a base stage (lowres=False): do not pass `lowres`")
 
-        if self.cfg.coord_input:
-            x_t = torch.cat([x_t, coordinate_channels(x_t)], dim=1)
-
         tokens, mask, pooled = self.encode_text(text_emb, text_mask, drop_text)
         cond = self.time_emb(t) + pooled  # (B, cond_dim)
         if self.aug_emb is not None and aug_level is not None:
@@ -234,15 +228,6 @@ class EfficientUNet(nn.Module):
             out: Tensor = checkpoint(fn, *args, use_reentrant=False)
             return out
         return fn(*args)
-
-
-def coordinate_channels(x: Tensor) -> Tensor:
-    """(B, 2, H, W) maps of each pixel centre's x and y in [-1, 1] (CoordConv), like ``x``."""
-    b, _, h, w = x.shape
-    ys = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) / h * 2 - 1
-    xs = (torch.arange(w, device=x.device, dtype=x.dtype) + 0.5) / w * 2 - 1
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([xx, yy])[None].expand(b, 2, h, w)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from imagen_ray.config import DiffusionConfig
 from imagen_ray.diffusion import (
     diffusion_loss,
     eps_from_v,
@@ -117,26 +116,6 @@ def test_min_snr_values() -> None:
     x0_w = loss_weight(log_snr, "x0", "min_snr", gamma)
     torch.testing.assert_close(x0_w, snr.clamp(max=gamma))
     assert x0_w[-1].item() == pytest.approx(5.0)
-
-
-def test_min_snr_floor_bounds_the_x0_space_weight_from_below() -> None:
-    log_snr = torch.tensor([-4.0, -1.0, 0.0, 1.0, 3.0], dtype=torch.float64)
-    snr = log_snr.exp()
-    x0_space = snr.clamp(min=1.0, max=5.0)  # max(min(snr, 5), 1)
-    # every objective's weight is the same x0-space weight rewritten for that objective
-    rewrite = {"x0": 1.0, "v": 1.0 / (snr + 1), "eps": 1.0 / snr}
-    for objective, factor in rewrite.items():
-        w = loss_weight(log_snr, objective, "min_snr", 5.0, floor=1.0)
-        torch.testing.assert_close(w, x0_space * factor)
-    # the noisiest steps keep weight (v: 1/(snr+1) -> 1) where plain min-SNR gives ~snr
-    plain = loss_weight(log_snr, "v", "min_snr", 5.0)
-    floored = loss_weight(log_snr, "v", "min_snr", 5.0, floor=1.0)
-    assert floored[0] > 0.98 and plain[0] < 0.02
-    assert torch.equal(floored[-1], plain[-1])  # above the floor nothing changes
-    with pytest.raises(ValueError, match=r"floor must be between 0 and gamma=5\.0, got 6"):
-        loss_weight(log_snr, "v", "min_snr", 5.0, floor=6.0)
-    with pytest.raises(ValueError, match="min_snr_floor"):
-        DiffusionConfig(min_snr_floor=6.0)
 
 
 def test_min_snr_eps_weight_at_most_one_over_schedule_range() -> None:

@@ -14,7 +14,6 @@ from imagen_ray.config import CascadeConfig, LevelConfig, UNetConfig, load_any_c
 from imagen_ray.unet import EfficientUNet, count_parameters, upsample_to
 from imagen_ray.unet import network as network_mod
 from imagen_ray.unet.layers import POS_FREQS, AttentionBlock, position_features
-from imagen_ray.unet.network import coordinate_channels
 
 TEXT_DIM = 24
 TOKENS = 6
@@ -416,26 +415,6 @@ def test_pos_emb_adds_a_zero_initialised_position_map() -> None:
     nn.init.normal_(block.pos.weight)
     y = block(torch.zeros(1, 32, 4, 4), torch.zeros(1, 2, 16), torch.ones(1, 2, dtype=torch.bool))
     assert not torch.allclose(y[..., 0, 0], y[..., 3, 3])
-
-
-def test_coord_input_gives_the_first_conv_two_coordinate_channels() -> None:
-    plain = EfficientUNet(_cfg(), text_dim=TEXT_DIM)
-    coords = EfficientUNet(_cfg(coord_input=True), text_dim=TEXT_DIM)
-    assert coords.init_conv.in_channels == plain.init_conv.in_channels + 2
-    sr = EfficientUNet(_cfg(coord_input=True), text_dim=TEXT_DIM, lowres=True)
-    assert sr.init_conv.in_channels == 3 + 3 + 2
-    c = coordinate_channels(torch.zeros(2, 3, 4, 8))
-    assert c.shape == (2, 2, 4, 8)
-    assert torch.allclose(c[0, 0, 0], torch.linspace(-7 / 8, 7 / 8, 8))  # x: pixel centres
-    assert torch.allclose(c[1, 1, :, 0], torch.linspace(-3 / 4, 3 / 4, 4))  # y
-    # the coordinates reach the network: cutting their weights in the first conv changes it
-    model = _perturb(coords).eval()
-    inp = _inputs()
-    out = _run(model, inp)
-    assert out.shape == (BATCH, 3, SIZE, SIZE)
-    with torch.no_grad():
-        model.init_conv.weight[:, 3:] = 0
-    assert not torch.allclose(_run(model, inp), out)
 
 
 def test_attention_only_where_configured() -> None:
