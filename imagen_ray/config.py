@@ -399,10 +399,14 @@ class ServeDeploymentConfig(Strict):
         32, ge=1, description="requests a replica accepts at once (>= max_batch_size to batch)"
     )
     max_batch_size: int = Field(
-        8, ge=1, description="@serve.batch: most requests per forward pass (1: no batching)"
+        8, ge=1, description="dynamic batching: most requests per forward pass (1: no batching)"
     )
     batch_wait_timeout_s: float = Field(
-        0.02, ge=0.0, le=10.0, description="@serve.batch: wait this long to fill a batch"
+        0.02,
+        ge=0.0,
+        le=10.0,
+        description="dynamic batching: how long a lone request waits for others while the "
+        "model is idle (under load a batch is whatever queued while the model was busy)",
     )
 
 

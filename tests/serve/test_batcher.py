@@ -1,0 +1,90 @@
+"""FreeBatcher: batches form when the model is free (no Ray needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from imagen_ray.serve.deployments import BatchStats, FreeBatcher
+
+
+def _batcher(max_batch_size: int = 8, wait_s: float = 0.0):
+    calls: list[list[int]] = []
+    release = threading.Event()
+
+    def fn(xs: list[int], tags: list[str]) -> list[str]:
+        calls.append(list(xs))
+        if len(calls) == 1:
+            release.wait(5)  # the first batch keeps the model busy until released
+        if any(x < 0 for x in xs):
+            raise ValueError(f"negative input in {xs}")
+        return [f"{t}{x * 10}" for x, t in zip(xs, tags, strict=True)]
+
+    stats = BatchStats()
+    pool = ThreadPoolExecutor(max_workers=1)
+    return FreeBatcher(fn, pool, max_batch_size, wait_s, stats), calls, release, stats
+
+
+def test_calls_that_arrive_while_the_model_is_busy_form_the_next_batch() -> None:
+    async def main() -> list[str]:
+        b, calls, release, stats = _batcher(max_batch_size=4)
+        first = asyncio.ensure_future(b(1, "a"))
+        await asyncio.sleep(0.05)  # the first call is running alone
+        rest = [asyncio.ensure_future(b(x, "b")) for x in range(2, 8)]  # 6 arrive meanwhile
+        await asyncio.sleep(0.05)
+        release.set()
+        out = await asyncio.gather(first, *rest)
+        assert calls == [[1], [2, 3, 4, 5], [6, 7]]  # max_batch_size 4, then the remainder
+        assert stats.as_dict()["batches"] == {"1": 1, "2": 1, "4": 1}
+        return out
+
+    assert asyncio.run(main()) == ["a10", "b20", "b30", "b40", "b50", "b60", "b70"]
+
+
+def test_a_lone_call_waits_for_company_only_while_idle() -> None:
+    async def main() -> None:
+        b, calls, release, _ = _batcher(wait_s=0.3)
+        release.set()
+        t0 = time.monotonic()
+        first = asyncio.ensure_future(b(1, "x"))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(b(2, "y"))  # inside the first call's wait window
+        assert await asyncio.gather(first, second) == ["x10", "y20"]
+        assert calls == [[1, 2]] and time.monotonic() - t0 >= 0.3
+
+    asyncio.run(main())
+
+
+def test_an_error_reaches_every_caller_of_its_batch_and_the_loop_lives_on() -> None:
+    async def main() -> None:
+        b, calls, release, _ = _batcher()
+        release.set()
+        await b(0, "warm")  # first batch (the one that would block) is done
+        bad = await asyncio.gather(b(-1, "p"), b(3, "q"), return_exceptions=True)
+        assert all(isinstance(e, ValueError) for e in bad)
+        assert await b(4, "r") == "r40"
+        assert calls == [[0], [-1, 3], [4]]
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_caller_is_left_out_of_the_batch() -> None:
+    async def main() -> None:
+        b, calls, release, _ = _batcher()
+        first = asyncio.ensure_future(b(1, "a"))
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(b(2, "b"))
+        kept = asyncio.ensure_future(b(3, "c"))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        release.set()
+        assert await asyncio.gather(first, kept) == ["a10", "c30"]
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert calls == [[1], [3]]
+
+    asyncio.run(main())
