@@ -58,9 +58,10 @@ class TextEncoderConfig(Strict):
     dtype: TextDType = Field("float32", description="weights dtype; float16 needs a GPU")
     hidden_layer: int = Field(
         -1,
-        description="which hidden state to use: -1 the last (Imagen), -2 the one before "
-        "(diffusers' clip_skip), 0 the token embeddings; the final layers of sentence "
-        "encoders such as MiniLM blur 'left' and 'right', earlier ones keep them apart",
+        description="which hidden state to use, as the model returns it (no final layer "
+        "norm added): -1 the last (Imagen), -2 the one before (like diffusers' clip_skip), 0 "
+        "the token embeddings; MiniLM's last layer blurs 'left' and 'right' more than "
+        "earlier ones",
     )
     dim: int | None = Field(
         None,
