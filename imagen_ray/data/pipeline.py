@@ -401,8 +401,9 @@ class TextEncoderActor:
 
     def _lookup(self, captions: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(emb, mask) per caption: cached ones reused, the distinct rest encoded at once."""
-        found = {c: self.cache[c] for c in dict.fromkeys(captions) if c in self.cache}
-        missing = [c for c in dict.fromkeys(captions) if c not in found]
+        unique = list(dict.fromkeys(captions))  # first-seen order
+        found = {c: self.cache[c] for c in unique if c in self.cache}
+        missing = [c for c in unique if c not in found]
         if missing:
             enc = self.encoder.encode(missing)
             emb, mask = enc.emb.half().cpu().numpy(), enc.mask.cpu().numpy()
@@ -410,7 +411,7 @@ class TextEncoderActor:
             for i, c in enumerate(missing):
                 found[c] = (emb[i].copy(), mask[i].copy())  # not views of the batch
         if self.cache_size > 0:
-            for c in dict.fromkeys(captions):
+            for c in unique:
                 self.cache[c] = found[c]
                 self.cache.move_to_end(c)
             while len(self.cache) > self.cache_size:

@@ -107,6 +107,8 @@ class FreeBatcher:
             columns = [list(col) for col in zip(*(a for a, _ in items), strict=True)]
             try:
                 results = await loop.run_in_executor(self.pool, self.fn, *columns)
+                if len(results) != len(items):
+                    raise RuntimeError(f"{len(results)} results for a batch of {len(items)}")
             except Exception as e:  # every caller of the batch gets the error, the loop lives
                 for _, f in items:
                     if not f.done():
