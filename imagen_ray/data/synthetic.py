@@ -181,16 +181,14 @@ class SyntheticSpec:
             raise ValueError(f"image_format must be png or jpg, got {self.image_format!r}")
         if not self.templates:
             raise ValueError("templates must not be empty")
-        if not self.sizes:
-            raise ValueError(f"sizes must name at least one of {', '.join(ATTRIBUTES.sizes)}")
-        for size in self.sizes:
-            _check_name("size", size, ATTRIBUTES.sizes)
-        if not self.backgrounds:
-            raise ValueError(
-                f"backgrounds must name at least one of {', '.join(ATTRIBUTES.backgrounds)}"
-            )
-        for bg in self.backgrounds:
-            _check_name("background", bg, ATTRIBUTES.backgrounds)
+        for what, names, vocab in (
+            ("size", self.sizes, ATTRIBUTES.sizes),
+            ("background", self.backgrounds, ATTRIBUTES.backgrounds),
+        ):
+            if not names:
+                raise ValueError(f"{what}s must name at least one of {', '.join(vocab)}")
+            for name in names:
+                _check_name(what, name, vocab)
         for colour, shape in self.heldout:
             _check_name("colour", colour, ATTRIBUTES.colours)
             _check_name("shape", shape, ATTRIBUTES.shapes)
