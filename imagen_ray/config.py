@@ -123,6 +123,12 @@ class UNetConfig(Strict):
         description="add a learned map of 2-D position features to attention tokens "
         "(not in the paper; helps small models learn 'on the left')",
     )
+    text_layout: bool = Field(
+        False,
+        description="add a cross-attention whose queries come from each cell's position "
+        "alone, at every level with cross_attn (not in the paper; lets a small model learn "
+        "where a caption puts things while the image is still noise)",
+    )
 
     @model_validator(mode="after")
     def _groups_divide_channels(self) -> UNetConfig:
@@ -172,6 +178,14 @@ class DiffusionConfig(Strict):
     """The training side of the continuous-time Gaussian diffusion."""
 
     schedule: Schedule = Field("cosine", description="log-SNR noise schedule")
+    schedule_shift: float = Field(
+        1.0,
+        gt=0.0,
+        le=100.0,
+        description="divide the SNR at every t by shift^2 (simple diffusion's shifted "
+        "schedule): > 1 spends more of training and sampling at high noise, where the layout "
+        "is decided; also shifts SR noise-augmentation levels",
+    )
     objective: Objective = Field("v", description="what the U-Net predicts")
     loss_weighting: LossWeighting = Field("none", description="per-timestep loss weight")
     min_snr_gamma: float = Field(5.0, gt=0.0, description="gamma of min-SNR weighting")

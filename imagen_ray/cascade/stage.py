@@ -36,7 +36,7 @@ class Stage(nn.Module):
         self.cfg = cfg
         self.text_dim = text_dim
         self.unet = EfficientUNet(cfg.unet, text_dim=text_dim, lowres=cfg.is_sr)
-        self.log_snr_fn = get_log_snr_fn(cfg.diffusion.schedule)
+        self.log_snr_fn = get_log_snr_fn(cfg.diffusion.schedule, cfg.diffusion.schedule_shift)
 
     @property
     def device(self) -> torch.device:

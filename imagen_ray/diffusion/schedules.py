@@ -81,20 +81,36 @@ _SCHEDULES: Mapping[str, LogSNRFn] = MappingProxyType(
 )
 
 
-def get_log_snr_fn(name: str) -> LogSNRFn:
-    """Look up a schedule by name.
+def get_log_snr_fn(name: str, shift: float = 1.0) -> LogSNRFn:
+    """Look up a schedule by name, optionally shifted towards noise.
 
     Args:
         name: one of ``"cosine"``, ``"linear"``.
+        shift: ``log_snr(t) - 2 log(shift)`` at every ``t`` (clamped to ``LOG_SNR_RANGE``):
+            the shifted schedules of simple diffusion (Hoogeboom et al. 2023, Sec. 3.1) and
+            Stable Diffusion 3's timestep shift. ``shift > 1`` divides the SNR at every ``t``
+            by ``shift**2``, so training and sampling spend more time at high noise; 1 is the
+            schedule itself.
 
     Returns:
         A function mapping times ``t`` (any shape) to log-SNR (same shape).
 
     Raises:
-        ValueError: if ``name`` is not a known schedule (the message lists the valid names).
+        ValueError: if ``name`` is not a known schedule (the message lists the valid names)
+            or ``shift`` is not positive.
     """
     check_choice("noise schedule", name, get_args(ScheduleName))
-    return _SCHEDULES[name]
+    base = _SCHEDULES[name]
+    if not shift > 0:
+        raise ValueError(f"schedule shift must be > 0, got {shift}")
+    if shift == 1.0:
+        return base
+    offset = 2.0 * math.log(shift)
+
+    def shifted(t: Tensor) -> Tensor:
+        return _clamp_log_snr(base(t) - offset)
+
+    return shifted
 
 
 def alpha_sigma(log_snr: Tensor) -> tuple[Tensor, Tensor]:

@@ -127,11 +127,16 @@ class AttentionBlock(nn.Module):
         cross_attn: bool,
         ff_mult: int,
         pos_emb: bool = False,
+        text_layout: bool = False,
     ) -> None:
         super().__init__()
         # optional absolute position: a learned map of fixed 2-D sin/cos features, added to
         # the tokens (zero-initialised, so it starts as the plain block)
         self.pos = zero_init(nn.Linear(4 * POS_FREQS, ch)) if pos_emb else None
+        # optional text layout: cells ask the text with a query made from their position alone
+        # (randomly initialised, so cells differ from the start; the output is zero-initialised)
+        self.layout_q = nn.Linear(4 * POS_FREQS, ch) if text_layout else None
+        self.layout = Attention(ch, head_dim, ctx_dim) if text_layout else None
         self.self_attn = Attention(ch, head_dim) if self_attn else None
         self.norm_self = nn.LayerNorm(ch) if self_attn else None
         self.cross_attn = Attention(ch, head_dim, ctx_dim) if cross_attn else None
@@ -146,6 +151,9 @@ class AttentionBlock(nn.Module):
         s = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # (B, HW, C); a view if channels_last
         if self.pos is not None:
             s = s + self.pos(position_features(h, w, x.device)).to(s.dtype)
+        if self.layout is not None and self.layout_q is not None:
+            q = self.layout_q(position_features(h, w, x.device)).to(s.dtype)  # (HW, C)
+            s = s + self.layout(q[None].expand(b, -1, -1), ctx, mask)
         if self.self_attn is not None and self.norm_self is not None:
             s = s + self.self_attn(self.norm_self(s))
         if self.cross_attn is not None and self.norm_cross is not None:

@@ -86,6 +86,7 @@ class EfficientUNet(nn.Module):
                     cross_attn=lvl.cross_attn,
                     ff_mult=cfg.ff_mult,
                     pos_emb=cfg.pos_emb,
+                    text_layout=cfg.text_layout and lvl.cross_attn,
                 )
                 if (lvl.self_attn or lvl.cross_attn) and (lvl.attn_every_block or k == n - 1)
                 else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,6 +255,17 @@ def test_loss_is_per_example_finite_and_trains() -> None:
         losses.append(loss.mean().item())
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.7 * first, (first, last)
+
+
+def test_schedule_shift_reaches_training_and_sampling() -> None:
+    """Stage.log_snr_fn (used by the loss, the samplers and noise augmentation) is shifted."""
+    plain = Stage(StageConfig(name="base", size=16, unet=UNET), text_dim=16)
+    shifted = Stage(
+        StageConfig(name="base", size=16, unet=UNET, diffusion={"schedule_shift": 3.0}),
+        text_dim=16,
+    )
+    t = torch.tensor([0.3, 0.6])
+    torch.testing.assert_close(shifted.log_snr_fn(t), plain.log_snr_fn(t) - 2 * math.log(3.0))
 
 
 def test_sr_loss_derives_lowres_and_uses_it() -> None:

@@ -86,3 +86,21 @@ def test_get_log_snr_fn_error_names_valid_options() -> None:
     with pytest.raises(ValueError, match="sigmoid") as info:
         get_log_snr_fn("sigmoid")
     assert "'cosine'" in str(info.value) and "'linear'" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear"])
+def test_shifted_schedule_divides_the_snr_by_shift_squared(name: str) -> None:
+    base, shifted = get_log_snr_fn(name), get_log_snr_fn(name, shift=2.0)
+    t = torch.linspace(0.05, 0.95, 19)
+    snr, snr_shifted = base(t).exp(), shifted(t).exp()
+    torch.testing.assert_close(snr_shifted, snr / 4)
+    # still decreasing, and clamped like the schedule itself at both ends
+    assert (shifted(t).diff() < 0).all()
+    ends = torch.tensor([0.0, 1.0])
+    want = (base(ends) - 2 * math.log(2.0)).clamp(*LOG_SNR_RANGE)
+    torch.testing.assert_close(shifted(ends), want)
+
+
+def test_schedule_shift_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="shift must be > 0, got 0"):
+        get_log_snr_fn("cosine", shift=0.0)

@@ -417,6 +417,35 @@ def test_pos_emb_adds_a_zero_initialised_position_map() -> None:
     assert not torch.allclose(y[..., 0, 0], y[..., 3, 3])
 
 
+def test_text_layout_reads_the_text_with_position_only_queries() -> None:
+    plain = EfficientUNet(_cfg(), text_dim=TEXT_DIM)
+    model = EfficientUNet(_cfg(text_layout=True), text_dim=TEXT_DIM)
+    layout = {n for n, _ in model.named_parameters() if ".layout" in n}
+    # one layout attention per block with cross-attention (2 levels down, 2 up, the middle)
+    blocks = [m for m in model.modules() if isinstance(m, AttentionBlock)]
+    with_cross = [b for b in blocks if b.cross_attn is not None]
+    assert len(with_cross) == 5 and all(b.layout is not None for b in with_cross)
+    assert all(b.layout is None for b in blocks if b.cross_attn is None)
+    # output zero-initialised: with the plain model's weights it computes the plain model
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert set(missing) == layout and not unexpected
+    inp = _inputs()
+    assert torch.equal(_run(model.eval(), inp), _run(plain.eval(), inp))
+
+    block = AttentionBlock(
+        32, head_dim=8, ctx_dim=16, self_attn=False, cross_attn=True, ff_mult=2, text_layout=True
+    )
+    assert block.layout is not None
+    nn.init.normal_(block.layout.out.weight)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    text = torch.randn(1, 2, 16)
+    zeros = torch.zeros(1, 32, 4, 4)
+    y = block(zeros, text, mask)
+    # an image with no content at all: cells differ by where they are, and by the text
+    assert not torch.allclose(y[..., 0, 0], y[..., 3, 3])
+    assert not torch.allclose(y, block(zeros, text.flip(1) * 2, mask))
+
+
 def test_attention_only_where_configured() -> None:
     levels = (LevelConfig(mult=1, res_blocks=2), LevelConfig(mult=2, res_blocks=2))
     model = EfficientUNet(_cfg(levels=levels, mid_attn=False), text_dim=TEXT_DIM)
