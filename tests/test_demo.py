@@ -72,5 +72,6 @@ def test_report_names_a_missed_target(tmp_path: Path) -> None:
 def test_demo_spec_and_cli() -> None:
     spec = demo_spec(500)
     assert spec.num_samples == 500 and spec.size == 64 and spec.count_probs == (1.0, 0.0, 0.0)
+    assert spec.backgrounds == ("black",) and spec.sizes == ("large",)
     args = build_parser().parse_args(["demo", "--out", "x", "--base-steps", "3", "--fresh"])
     assert args.base_steps == 3 and args.fresh and args.func.__module__ == "imagen_ray.demo"
