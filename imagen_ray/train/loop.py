@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -311,6 +312,10 @@ def _print_progress(cfg: RunConfig, step: int, m: dict[str, Any], t_start: float
         f"[{cfg.stage.name}] step {step}/{cfg.train.steps}  loss {m['loss']:.4f}  "
         f"lr {m['lr']:.2e}  gnorm {m['grad_norm']:.3f}  {m['samples_per_s']:.1f} samples/s  "
         f"data-wait {100 * m['data_wait_frac']:.0f}%  eta {_hms(eta)}",
+        # The process's own stdout: Ray Train V2 patches print() to log through the root
+        # logger and, once W&B has wrapped sys.stdout, also to print it, so every line reached
+        # the driver twice.
+        file=sys.__stdout__ or sys.stdout,
         flush=True,
     )
 
