@@ -149,11 +149,13 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor, ctx: Tensor, mask: Tensor) -> Tensor:
         b, c, h, w = x.shape
         s = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # (B, HW, C); a view if channels_last
-        if self.pos is not None:
-            s = s + self.pos(position_features(h, w, x.device)).to(s.dtype)
-        if self.layout is not None and self.layout_q is not None:
-            q = self.layout_q(position_features(h, w, x.device)).to(s.dtype)  # (HW, C)
-            s = s + self.layout(q[None].expand(b, -1, -1), ctx, mask)
+        if self.pos is not None or self.layout_q is not None:
+            feats = position_features(h, w, x.device)  # (HW, 32), shared by both
+            if self.pos is not None:
+                s = s + self.pos(feats).to(s.dtype)
+            if self.layout is not None and self.layout_q is not None:
+                q = self.layout_q(feats).to(s.dtype)  # (HW, C)
+                s = s + self.layout(q[None].expand(b, -1, -1), ctx, mask)
         if self.self_attn is not None and self.norm_self is not None:
             s = s + self.self_attn(self.norm_self(s))
         if self.cross_attn is not None and self.norm_cross is not None:
