@@ -3,6 +3,9 @@
 Prints JSON lines on stdout (the last line is the summary), progress on stderr:
 
 * ``pipeline``      read_shards -> decode_filter_resize to 64 px (no text encoding), Ray;
+* ``pipeline_2tasks`` the same with at most 2 read and 2 decode tasks at once
+  (``data.read_tasks`` / ``data.map_tasks``): every task is a worker process, and with
+  0.25 CPU per task Ray otherwise starts 4 per CPU;
 * ``pipeline_text`` the same plus the MiniLM text encoder (one actor);
 * ``wds_loop``      a plain single-process ``webdataset.WebDataset`` loop doing the same
   decode + resize with PIL (no Ray);
@@ -178,14 +181,15 @@ def measured(name: str, samples: int) -> Iterator[dict[str, Any]]:
 # ---------------------------------------------------------------------------- configs
 
 
-def run_cfg(shards: list[str], *, text_len: int = 32) -> Any:
+def run_cfg(shards: list[str], *, text_len: int = 32, tasks: int | None = None) -> Any:
     from imagen_ray.config import RunConfig
 
+    data = {"shards": shards, "batch_size": 64, "precomputed": False}
     return RunConfig.model_validate(
         {
             "text": {"name": "minilm", "max_length": text_len},
             "stage": {"name": "base", "size": SIZE},
-            "data": {"shards": shards, "batch_size": 64, "precomputed": False},
+            "data": data | {"read_tasks": tasks, "map_tasks": tasks},
         }
     )
 
@@ -197,11 +201,11 @@ def count_rows(ds: Any) -> int:
     return n
 
 
-def bench_pipeline(shards: list[str], stats: Any = None) -> int:
+def bench_pipeline(shards: list[str], stats: Any = None, tasks: int | None = None) -> int:
     """(a) the real pipeline without text: read_shards -> decode_filter_resize."""
     from imagen_ray.data.pipeline import build_dataset
 
-    ds, _ = build_dataset(run_cfg(shards), text=False, stats=stats)
+    ds, _ = build_dataset(run_cfg(shards, tasks=tasks), text=False, stats=stats)
     return count_rows(ds)
 
 
@@ -313,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
         configs: dict[str, Callable[[list[str]], int]] = {
             "pipeline": lambda s: bench_pipeline(s, stats),
+            "pipeline_2tasks": lambda s: bench_pipeline(s, stats, tasks=2),
             "ray_wds": bench_ray_wds,
             "wds_loop": bench_wds_loop,
         }
@@ -383,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             },
             "ratios": {
                 "pipeline_vs_wds_loop": ratio("pipeline", "wds_loop"),
+                "pipeline_2tasks_vs_pipeline": ratio("pipeline_2tasks", "pipeline"),
+                "per_cpu_s_pipeline_2tasks_vs_pipeline": cpu_ratio("pipeline_2tasks", "pipeline"),
                 "pipeline_vs_ray_read_webdataset": ratio("pipeline", "ray_wds"),
                 "read_shards_vs_read_webdataset": ratio(
                     "read_only_read_shards", "read_only_read_webdataset"

@@ -286,6 +286,15 @@ class DataConfig(Strict):
     encoder_num_gpus: float = Field(0.0, ge=0.0, description="GPUs per encoder actor (0.25 ok)")
     read_num_cpus: float = Field(0.25, gt=0.0, description="CPUs per read task")
     map_num_cpus: float = Field(0.25, gt=0.0, description="CPUs per decode/resize task")
+    read_tasks: int | None = Field(
+        None,
+        ge=1,
+        description="most read tasks at once (null: as many as the CPUs allow); each is a "
+        "worker process, so on a small machine 2 beats many",
+    )
+    map_tasks: int | None = Field(
+        None, ge=1, description="most decode/resize tasks at once (null: as many as fit)"
+    )
     shuffle_buffer: int = Field(0, ge=0, description="local shuffle buffer (rows) per worker")
     prefetch_batches: int = Field(2, ge=0, description="batches prefetched by each worker")
     seed: int = Field(0, description="seed of random crops and shuffling")

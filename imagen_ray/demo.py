@@ -346,7 +346,14 @@ def run(args: argparse.Namespace) -> int:
             else:
                 from imagen_ray.data.precompute import encode_shards
 
-                encode_shards(raw, encoded, cfgs[0].text, concurrency=1, num_cpus=1.0)
+                encode_shards(
+                    raw,
+                    encoded,
+                    cfgs[0].text,
+                    concurrency=1,
+                    num_cpus=1.0,
+                    max_tasks=cfgs[0].data.read_tasks,
+                )
 
         stage_dirs = []
         with timer.step(

@@ -102,6 +102,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             concurrency=cfg.data.encoder_concurrency,
             num_cpus=cfg.data.encoder_num_cpus,
             num_gpus=cfg.data.encoder_num_gpus,
+            max_tasks=cfg.data.read_tasks,
             samples_per_shard=args.samples_per_shard,
             overwrite=args.overwrite,
         )

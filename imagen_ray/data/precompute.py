@@ -167,6 +167,7 @@ def encode_shards(
     concurrency: int = 1,
     num_cpus: float = 0.5,
     num_gpus: float = 0.0,
+    max_tasks: int | None = None,
     samples_per_shard: int = 1000,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -184,6 +185,8 @@ def encode_shards(
         out_dir: new directory for shards, ``encoding.json`` and ``summary.json``.
         text_cfg: the text encoder (must equal the training run's ``text`` config).
         encoder_batch_size, concurrency, num_cpus, num_gpus: the encoder actor pool.
+        max_tasks: most read tasks, and caption tasks, at once (``data.read_tasks``;
+            default: as many as the CPUs allow).
         samples_per_shard: samples per output tar.
         overwrite: replace an existing ``out_dir``.
 
@@ -211,12 +214,13 @@ def encode_shards(
     tmp.mkdir(parents=True)
     try:
         stats = create_stats()
-        ds = read_shards(paths, num_cpus=0.25).map_batches(
+        ds = read_shards(paths, num_cpus=0.25, max_tasks=max_tasks).map_batches(
             _captions_for_encoding,  # type: ignore[arg-type]  # takes pyarrow batches only
             fn_kwargs={"stats": stats},
             batch_format="pyarrow",
             batch_size=None,
             num_cpus=0.25,
+            compute=ray.data.TaskPoolStrategy(size=max_tasks),
         )
         ds = ds.map_batches(
             TextEncoderActor,

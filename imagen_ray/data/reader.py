@@ -283,6 +283,7 @@ def read_shards(
     paths_or_glob_or_dir: str | Sequence[str],
     *,
     num_cpus: float = 0.25,
+    max_tasks: int | None = None,
     override_num_blocks: int | None = None,
     rows_per_block: int = 128,
 ) -> ray.data.Dataset:
@@ -293,6 +294,7 @@ def read_shards(
             file, ``s3://``/``gs://`` URI, or a list). Remote URIs go to pyarrow's
             filesystems with their usual credentials (only local paths are tested here).
         num_cpus: CPUs per read task; fractional so reads never starve on small clusters.
+        max_tasks: most read tasks at once (default: as many as the CPUs allow).
         override_num_blocks: read tasks (default: Ray decides, at most one per file).
         rows_per_block: samples per block.
 
@@ -303,5 +305,8 @@ def read_shards(
     paths = expand_shards(paths_or_glob_or_dir)
     source = TolerantWebDatasetDatasource(paths, rows_per_block=rows_per_block)
     return ray.data.read_datasource(
-        source, num_cpus=num_cpus, override_num_blocks=override_num_blocks
+        source,
+        num_cpus=num_cpus,
+        compute=ray.data.TaskPoolStrategy(size=max_tasks),
+        override_num_blocks=override_num_blocks,
     )

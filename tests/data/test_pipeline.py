@@ -318,7 +318,7 @@ def collect(ds) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def encoded(ray_cluster, good_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("enc") / "encoded"
-    summary = encode_shards(good_dir, out, TEXT, samples_per_shard=10)
+    summary = encode_shards(good_dir, out, TEXT, samples_per_shard=10, max_tasks=1)
     return out, summary
 
 
@@ -394,6 +394,37 @@ def test_sr_stage_batches_from_precomputed(encoded):
         assert b["image"].shape == (4, 3, 16, 16) and b["lowres"].shape == (4, 3, 8, 8)
         assert b["lowres"].min() >= -1 and b["lowres"].max() <= 1
         assert b["emb"].shape == (4, 8, 384) and b["mask"].shape == (4, 8)
+
+
+def _task_caps(ds) -> dict[str, int | None]:
+    """Most concurrent tasks per operator of the dataset's logical plan (None: uncapped)."""
+    caps, op = {}, ds._logical_plan.dag
+    while op is not None:
+        caps[op.name] = getattr(op.compute, "size", None)
+        op = op.input_dependencies[0] if op.input_dependencies else None
+    return caps
+
+
+@pytest.mark.slow
+def test_task_caps_reach_read_and_decode_and_keep_every_row(encoded):
+    out, _ = encoded
+    free, _ = build_dataset(run_cfg(out), keep=("__key__",))
+    capped, _ = build_dataset(run_cfg(out, read_tasks=1, map_tasks=2), keep=("__key__",))
+    assert _task_caps(free) == {
+        "MapBatches(decode_filter_resize)": None,
+        "ReadTolerantWebDataset": None,
+    }
+    assert _task_caps(capped) == {
+        "MapBatches(decode_filter_resize)": 2,
+        "ReadTolerantWebDataset": 1,
+    }
+    a, b = collect(free), collect(capped)
+    assert len(b) == 24 and set(a) == set(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key]["image"], b[key]["image"])
+        np.testing.assert_array_equal(a[key]["emb"], b[key]["emb"])
+    with pytest.raises(ValueError, match="map_tasks"):
+        run_cfg(out, map_tasks=0)
 
 
 @pytest.mark.slow
