@@ -463,9 +463,9 @@ def build_dataset(
     # Each step emits only what the next needs: no separate select_columns step (which
     # would be one more task per block, asking for a whole CPU by default).
     wanted = [*model_columns(stage), *keep] if text else [*model_columns(stage)[:-2], *keep]
-    # Each concurrent task is a worker process (~2 s of CPU to start, and Ray stops idle
-    # ones after a second): with 0.25 CPU per task and nothing else capping them, a 2-core
-    # machine ran 4x the CPUs' worth of processes and spent most of an epoch starting them
+    # Each concurrent task is a worker process (importing this module alone takes ~2 s of
+    # CPU): with 0.25 CPU per task and nothing else capping them, a 2-core machine ran 4x
+    # the CPUs' worth of processes and spent most of an epoch starting them
     # (`bench/data.py --num-cpus 8` on 2 cores: 2 tasks per step read 3.8x the samples/s).
     ds = read_shards(paths, num_cpus=data.read_num_cpus, max_tasks=data.read_tasks)
     ds = ds.map_batches(
