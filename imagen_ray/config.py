@@ -293,7 +293,9 @@ class DataConfig(Strict):
         "worker process, so on a small machine 2 beats many",
     )
     map_tasks: int | None = Field(
-        None, ge=1, description="most decode/resize tasks at once (null: as many as fit)"
+        None,
+        ge=1,
+        description="most decode/resize tasks at once (null: as many as the CPUs allow)",
     )
     shuffle_buffer: int = Field(0, ge=0, description="local shuffle buffer (rows) per worker")
     prefetch_batches: int = Field(2, ge=0, description="batches prefetched by each worker")
