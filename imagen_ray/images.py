@@ -1,13 +1,92 @@
-"""Image files: PNG/JPEG/WebP writing and contact-sheet grids (PIL lives here)."""
+"""Images: the one tensor -> uint8 conversion, the one encoder (PNG/JPEG/WebP), grids.
+
+Everything that turns model output into pixels or files goes through here, so an image
+from ``imagen-ray sample``, the Serve endpoint, batch generation and the training sample
+grids is the same pixels and, for the same format, the same bytes.
+"""
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 from PIL import Image
+
+from imagen_ray.fs import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+ImageFormat = Literal["png", "jpeg", "webp"]
+IMAGE_FORMATS: tuple[str, ...] = get_args(ImageFormat)
+# Names accepted for a format besides its own (``--format jpg``, a ``.jpg`` file).
+FORMAT_ALIASES = {"jpg": "jpeg"}
+SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+JPEG_QUALITY = 95  # visually lossless for generated images; ~4x smaller than PNG
+
+
+def image_format(name: str) -> ImageFormat:
+    """The canonical format for a name or suffix (``"jpg"``, ``".JPG"`` -> ``"jpeg"``).
+
+    Raises:
+        ValueError: naming the value and the formats there are.
+    """
+    key = name.lower().lstrip(".")
+    key = FORMAT_ALIASES.get(key, key)
+    if key not in IMAGE_FORMATS:
+        raise ValueError(
+            f"unknown image format {name!r}; use one of {', '.join(IMAGE_FORMATS)} (or jpg)"
+        )
+    return key  # type: ignore[return-value]  # checked against the Literal's values above
+
+
+def unit_range(x: Tensor) -> Tensor:
+    """Model output in [-1, 1] -> float32 in [0, 1] on the CPU, clamped (shape kept)."""
+    return ((x.float() + 1) / 2).clamp(0, 1).cpu()
+
+
+def to_uint8(x01: Tensor) -> np.ndarray:
+    """Images in [0, 1], (B, 3, H, W) or (3, H, W) -> (B, H, W, 3) or (H, W, 3) uint8.
+
+    Rounds to the nearest level; values outside [0, 1] are clamped.
+    """
+    import torch
+
+    u8 = x01.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    return u8.movedim(-3, -1).numpy()
+
+
+def model_to_uint8(x: Tensor) -> np.ndarray:
+    """Model output in [-1, 1] -> uint8 HWC: ``to_uint8(unit_range(x))``."""
+    return to_uint8(unit_range(x))
+
+
+def encode_image(image: np.ndarray | Image.Image, fmt: str) -> bytes:
+    """(H, W, 3) uint8 array or PIL image -> PNG / JPEG (quality 95) / WebP (lossless) bytes."""
+    kind = image_format(fmt)
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
+    buf = io.BytesIO()
+    if kind == "jpeg":
+        img.convert("RGB").save(buf, format="JPEG", quality=JPEG_QUALITY)
+    elif kind == "webp":
+        img.save(buf, format="WEBP", lossless=True)
+    else:
+        img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_image(image: np.ndarray | Image.Image, path: str | Path) -> Path:
+    """Write atomically; the format comes from the suffix (.png, .jpg/.jpeg, .webp)."""
+    p = Path(path)
+    try:
+        fmt = image_format(p.suffix) if p.suffix else "png"
+    except ValueError:
+        fmt = "png"
+    return atomic_write_bytes(p, encode_image(image, fmt))
 
 
 def to_pil(images: np.ndarray) -> list[Image.Image]:
@@ -36,14 +115,3 @@ def square_grid(images: Sequence[Image.Image], *, cell: int | None = None) -> Im
     cols = max(1, math.ceil(math.sqrt(len(images))))
     rows = [list(images[i : i + cols]) for i in range(0, len(images), cols)]
     return grid(rows, cell=cell)
-
-
-def save_image(image: Image.Image, path: str | Path) -> Path:
-    """Write atomically (temp file + rename); format from the suffix (png, jpg, webp)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(p.suffix.lower(), "PNG")
-    image.save(tmp, format=fmt)
-    tmp.replace(p)
-    return p
