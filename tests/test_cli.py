@@ -118,26 +118,3 @@ def test_sample_without_prompts_or_cascade_fails_clearly(tmp_path: Path, capsys)
     rc = main(["sample", "--cascade", str(tmp_path), "-p", "x", "--out", str(tmp_path / "o")])
     assert rc == 2
     assert "cascade.json is missing" in capsys.readouterr().err
-
-
-def test_readme_config_reference_is_current(capsys) -> None:
-    """The README's config table is the output of `imagen-ray config --reference`."""
-    assert main(["config", "--reference"]) == 0
-    table = capsys.readouterr().out
-    assert "| `stage.sampling.guidance_scale` |" in table and "|  |" not in table
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("<!-- config-reference:start")
-    block = readme[readme.index("\n", start) + 1 : readme.index("<!-- config-reference:end")]
-    assert block == table, "README config table is stale: paste `imagen-ray config --reference`"
-
-
-def test_readme_local_links_and_images_exist() -> None:
-    """Every relative link or image in the README names a file or directory of the repo."""
-    import re
-
-    readme = (ROOT / "README.md").read_text()
-    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
-    local = [t for t in targets if "://" not in t and not t.startswith("mailto:")]
-    assert "docs/demo-heldout.png" in local
-    missing = [t for t in local if not (ROOT / t).exists()]
-    assert not missing, f"README links to missing paths: {missing}"
