@@ -161,8 +161,9 @@ class Cascade(nn.Module):
         Args:
             prompts: B prompts.
             negative_prompt: used as the unconditional branch of guidance (all stages).
-            seed: one seed (prompt i gets ``seed + i``) or one seed per prompt. The result
-                for a prompt depends only on its own seed and settings, not on its batch.
+            seed: one seed (prompt i gets ``seed + i``) or one seed per prompt, each in
+                [0, 2**32 - 1]. The result for a prompt depends only on its own seed and
+                settings, not on its batch.
             sampling: per stage name, overrides of its sampling settings, e.g.
                 ``{"base": {"steps": 8, "guidance_scale": 3.0}}``; validated.
             until: the last stage to run (name or index); default all.
@@ -170,6 +171,11 @@ class Cascade(nn.Module):
 
         Returns:
             CascadeOutput with the images of every stage that ran.
+
+        Raises:
+            PlanError: bad seeds or unknown stage names (planned by
+                :func:`imagen_ray.cascade.plan.plan_generation`).
+            ConfigError: an invalid sampling override, naming the stage and the field.
         """
         stages = self.stage_list
         plan = plan_generation(
