@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -12,14 +12,33 @@ import torch
 from torch import Tensor, nn
 
 from imagen_ray.cascade.io import (
+    CheckpointError,
     check_chain,
     load_stage,
     read_cascade_manifest,
     save_cascade_manifest,
     save_stage,
 )
+from imagen_ray.cascade.plan import (
+    SamplingOverrides,
+    last_stage,
+    plan_generation,
+    resolve_sampling,
+    stage_generators,
+)
 from imagen_ray.cascade.stage import Stage
-from imagen_ray.config import CascadeConfig, SamplingConfig, TextEncoderConfig, validate
+from imagen_ray.config import CascadeConfig, TextEncoderConfig
+from imagen_ray.images import to_uint8, unit_range
+
+# Moved to imagen_ray.cascade.plan (the one generation plan); importable from here as before.
+__all__ = [
+    "Cascade",
+    "CascadeOutput",
+    "SamplingOverrides",
+    "TextEncoder",
+    "resolve_sampling",
+    "stage_generators",
+]
 
 
 class Encoding(Protocol):
@@ -36,7 +55,6 @@ class TextEncoder(Protocol):
     def encode(self, prompts: Sequence[str]) -> Encoding: ...
 
 
-SamplingOverrides = Mapping[str, SamplingConfig | Mapping[str, Any]]
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
@@ -60,20 +78,7 @@ class CascadeOutput:
 
     def uint8(self, stage: int = -1) -> np.ndarray:
         """Images of one stage as (B, H, W, 3) uint8 (what PIL and W&B take)."""
-        x = self.images[stage].clamp(0, 1).mul(255).round().to(torch.uint8)
-        return x.permute(0, 2, 3, 1).numpy()
-
-
-def stage_generators(
-    seeds: Sequence[int], stage_index: int, device: torch.device
-) -> list[torch.Generator]:
-    """One generator per example and stage, mixed with numpy's SeedSequence so that
-    (seed, stage) pairs never collide."""
-    gens = []
-    for s in seeds:
-        mixed = int(np.random.SeedSequence([int(s), stage_index]).generate_state(1)[0])
-        gens.append(torch.Generator(device=device).manual_seed(mixed))
-    return gens
+        return to_uint8(self.images[stage])
 
 
 class Cascade(nn.Module):
@@ -136,16 +141,7 @@ class Cascade(nn.Module):
 
     def stage_index(self, name_or_index: str | int | None) -> int:
         """Index of a stage given by name or index (None: the last stage)."""
-        names = [s.cfg.name for s in self.stage_list]
-        if name_or_index is None:
-            return len(names) - 1
-        if isinstance(name_or_index, int):
-            if not 0 <= name_or_index < len(names):
-                raise ValueError(f"stage index {name_or_index} out of range 0..{len(names) - 1}")
-            return name_or_index
-        if name_or_index not in names:
-            raise ValueError(f"unknown stage {name_or_index!r}; stages are {names}")
-        return names.index(name_or_index)
+        return last_stage([s.cfg.name for s in self.stage_list], name_or_index)
 
     # ------------------------------------------------------------------ generation
 
@@ -165,8 +161,9 @@ class Cascade(nn.Module):
         Args:
             prompts: B prompts.
             negative_prompt: used as the unconditional branch of guidance (all stages).
-            seed: one seed (prompt i gets ``seed + i``) or one seed per prompt. The result
-                for a prompt depends only on its own seed and settings, not on its batch.
+            seed: one seed (prompt i gets ``seed + i``) or one seed per prompt, each in
+                [0, 2**32 - 1]. The result for a prompt depends only on its own seed and
+                settings, not on its batch.
             sampling: per stage name, overrides of its sampling settings, e.g.
                 ``{"base": {"steps": 8, "guidance_scale": 3.0}}``; validated.
             until: the last stage to run (name or index); default all.
@@ -174,32 +171,28 @@ class Cascade(nn.Module):
 
         Returns:
             CascadeOutput with the images of every stage that ran.
-        """
-        if isinstance(prompts, str):
-            raise TypeError("generate() takes a list of prompts, not a single string")
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("generate() needs at least one prompt")
-        b = len(prompts)
-        seeds = [seed + i for i in range(b)] if isinstance(seed, int) else [int(s) for s in seed]
-        if len(seeds) != b:
-            raise ValueError(f"got {len(seeds)} seeds for {b} prompts")
-        last = self.stage_index(until)
-        overrides = dict(sampling or {})
-        unknown = set(overrides) - {s.cfg.name for s in self.stage_list}
-        if unknown:
-            names = [s.cfg.name for s in self.stage_list]
-            raise ValueError(
-                f"sampling overrides for unknown stages {sorted(unknown)}; stages are {names}"
-            )
 
-        enc = self.encoder.encode(prompts)
+        Raises:
+            PlanError: bad seeds or unknown stage names (planned by
+                :func:`imagen_ray.cascade.plan.plan_generation`).
+            ConfigError: an invalid sampling override, naming the stage and the field.
+        """
+        stages = self.stage_list
+        plan = plan_generation(
+            [st.cfg for st in stages],
+            prompts,
+            seed=seed,
+            until=until,
+            sampling=sampling,
+            negative_prompt=negative_prompt,
+        )
+        b = len(plan.prompts)
+        enc = self.encoder.encode(list(plan.prompts))
         neg = self.encoder.encode([negative_prompt] * b) if negative_prompt is not None else None
         dev = self.device
-        images, used = [], []
+        images = []
         x: Tensor | None = None
-        for i, stage in enumerate(self.stage_list[: last + 1]):
-            s = resolve_sampling(stage.cfg.sampling, overrides.get(stage.cfg.name))
+        for i, (stage, s) in enumerate(zip(stages, plan.sampling, strict=False)):
             name = stage.cfg.name
 
             def step(info: dict[str, Any], name: str = name) -> None:
@@ -213,16 +206,15 @@ class Cascade(nn.Module):
                 neg_emb=None if neg is None else neg.emb,
                 neg_mask=None if neg is None else neg.mask,
                 sampling=s,
-                generator=stage_generators(seeds, i, dev),
+                generator=plan.generators(i, dev),
                 callback=step,
             )
-            images.append(((x.float() + 1) / 2).clamp(0, 1).cpu())
-            used.append(s.model_dump(mode="json"))
+            images.append(unit_range(x))
         return CascadeOutput(
             images=images,
-            stages=[s.cfg.name for s in self.stage_list[: last + 1]],
-            sampling=used,
-            seeds=seeds,
+            stages=list(plan.stages),
+            sampling=plan.sampling_json(),
+            seeds=list(plan.seeds),
             truncated=list(enc.truncated),
         )
 
@@ -259,21 +251,8 @@ class Cascade(nn.Module):
         loaded = [load_stage(d, device=device) for d in dirs]
         texts = {t.model_dump_json() for _, t in loaded}
         if len(texts) > 1:
-            from imagen_ray.cascade.io import CheckpointError
-
             raise CheckpointError(
                 f"the stages {[str(d) for d in dirs]} were trained with different text encoders "
                 f"({sorted(texts)}); a cascade needs one"
             )
         return cls(loaded[0][1], [s for s, _ in loaded], encoder)
-
-
-def resolve_sampling(
-    base: SamplingConfig, override: SamplingConfig | Mapping[str, Any] | None
-) -> SamplingConfig:
-    """The stage's sampling defaults updated by an override (validated)."""
-    if override is None:
-        return base
-    if isinstance(override, SamplingConfig):
-        return override
-    return validate(SamplingConfig, {**base.model_dump(), **dict(override)}, "sampling override")

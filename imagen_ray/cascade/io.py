@@ -16,9 +16,7 @@ place, so an interrupted save never leaves a half-written stage that later loads
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from imagen_ray.config import (
     TextEncoderConfig,
     validate,
 )
+from imagen_ray.fs import atomic_dir, atomic_write_json
 
 STAGE_FORMAT = "imagen-ray/stage"
 CASCADE_FORMAT = "imagen-ray/cascade"
@@ -44,22 +43,6 @@ MANIFEST = "cascade.json"
 
 class CheckpointError(ValueError):
     """A saved stage or cascade cannot be loaded; the message says why and what to do."""
-
-
-def _atomic_dir(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished temp dir into place (the old one, if any, is removed only after)."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        final.rename(old)
-    tmp.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_stage(
@@ -93,14 +76,11 @@ def save_stage(
         "stage": stage.cfg.model_dump(mode="json"),
         "extra": extra or {},
     }
-    tmp = _atomic_dir(final)
-    try:
+    with atomic_dir(final) as tmp:
+        atomic_write_json(tmp / CONFIG, meta)
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": STAGE_FORMAT})
-        (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-        _replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # safetensors writes 0600; give the weights the mode the umask gave config.json.
+        shutil.copymode(tmp / CONFIG, tmp / WEIGHTS)
     return final
 
 
@@ -109,7 +89,7 @@ def _read_json(path: Path, missing: str) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(missing)
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(meta, dict):
@@ -196,9 +176,7 @@ def save_cascade_manifest(out_dir: Path, names: list[str], text: TextEncoderConf
         "text": text.model_dump(mode="json"),
         "stages": names,
     }
-    tmp = out_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(out_dir / MANIFEST)
+    atomic_write_json(out_dir / MANIFEST, manifest)
 
 
 def read_cascade_manifest(path: str | Path) -> list[Path]:

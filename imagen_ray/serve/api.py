@@ -12,19 +12,37 @@ from __future__ import annotations
 import json
 import secrets
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from imagen_ray.serve.problems import RequestProblem
 from imagen_ray.serve.schemas import MEDIA_TYPES, GenerateRequest, GenerateResponse, Problem
 
-if TYPE_CHECKING:
-    from imagen_ray.serve.ingress import Ingress
-
 ASGIApp = Any
+
+
+class Backend(Protocol):
+    """What the routes need of the ingress replica (:class:`imagen_ray.serve.ingress.Ingress`).
+
+    Attributes:
+        names: the cascade's stage names, base first.
+        token: the bearer token requests must send, or None when auth is off.
+        max_body_bytes: the largest request body accepted (``serve.max_body_bytes``).
+    """
+
+    names: list[str]
+    token: str | None
+    max_body_bytes: int
+
+    def models(self) -> dict[str, Any]: ...
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def generate(self, req: GenerateRequest) -> GenerateResponse: ...
 
 
 class BodyLimit:
@@ -107,10 +125,8 @@ def _readable(errors: list[dict[str, Any]]) -> str:
     return "; ".join(lines)
 
 
-def create_app(ingress: Ingress) -> FastAPI:
+def create_app(ingress: Backend) -> FastAPI:
     """The FastAPI application of one ingress replica."""
-    from imagen_ray.serve.ingress import RequestProblem
-
     app = FastAPI(
         title="imagen-ray",
         description="Text-to-image generation with an Imagen cascade served by Ray Serve. "
@@ -118,7 +134,7 @@ def create_app(ingress: Ingress) -> FastAPI:
         "(or, with `Accept: image/png` and one prompt, the image itself).",
         version="1",
     )
-    app.add_middleware(BodyLimit, limit=ingress.cfg.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=ingress.max_body_bytes)
     bearer = HTTPBearer(auto_error=False, description="serve.auth: the server's token")
     page = resources.files("imagen_ray.serve").joinpath("page.html").read_text()
 

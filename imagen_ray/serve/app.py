@@ -97,8 +97,9 @@ def deployment_options(d: ServeDeploymentConfig) -> dict[str, Any]:
 def build_application(cfg: ServeConfig) -> Any:
     """Bind the deployments: ``Ingress(TextEncoder, [Stage(base), Stage(sr), ...])``."""
     from imagen_ray.cascade.io import read_stage_meta
+    from imagen_ray.serve.auth import read_token
     from imagen_ray.serve.deployments import StageDeployment, TextEncoderDeployment
-    from imagen_ray.serve.ingress import Ingress, read_token
+    from imagen_ray.serve.ingress import Ingress
 
     dirs = check_cascade_dir(cfg)
     metas = [read_stage_meta(d) for d in dirs]

@@ -199,8 +199,9 @@ class StageDeployment:
 
     Args:
         stage_dir: the stage directory (``config.json`` + ``model.safetensors``).
-        index: the stage's position in the cascade (mixed into the per-example seeds exactly
-            as ``Cascade.generate`` does, so served images equal in-process ones).
+        index: the stage's position in the cascade, mixed into each prompt's seed by the
+            generation plan's ``stage_generators`` (as in ``Cascade.generate``, so served
+            images equal in-process ones).
         settings: the deployment's ``ServeDeploymentConfig.model_dump()``.
     """
 
@@ -242,7 +243,7 @@ class StageDeployment:
     ) -> list[Any]:
         import torch
 
-        from imagen_ray.cascade import stage_generators
+        from imagen_ray.cascade.plan import stage_generators
         from imagen_ray.config import SamplingConfig
 
         # Calls with other settings (or with/without a negative prompt) must not share a
@@ -253,6 +254,7 @@ class StageDeployment:
             groups.setdefault(key, []).append(i)
         out: list[Any] = [None] * len(conds)
         for (settings_json, has_neg), rows in groups.items():
+            # Resolved and validated by the ingress's plan; rebuilt typed after the Ray hop.
             sampling_cfg = SamplingConfig.model_validate(json.loads(settings_json))
             emb = torch.stack([conds[i]["emb"] for i in rows])  # (B, L, D)
             mask = torch.stack([conds[i]["mask"] for i in rows])  # (B, L)

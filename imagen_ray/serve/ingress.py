@@ -1,4 +1,10 @@
-"""The ingress deployment: validates a request, fans it out per prompt, encodes the images.
+"""The ingress deployment: plans a request, fans it out per prompt, encodes the images.
+
+A request is checked against the serve limits and planned with
+:func:`imagen_ray.cascade.plan.plan_generation` (seeds, stages up to ``until``, resolved
+sampling settings), the same plan ``Cascade.generate`` makes, so a served image equals the
+in-process one for the same settings; pixels come from :func:`imagen_ray.images.model_to_uint8`
+and bytes from :func:`imagen_ray.images.encode_image`.
 
 Each prompt travels ``encoder -> stage 0 -> stage 1 -> ...`` as its own chain of
 ``DeploymentHandle`` calls (a ``DeploymentResponse`` is passed straight into the next call,
@@ -10,61 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
-import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from imagen_ray.serve.auth import read_token
+from imagen_ray.serve.problems import RequestProblem
 from imagen_ray.serve.schemas import GeneratedImage, GenerateRequest, GenerateResponse
 
+if TYPE_CHECKING:
+    from imagen_ray.cascade.plan import GenerationPlan
 
-class RequestProblem(ValueError):
-    """A request that is well-formed JSON but asks for something this server will not do."""
-
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def read_token(env: str, file: str | None) -> str:
-    """The bearer token: the environment variable ``env`` if set, else the file's contents."""
-    import os
-
-    token = os.environ.get(env, "").strip()
-    if not token and file:
-        p = Path(file).expanduser()
-        if not p.is_file():
-            raise ValueError(
-                f"serve.auth.token_file={file!r} does not exist; write the token there or set "
-                f"the environment variable {env}"
-            )
-        token = p.read_text().strip()
-    if not token:
-        raise ValueError(
-            f"serve.auth.enabled is true but no token was found: set the environment variable "
-            f"{env} (serve.auth.token_env) or serve.auth.token_file, or set "
-            "serve.auth.enabled=false"
-        )
-    return token
-
-
-def encode_image(pixels: Any, fmt: str) -> bytes:
-    """(H, W, 3) uint8 array -> PNG / JPEG (quality 95) / WebP (lossless) bytes."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    img = Image.fromarray(pixels)
-    if fmt == "png":
-        img.save(buf, format="PNG")
-    elif fmt == "jpeg":
-        img.save(buf, format="JPEG", quality=95)
-    else:
-        img.save(buf, format="WEBP", lossless=True)
-    return buf.getvalue()
+# Moved to their own modules; importable from here as before.
+__all__ = ["Ingress", "RequestProblem", "read_token"]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
@@ -101,6 +68,7 @@ class Ingress:
         self.cascade_dir = cascade_dir
         auth = self.cfg.auth
         self.token = read_token(auth.token_env, auth.token_file) if auth.enabled else None
+        self.max_body_bytes = self.cfg.max_body_bytes
 
     def __serve_build_asgi_app__(self) -> Any:
         from imagen_ray.serve.api import create_app
@@ -111,6 +79,9 @@ class Ingress:
 
     def models(self) -> dict[str, Any]:
         """What ``GET /v1/models`` shows: stages, sizes, encoder, defaults and limits."""
+        from imagen_ray.cascade.plan import SEED_MAX
+        from imagen_ray.images import IMAGE_FORMATS
+
         return {
             "cascade": Path(self.cascade_dir).name,
             "encoder": self.text.model_dump(mode="json"),
@@ -129,9 +100,9 @@ class Ingress:
                 "max_prompt_tokens": self.text.max_length,
                 "max_steps": self.cfg.max_steps,
                 "max_body_bytes": self.cfg.max_body_bytes,
-                "seed": [0, 2**32 - 1],
+                "seed": [0, SEED_MAX],
             },
-            "formats": ["png", "jpeg", "webp"],
+            "formats": list(IMAGE_FORMATS),
             "default_format": self.cfg.default_format,
             "auth": self.token is not None,
         }
@@ -144,18 +115,18 @@ class Ingress:
 
     # ------------------------------------------------------------------ generation
 
-    def check(self, req: GenerateRequest) -> tuple[list[str], int, list[dict[str, Any]]]:
-        """Apply the config's limits and the cascade's stage names to a parsed request.
+    def check(self, req: GenerateRequest) -> GenerationPlan:
+        """Apply the config's limits to a parsed request and plan it against the cascade.
 
         Returns:
-            (prompts, index of the last stage, per-stage sampling settings as dicts).
+            The generation plan (prompts, seeds, stages that run, their sampling settings);
+            a request without a seed gets a random one.
 
         Raises:
             RequestProblem: naming the field, the bad value and what is allowed.
         """
-        from pydantic import ValidationError
-
-        from imagen_ray.cascade import resolve_sampling
+        from imagen_ray.cascade.plan import PlanError, plan_generation
+        from imagen_ray.config import ConfigError
 
         cfg = self.cfg
         prompts = req.prompt_list()
@@ -179,55 +150,61 @@ class Ingress:
                 f"negative_prompt: {len(req.negative_prompt)} characters, at most "
                 f"serve.max_prompt_chars={cfg.max_prompt_chars}"
             )
-        if req.until is not None and req.until not in self.names:
-            raise RequestProblem(f"until: unknown stage {req.until!r}; stages are {self.names}")
-        last = self.names.index(req.until) if req.until is not None else len(self.names) - 1
-        unknown = sorted(set(req.stages) - set(self.names))
-        if unknown:
-            raise RequestProblem(f"stages: unknown stage(s) {unknown}; stages are {self.names}")
-        sampling = []
-        for s in self.stage_cfgs[: last + 1]:
-            given = req.stages.get(s.name)
-            over = given.model_dump(exclude_none=True) if given is not None else {}
-            if over.get("steps", 0) > cfg.max_steps:
+        overrides = {name: s.model_dump(exclude_none=True) for name, s in req.stages.items()}
+        try:
+            plan = plan_generation(
+                self.stage_cfgs,
+                prompts,
+                seed=req.seed,
+                until=req.until,
+                sampling=overrides,
+                negative_prompt=req.negative_prompt,
+            )
+        except PlanError as e:  # the request calls the plan's `sampling` `stages`
+            field = "stages" if e.field == "sampling" else e.field
+            raise RequestProblem(f"{field}: {e.message}") from None
+        except ConfigError as e:  # pragma: no cover - the schema has SamplingConfig's ranges
+            raise RequestProblem(f"stages: {e}") from None
+        for name in plan.stages:
+            steps = overrides.get(name, {}).get("steps", 0)
+            if steps > cfg.max_steps:
                 raise RequestProblem(
-                    f"stages.{s.name}.steps: {over['steps']} is above serve.max_steps="
-                    f"{cfg.max_steps}"
+                    f"stages.{name}.steps: {steps} is above serve.max_steps={cfg.max_steps}"
                 )
-            try:
-                sampling.append(resolve_sampling(s.sampling, over).model_dump(mode="json"))
-            except (ValueError, ValidationError) as e:  # pragma: no cover - schema mirrors it
-                raise RequestProblem(f"stages.{s.name}: {e}") from None
-        return prompts, last, sampling
+        return plan
 
     async def generate(self, req: GenerateRequest) -> GenerateResponse:
         """Run a checked request through the deployments; one chain of calls per prompt."""
         import numpy as np
 
+        from imagen_ray.images import encode_image, model_to_uint8
+
         t0 = time.perf_counter()
-        prompts, last, sampling = self.check(req)
-        seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
+        plan = self.check(req)
+        sampling = plan.sampling_json()
         fmt = req.format or self.cfg.default_format
 
-        async def one(prompt: str, seed_i: int) -> tuple[np.ndarray, bool]:
-            cond = self.encoder.encode.remote(prompt, req.negative_prompt)
+        async def one(prompt: str, seed: int) -> tuple[np.ndarray, bool]:
+            cond = self.encoder.encode.remote(prompt, plan.negative_prompt)
             x: Any = None
-            for i in range(last + 1):
-                x = self.stages[i].generate.remote(cond, x, sampling[i], seed_i)
+            for i in range(plan.last + 1):
+                x = self.stages[i].generate.remote(cond, x, sampling[i], seed)
             image = await x  # (3, H, W) in [-1, 1]
             enc = await cond
-            # The same conversion as CascadeOutput.images / .uint8().
-            u8 = ((image + 1) / 2).clamp(0, 1).mul(255).round().byte()
-            return u8.permute(1, 2, 0).numpy(), bool(enc["truncated"])
+            return model_to_uint8(image), bool(enc["truncated"])  # (H, W, 3) uint8
 
-        results = await asyncio.gather(*(one(p, seed + i) for i, p in enumerate(prompts)))
+        results = await asyncio.gather(
+            *(one(p, s) for p, s in zip(plan.prompts, plan.seeds, strict=True))
+        )
         images, warnings = [], []
-        for i, (prompt, (pixels, truncated)) in enumerate(zip(prompts, results, strict=True)):
+        for i, (prompt, seed, (pixels, truncated)) in enumerate(
+            zip(plan.prompts, plan.seeds, results, strict=True)
+        ):
             data = encode_image(pixels, fmt)
             images.append(
                 GeneratedImage(
                     prompt=prompt,
-                    seed=seed + i,
+                    seed=seed,
                     width=pixels.shape[1],
                     height=pixels.shape[0],
                     format=fmt,
@@ -240,10 +217,10 @@ class Ingress:
                     f"prompts[{i}] is longer than the encoder's {self.text.max_length} tokens "
                     "and was truncated"
                 )
-        names = self.names[: last + 1]
+        names = list(plan.stages)
         settings = {
-            "seed": seed,
-            "negative_prompt": req.negative_prompt,
+            "seed": plan.seeds[0],
+            "negative_prompt": plan.negative_prompt,
             "stages": names,
             "sampling": dict(zip(names, sampling, strict=True)),
             "until": names[-1],

@@ -1,39 +1,48 @@
 """HTTP request and response bodies of the serving API (pydantic; checked before any work).
 
-Static limits live here (the ranges of the stage sampling settings); the limits that come
-from the serve config (``max_prompts``, ``max_prompt_chars``, ``max_steps``) and the stage
-names of the loaded cascade are checked by the ingress, with the same kind of message.
+Static limits live here: the per-stage sampling settings take their fields, types, ranges and
+descriptions from :class:`imagen_ray.config.SamplingConfig` (each made optional), so a field
+added there is accepted here with the same checks. The limits that come from the serve config
+(``max_prompts``, ``max_prompt_chars``, ``max_steps``) and the stage names of the loaded
+cascade are checked by the ingress, with the same kind of message.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from imagen_ray.config import ImageFormat, SamplerName, ThresholdMode
-
-SEED_MAX = 2**32 - 1
+from imagen_ray.cascade.plan import SEED_MAX
+from imagen_ray.config import SamplingConfig
+from imagen_ray.images import ImageFormat
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class StageSettings(_Body):
-    """Sampling settings of one stage for one request; unset fields take the stage defaults."""
+# What a request may not exceed beyond SamplingConfig's own ranges (checked by the ingress).
+_NOTES = {"steps": "at most serve.max_steps"}
 
-    sampler: SamplerName | None = Field(None, description="ddpm, ddim or dpmpp_2m")
-    steps: int | None = Field(None, ge=1, description="sampler steps (at most serve.max_steps)")
-    guidance_scale: float | None = Field(
-        None, ge=0.0, le=50.0, description="classifier-free guidance weight (1 = off)"
-    )
-    threshold: ThresholdMode | None = Field(None, description="none, static or dynamic")
-    percentile: float | None = Field(None, gt=0.0, le=1.0, description="dynamic thresholding p")
-    eta: float | None = Field(None, ge=0.0, le=1.0, description="DDIM stochasticity")
-    aug_level: float | None = Field(
-        None, ge=0.0, le=1.0, description="SR stages: noise-conditioning augmentation level"
-    )
+
+def optional_fields(model: type[BaseModel], name: str) -> type[BaseModel]:
+    """A request body with every field of ``model`` optional (default None, meaning "the
+    stage's default"), each with the same type, constraints and description; unknown fields
+    are refused."""
+    fields: dict[str, Any] = {}
+    for key, f in model.model_fields.items():
+        typ: Any = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+        note = f" ({_NOTES[key]})" if key in _NOTES else ""
+        fields[key] = (typ | None, Field(None, description=f"{f.description or key}{note}"))
+    return create_model(name, __base__=_Body, __module__=__name__, **fields)
+
+
+class StageSettings(optional_fields(SamplingConfig, "_StageSettings")):  # type: ignore[misc]
+    """Sampling settings of one stage for one request; unset fields take the stage defaults.
+
+    Fields: those of :class:`imagen_ray.config.SamplingConfig`, each optional.
+    """
 
 
 class GenerateRequest(_Body):

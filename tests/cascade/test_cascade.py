@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +218,20 @@ def test_stages_of_different_text_encoders_do_not_combine(cascade: Cascade, tmp_
     save_stage(sr, TEXT, tmp_path / "sr")
     with pytest.raises(CheckpointError, match="must be a base stage"):
         Cascade.load([tmp_path / "sr", tmp_path / "base"])
+
+
+def test_saved_directories_get_the_umask_permissions(cascade: Cascade, tmp_path: Path) -> None:
+    """Not mkdtemp's 0700: a cascade exported by one account is readable by a serving one."""
+    old = os.umask(0o022)
+    try:
+        out = cascade.save(tmp_path / "c")
+        save_stage(cascade.stage_list[0], TEXT, tmp_path / "alone")
+    finally:
+        os.umask(old)
+    for d in (out, out / "base", out / "sr", tmp_path / "alone"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o755, d
+    for f in (out / "cascade.json", out / "base" / "config.json", out / "sr" / "model.safetensors"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
 
 
 def test_interrupted_save_keeps_the_old_stage(

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import Field
 
 from imagen_ray.cli import main
-from imagen_ray.config import ConfigError
+from imagen_ray.config import ConfigError, SamplingConfig
 from imagen_ray.serve.app import (
     IMPORT_PATH,
     build_app,
@@ -17,8 +18,8 @@ from imagen_ray.serve.app import (
     load_serve_config,
     serve_deploy_config,
 )
-from imagen_ray.serve.ingress import read_token
-from imagen_ray.serve.schemas import GenerateRequest
+from imagen_ray.serve.auth import read_token
+from imagen_ray.serve.schemas import GenerateRequest, StageSettings, optional_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_YAML = ROOT / "configs" / "tiny" / "serve.yaml"
@@ -131,6 +132,29 @@ def test_request_schema() -> None:
     ):
         with pytest.raises(ValueError):
             GenerateRequest.model_validate(bad)
+
+
+def test_stage_settings_are_sampling_config_made_optional() -> None:
+    """Every SamplingConfig field, with its type, range and description, and default None."""
+    ours = StageSettings.model_json_schema()["properties"]
+    theirs = SamplingConfig.model_json_schema()["properties"]
+    assert list(ours) == list(theirs)
+    for name, spec in theirs.items():
+        allowed, none = ours[name]["anyOf"]
+        assert none == {"type": "null"} and ours[name]["default"] is None
+        assert ours[name]["description"].startswith(spec["description"])
+        expected = {k: v for k, v in spec.items() if k not in ("default", "description", "title")}
+        assert allowed == expected, name
+    assert StageSettings().model_dump(exclude_none=True) == {}
+
+    class Wider(SamplingConfig):
+        churn: float = Field(0.0, ge=0.0, le=2.0, description="a new sampling field")
+
+    derived = optional_fields(Wider, "Derived")
+    assert derived.model_validate({"churn": 1.5}).model_dump()["churn"] == 1.5
+    for bad in ({"churn": 3.0}, {"chrun": 1.0}):
+        with pytest.raises(ValueError):
+            derived.model_validate(bad)
 
 
 def test_page_ships_with_the_package() -> None:

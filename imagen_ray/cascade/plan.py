@@ -1,0 +1,217 @@
+"""The generation plan: everything a request fixes before any model runs, resolved once.
+
+``Cascade.generate`` (in-process), the Serve chain (ingress + stage deployments) and batch
+generation all plan through here, so the same prompts, seeds and settings give the same
+pixels in each: which stages run (``until``), each stage's sampling settings (its defaults
+updated by per-stage overrides, validated), one seed per prompt, and one ``torch.Generator``
+per prompt and stage. Images leave the model through :func:`imagen_ray.images.unit_range`
+and :func:`imagen_ray.images.to_uint8`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from imagen_ray.config import SamplingConfig, StageConfig, validate
+
+SEED_MAX = 2**32 - 1  # seeds are uint32: what a request, a CLI flag or a JSON record carries
+
+SamplingOverrides = Mapping[str, SamplingConfig | Mapping[str, Any]]
+
+
+class PlanError(ValueError):
+    """A generation request that cannot be planned; ``field`` names the argument at fault.
+
+    ``str(e)`` is ``"<field>: <message>"``; callers with other argument names (Serve's
+    ``stages`` for ``sampling``) rebuild it from ``field`` and ``message``.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def resolve_sampling(
+    base: SamplingConfig, override: SamplingConfig | Mapping[str, Any] | None, where: str = ""
+) -> SamplingConfig:
+    """A stage's sampling defaults updated by an override (validated).
+
+    Args:
+        base: the stage's defaults.
+        override: a full config (used as is), a mapping of the fields to change, or None.
+        where: names the override in a validation error (default ``sampling override``).
+
+    Raises:
+        ConfigError: naming the field, the value and what is allowed.
+    """
+    if override is None:
+        return base
+    if isinstance(override, SamplingConfig):
+        return override
+    merged = {**base.model_dump(), **dict(override)}
+    return validate(SamplingConfig, merged, where or "sampling override")
+
+
+def stage_generators(
+    seeds: Sequence[int], stage_index: int, device: torch.device | str
+) -> list[torch.Generator]:
+    """One generator per example and stage, mixed with numpy's SeedSequence so that
+    (seed, stage) pairs never collide."""
+    gens = []
+    for s in seeds:
+        mixed = int(np.random.SeedSequence([int(s), stage_index]).generate_state(1)[0])
+        gens.append(torch.Generator(device=device).manual_seed(mixed))
+    return gens
+
+
+def prompt_seeds(n: int, seed: int | Sequence[int] | None) -> list[int]:
+    """One seed per prompt: ``seed + i`` for an int, a list as given, random ``+ i`` for None.
+
+    Raises:
+        PlanError: a seed outside [0, 2**32 - 1], or a list whose length is not ``n``.
+    """
+    if seed is None:
+        seed = secrets.randbelow(SEED_MAX + 1)
+    if isinstance(seed, (int, np.integer)):
+        if not 0 <= int(seed) <= SEED_MAX:
+            raise PlanError("seed", f"{seed} is outside [0, {SEED_MAX}]")
+        return [int(seed) + i for i in range(n)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise PlanError("seed", f"got {len(seeds)} seeds for {n} prompts")
+    for i, s in enumerate(seeds):
+        if not 0 <= s <= SEED_MAX:
+            raise PlanError(f"seed[{i}]", f"{s} is outside [0, {SEED_MAX}]")
+    return seeds
+
+
+def last_stage(names: Sequence[str], until: str | int | None) -> int:
+    """Index of the last stage to run, given by name or index (None: every stage)."""
+    if until is None:
+        return len(names) - 1
+    if isinstance(until, int):
+        if not 0 <= until < len(names):
+            raise PlanError("until", f"stage index {until} out of range 0..{len(names) - 1}")
+        return until
+    if until not in names:
+        raise PlanError("until", f"unknown stage {until!r}; stages are {list(names)}")
+    return list(names).index(until)
+
+
+def plan_sampling(
+    stages: Sequence[StageConfig],
+    *,
+    until: str | int | None = None,
+    sampling: SamplingOverrides | None = None,
+) -> dict[str, SamplingConfig]:
+    """Per stage that runs (in order, up to ``until``), its resolved sampling settings.
+
+    Overrides for stages past ``until`` are checked for their names but not applied.
+
+    Raises:
+        PlanError: ``until`` or an override names no stage.
+        ConfigError: an override's value is invalid (names ``sampling.<stage>.<field>``).
+    """
+    names = [s.name for s in stages]
+    last = last_stage(names, until)
+    overrides = dict(sampling or {})
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise PlanError("sampling", f"overrides for unknown stages {unknown}; stages are {names}")
+    return {
+        s.name: resolve_sampling(s.sampling, overrides.get(s.name), f"sampling.{s.name}")
+        for s in stages[: last + 1]
+    }
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """A checked generation request.
+
+    Attributes:
+        prompts: the B prompts.
+        seeds: one per prompt.
+        stages: names of the stages that run, in order (a prefix of the cascade).
+        sampling: per stage that runs, its resolved settings.
+        negative_prompt: the unconditional branch of guidance, or None.
+    """
+
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    stages: tuple[str, ...]
+    sampling: tuple[SamplingConfig, ...]
+    negative_prompt: str | None = None
+
+    @property
+    def last(self) -> int:
+        """Index of the last stage that runs."""
+        return len(self.stages) - 1
+
+    def generators(self, stage_index: int, device: torch.device | str) -> list[torch.Generator]:
+        """One generator per prompt for stage ``stage_index`` (:func:`stage_generators`)."""
+        return stage_generators(self.seeds, stage_index, device)
+
+    def sampling_json(self) -> list[dict[str, Any]]:
+        """The per-stage settings as JSON-able dicts (what results and records report)."""
+        return [s.model_dump(mode="json") for s in self.sampling]
+
+
+def plan_generation(
+    stages: Sequence[StageConfig],
+    prompts: Sequence[str],
+    *,
+    seed: int | Sequence[int] | None = 0,
+    until: str | int | None = None,
+    sampling: SamplingOverrides | None = None,
+    negative_prompt: str | None = None,
+) -> GenerationPlan:
+    """Resolve and validate a generation request against a cascade's stage configs.
+
+    Args:
+        stages: the cascade's stage configs, base first.
+        prompts: B prompts (a list; a bare string is refused).
+        seed: one seed (prompt i gets ``seed + i``), one per prompt, or None for a random
+            one; each in [0, 2**32 - 1].
+        until: the last stage to run (name or index); default all.
+        sampling: per stage name, overrides of its sampling settings.
+        negative_prompt: replaces the null text in guidance (all stages).
+
+    Raises:
+        TypeError: ``prompts`` is a string.
+        PlanError: no prompts, bad seeds, unknown stage names (``field`` says which).
+        ConfigError: an invalid sampling value (named ``sampling.<stage>.<field>``).
+    """
+    if isinstance(prompts, str):
+        raise TypeError("generate() takes a list of prompts, not a single string")
+    texts = tuple(prompts)
+    if not texts:
+        raise PlanError("prompts", "the list is empty; give at least one prompt")
+    resolved = plan_sampling(stages, until=until, sampling=sampling)
+    return GenerationPlan(
+        prompts=texts,
+        seeds=tuple(prompt_seeds(len(texts), seed)),
+        stages=tuple(resolved),
+        sampling=tuple(resolved.values()),
+        negative_prompt=negative_prompt,
+    )
+
+
+__all__ = [
+    "SEED_MAX",
+    "GenerationPlan",
+    "PlanError",
+    "SamplingOverrides",
+    "last_stage",
+    "plan_generation",
+    "plan_sampling",
+    "prompt_seeds",
+    "resolve_sampling",
+    "stage_generators",
+]
