@@ -49,7 +49,7 @@ TARGET_TAIL = 3.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from imagen_ray.cli import add_overrides_argument
+    from imagen_ray.cli.args import add_overrides_argument
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from imagen_ray.cli import add_overrides_argument
+from imagen_ray.cli.args import add_overrides_argument
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
 

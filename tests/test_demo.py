@@ -10,7 +10,10 @@ from PIL import Image
 
 from imagen_ray.cli import build_parser
 from imagen_ray.data.synthetic import ATTRIBUTES, SyntheticSpec, heldout_prompts, render_attributes
-from imagen_ray.demo import TARGETS, Timer, demo_spec, write_report
+from imagen_ray.demo.configs import demo_configs_dir
+from imagen_ray.demo.report import TARGETS, write_report
+from imagen_ray.demo.run import demo_spec
+from imagen_ray.demo.timer import Timer
 
 
 def _items_and_images(wrong_shape_every: int = 0):
@@ -74,4 +77,10 @@ def test_demo_spec_and_cli() -> None:
     assert spec.num_samples == 500 and spec.size == 64 and spec.count_probs == (1.0, 0.0, 0.0)
     assert spec.backgrounds == ("black",) and spec.sizes == ("large",)
     args = build_parser().parse_args(["demo", "--out", "x", "--base-steps", "3", "--fresh"])
-    assert args.base_steps == 3 and args.fresh and args.func.__module__ == "imagen_ray.demo"
+    assert args.base_steps == 3 and args.fresh and args.func.__module__ == "imagen_ray.cli.demo"
+
+
+def test_demo_configs_are_found_through_the_package() -> None:
+    path = demo_configs_dir()
+    assert sorted(p.name for p in path.glob("*.yaml")) == ["base.yaml", "serve.yaml", "sr64.yaml"]
+    assert path.samefile(Path(__file__).resolve().parents[1] / "configs" / "demo")

@@ -10,14 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imagen_ray.batch.config import GenerateConfig, load_generate_config
+from imagen_ray.batch.plan import image_seed, plan_records
 from imagen_ray.cli import main
-from imagen_ray.generate import (
-    GenerateConfig,
-    image_seed,
-    load_generate_config,
-    plan_records,
-    read_prompt_file,
-)
+from imagen_ray.prompts import Prompt, read_prompt_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--sampling", "base.steps=2", "--sampling", "sr64.steps=1"]
@@ -99,13 +95,20 @@ def test_image_seeds_depend_only_on_seed_prompt_and_image() -> None:
     assert len(seeds) == 100
     assert image_seed(0, 3, 1) == image_seed(0, 3, 1) != image_seed(1, 3, 1)
     # more images per prompt keeps the seeds of the images that already exist
-    from imagen_ray.generate import Prompt
-
     prompts = [Prompt("a", {}), Prompt("b", {})]
     two = plan_records(prompts, GenerateConfig(images_per_prompt=2), {})
     four = plan_records(prompts, GenerateConfig(images_per_prompt=4), {})
     by_file = {r["file"]: r["seed"] for r in four}
     assert all(by_file[r["file"]] == r["seed"] for r in two)
+
+
+def test_jpg_is_accepted_and_names_jpg_files() -> None:
+    cfg = load_generate_config(None, {"format": "jpg"}, [])
+    assert cfg.format == "jpeg"
+    assert plan_records([Prompt("a")], cfg, {})[0]["file"] == "images/000000-000.jpg"
+    assert load_generate_config(None, {}, ["format=webp"]).format == "webp"
+    with pytest.raises(ValueError, match="format"):
+        load_generate_config(None, {"format": "gif"}, [])
 
 
 # ------------------------------------------------------------------ the Ray actor pool

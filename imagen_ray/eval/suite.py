@@ -13,7 +13,6 @@ by the model. Layout of an output directory::
 
 from __future__ import annotations
 
-import csv
 import html
 import json
 import re
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from imagen_ray.images import save_image
+from imagen_ray.prompts import read_csv
 
 if TYPE_CHECKING:
     from imagen_ray.cascade import Cascade
@@ -56,25 +56,24 @@ def read_suite(path: str | Path) -> list[SuitePrompt]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"--suite {path}: no such file")
-    with open(p, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        found = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in (PROMPT_COLUMN, CATEGORY_COLUMN) if c not in found]
-        if missing:
-            raise ValueError(
-                f"--suite {path}: missing column(s) {', '.join(missing)}; a suite CSV needs a "
-                f"header with {PROMPT_COLUMN!r} and {CATEGORY_COLUMN!r} (found: "
-                f"{', '.join(repr(c) for c in found) or 'no header'})"
-            )
-        out = []
-        for line, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            text, category = row.get(PROMPT_COLUMN, ""), row.get(CATEGORY_COLUMN, "")
-            if not any(row.values()):
-                continue
-            if not text:
-                raise ValueError(f"--suite {path}: line {line} has no {PROMPT_COLUMN!r} text")
-            out.append(SuitePrompt(text, category or "uncategorised"))
+    table = read_csv(p)  # the prompt-file reader's CSV: UTF-8 with or without a BOM
+    found = [c.strip() for c in table.columns]
+    missing = [c for c in (PROMPT_COLUMN, CATEGORY_COLUMN) if c not in found]
+    if missing:
+        raise ValueError(
+            f"--suite {path}: missing column(s) {', '.join(missing)}; a suite CSV needs a "
+            f"header with {PROMPT_COLUMN!r} and {CATEGORY_COLUMN!r} (found: "
+            f"{', '.join(repr(c) for c in found) or 'no header'})"
+        )
+    out = []
+    for line, raw in table.rows:
+        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+        text, category = row.get(PROMPT_COLUMN, ""), row.get(CATEGORY_COLUMN, "")
+        if not any(row.values()):
+            continue
+        if not text:
+            raise ValueError(f"--suite {path}: line {line} has no {PROMPT_COLUMN!r} text")
+        out.append(SuitePrompt(text, category or "uncategorised"))
     if not out:
         raise ValueError(f"--suite {path}: no prompts")
     return out

@@ -1,15 +1,24 @@
-"""``imagen-ray data shards`` and ``imagen-ray data synthetic``: write webdataset shards.
+"""``imagen-ray data``: ``shards`` and ``synthetic`` write webdataset shards, ``encode``
+precomputes text embeddings, ``preview`` shows what the training pipeline produces.
 
-``register(data_subparsers)`` adds both subcommands to the ``data`` command's subparsers.
-Handlers return an exit code; bad input raises ValueError / FileNotFoundError, which the main
-CLI prints as one line and turns into exit status 2.
+``encode`` writes new shards with a ``text.npz`` per sample, so training runs skip the
+encoder. ``preview`` runs the real training pipeline for a few batches and writes what it
+produced as a PNG contact sheet with the sample keys; it prints skip counts and throughput
+as JSON. Both start a local Ray (or join ``RAY_ADDRESS``) unless Ray is already initialised.
+Bad input raises ValueError / FileNotFoundError, which the main CLI prints as one line and
+turns into exit status 2; ``shards`` and ``synthetic`` exit 1 when nothing was written.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from imagen_ray.cli.args import add_config_arguments
 
 SHARDS_EXAMPLES = """\
 examples:
@@ -37,8 +46,20 @@ preview.png / preview.txt: the first 16 images and their captions.
 """
 
 
-def register(data_subparsers: Any) -> None:
-    """Add the ``shards`` and ``synthetic`` subcommands.
+def register(sub: Any) -> None:
+    """Add ``data`` and its subcommands."""
+    p = sub.add_parser(
+        "data",
+        help="write webdataset shards (real or synthetic), precompute embeddings, preview",
+        description="Data commands: `shards` from a folder or table, `synthetic` for the "
+        "built-in caption->image set, `encode` to precompute text embeddings, `preview` to "
+        "look at what the Ray Data pipeline feeds a stage.",
+    )
+    add_data_commands(p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True))
+
+
+def add_data_commands(data_subparsers: Any) -> None:
+    """Add ``shards``, ``synthetic``, ``encode`` and ``preview`` to the ``data`` command.
 
     Args:
         data_subparsers: the object returned by ``add_subparsers()`` of the ``data`` command.
@@ -118,6 +139,35 @@ def register(data_subparsers: Any) -> None:
     _add_common(p, default_per_shard=500)
     p.set_defaults(func=cmd_synthetic)
 
+    p = data_subparsers.add_parser(
+        "encode",
+        help="precompute text embeddings into new shards (training then skips the encoder)",
+        description="Read shards, encode every caption with the run's text encoder on a Ray "
+        "actor pool (data.encoder_* settings), and write new shards with the original entries "
+        "plus text.npz (float16 emb (L, D), bool mask (L,)), encoding.json and summary.json. "
+        "Output appears only when complete (temp directory + rename).",
+    )
+    p.add_argument("--shards", required=True, metavar="DIR", help="raw shards (dir, glob, URI)")
+    p.add_argument("--out", required=True, metavar="DIR", help="new output directory")
+    add_config_arguments(p, "run config (a stage)")
+    p.add_argument("--samples-per-shard", type=int, default=1000, help="default 1000")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=cmd_encode)
+
+    p = data_subparsers.add_parser(
+        "preview",
+        help="run the training pipeline for a few batches; write a PNG grid and print stats",
+        description="Run the real Ray Data pipeline of a run config (read, decode, filter, "
+        "resize, crop, text embeddings) for a few batches. Writes grid.png (each row: the "
+        "training image, and for SR stages the low-res input, with the sample key and caption) "
+        "and preview.json; prints skip counts and rows/s as JSON.",
+    )
+    add_config_arguments(p, "run config (a stage)")
+    p.add_argument("--batches", type=int, default=2, help="batches of data.batch_size (2)")
+    p.add_argument("--max-images", type=int, default=64, help="rows in the grid (64)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.set_defaults(func=cmd_preview)
+
 
 def _add_common(p: argparse.ArgumentParser, *, default_per_shard: int) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -161,14 +211,13 @@ def cmd_shards(args: argparse.Namespace) -> int:
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
     """``imagen-ray data synthetic``: render the shapes set + heldout.json + preview.png."""
+    from imagen_ray.data.preview import write_synthetic_preview
     from imagen_ray.data.synthetic import (
         DEFAULT_HELDOUT,
         SyntheticSpec,
         parse_pair,
-        render_sample,
         write_synthetic,
     )
-    from imagen_ray.images import save_image, square_grid
 
     if args.no_heldout and args.heldout:
         raise ValueError("pass either --heldout pairs or --no-heldout, not both")
@@ -197,12 +246,74 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
         **extra,
     )
     summary = write_synthetic(spec, args.out, progress=not args.no_progress)
-    out = Path(args.out)
-    previews = [render_sample(spec, i) for i in range(min(16, spec.num_samples))]
-    if previews:
-        sheet = square_grid([im for im, _, _ in previews], cell=max(spec.size, 96))
-        save_image(sheet, out / "preview.png")
-        lines = [f"{i:2d} {caption}" for i, (_, caption, _) in enumerate(previews)]
-        (out / "preview.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"{summary.one_line()}; held-out pairs in {out / 'heldout.json'}")
+    write_synthetic_preview(spec, args.out)
+    print(f"{summary.one_line()}; held-out pairs in {Path(args.out) / 'heldout.json'}")
     return 0 if summary.samples else 1
+
+
+@contextmanager
+def ray_session() -> Iterator[None]:
+    """Use the running Ray, or start one (``RAY_ADDRESS`` or local) and stop it after."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    """``imagen-ray data encode``: precompute text embeddings (see ``encode_shards``)."""
+    from imagen_ray.config import load_run_config
+    from imagen_ray.data.precompute import encode_shards
+    from imagen_ray.data.reader import expand_shards
+
+    cfg = load_run_config(args.config, args.overrides)
+    if args.samples_per_shard < 1:
+        raise ValueError(f"--samples-per-shard must be >= 1, got {args.samples_per_shard}")
+    expand_shards(args.shards)  # FileNotFoundError before Ray starts
+    if Path(args.out).exists() and not args.overwrite:
+        raise ValueError(f"--out {args.out} already exists; pass --overwrite to replace it")
+    with ray_session():
+        summary = encode_shards(
+            args.shards,
+            args.out,
+            cfg.text,
+            encoder_batch_size=cfg.data.encoder_batch_size,
+            concurrency=cfg.data.encoder_concurrency,
+            num_cpus=cfg.data.encoder_num_cpus,
+            num_gpus=cfg.data.encoder_num_gpus,
+            max_tasks=cfg.data.read_tasks,
+            samples_per_shard=args.samples_per_shard,
+            overwrite=args.overwrite,
+        )
+    print(json.dumps({k: v for k, v in summary.items() if k != "shards"}))
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    """``imagen-ray data preview``: a few real batches -> grid.png, preview.json, stats."""
+    from imagen_ray.config import load_run_config
+    from imagen_ray.data.preview import preview_pipeline, write_preview_grid
+    from imagen_ray.data.reader import expand_shards
+    from imagen_ray.fs import atomic_write_json
+
+    cfg = load_run_config(args.config, args.overrides)
+    if args.batches < 1 or args.max_images < 1:
+        raise ValueError("--batches and --max-images must be >= 1")
+    if not cfg.data.shards:
+        raise ValueError("the config has no data.shards: pass --set data.shards=DIR")
+    expand_shards(cfg.data.shards)
+    out = Path(args.out)
+    with ray_session():
+        batches, report = preview_pipeline(cfg, args.batches)
+    report["grid"] = str(write_preview_grid(batches, out / "grid.png", args.max_images))
+    keys = [str(k) for b in batches for k in b["__key__"]][: args.max_images]
+    captions = [str(c) for b in batches for c in b["caption"]][: args.max_images]
+    atomic_write_json(out / "preview.json", {**report, "keys": keys, "captions": captions})
+    print(json.dumps(report))
+    return 0

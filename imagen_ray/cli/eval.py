@@ -8,6 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from imagen_ray.cli.args import (
+    add_cascade_argument,
+    add_sampling_argument,
+    cascade_path,
+    parse_sampling_overrides,
+    positive,
+)
+from imagen_ray.fs import atomic_write_json
+
 EXAMPLES = """\
 examples:
   imagen-ray eval probe --cascade runs/export --out eval/probe --heldout data/synthetic
@@ -22,8 +31,6 @@ examples:
 
 
 def _cascade_args(p: argparse.ArgumentParser, *, many: bool = False) -> None:
-    from imagen_ray.cli import add_cascade_argument, add_sampling_argument
-
     if many:
         p.add_argument(
             "--cascade",
@@ -171,13 +178,8 @@ def _load(args: argparse.Namespace, path: Any) -> Any:
     return cascade
 
 
-def _positive(name: str, value: int, minimum: int = 1) -> None:
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def cmd_probe(args: argparse.Namespace) -> int:
-    from imagen_ray.cli import parse_sampling_overrides
+    """``imagen-ray eval probe``: alignment accuracy on held-out and seen prompts."""
     from imagen_ray.eval.alignment import (
         evaluate_probe,
         generate_images,
@@ -186,16 +188,16 @@ def cmd_probe(args: argparse.Namespace) -> int:
         summary_table,
     )
 
-    _positive("--images-per-prompt", args.images_per_prompt)
+    positive("--images-per-prompt", args.images_per_prompt)
     if args.num_seen is not None:
-        _positive("--num-seen", args.num_seen, 0)
+        positive("--num-seen", args.num_seen, 0)
     sampling = parse_sampling_overrides(args.sampling)
     spec = load_spec(args.heldout)
     base = probe_items(spec, num_seen=args.num_seen, seed=args.seed)
     k = args.images_per_prompt
     items = [it for it in base for _ in range(k)]
     seeds = [args.seed + i for i in range(len(items))]
-    cascade = _load(args, args.cascade[0] if len(args.cascade) == 1 else args.cascade)
+    cascade = _load(args, cascade_path(args.cascade))
     t0 = time.perf_counter()
     images = generate_images(
         cascade,
@@ -224,19 +226,19 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_sr_fidelity(args: argparse.Namespace) -> int:
-    from imagen_ray.cli import parse_sampling_overrides
+    """``imagen-ray eval sr-fidelity``: does each SR stage follow its low-res input?"""
     from imagen_ray.eval.sr_fidelity import GRID_COLUMNS, format_results, sr_fidelity
 
-    _positive("--n", args.n, 2)
+    positive("--n", args.n, 2)
     sampling = parse_sampling_overrides(args.sampling)
-    cascade = _load(args, args.cascade[0] if len(args.cascade) == 1 else args.cascade)
+    cascade = _load(args, cascade_path(args.cascade))
     results = sr_fidelity(
         cascade, n=args.n, seed=args.seed, source=args.source, sampling=sampling, out_dir=args.out
     )
     print(format_results(results))
     if args.out:
         path = Path(args.out) / "fidelity.json"
-        path.write_text(json.dumps({"stages": results}, indent=2) + "\n")
+        atomic_write_json(path, {"stages": results})
         print(f"wrote {path} and sr_<stage>.png (columns: {', '.join(GRID_COLUMNS)})")
     else:
         print(json.dumps({"stages": results}))
@@ -244,10 +246,10 @@ def cmd_sr_fidelity(args: argparse.Namespace) -> int:
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
-    from imagen_ray.cli import parse_sampling_overrides
+    """``imagen-ray eval prompts``: a prompt suite rendered into an HTML gallery."""
     from imagen_ray.eval.suite import cascade_names, read_suite, run_suite
 
-    _positive("--n", args.n)
+    positive("--n", args.n)
     prompts = read_suite(args.suite)
     sampling = parse_sampling_overrides(args.sampling)
     names = cascade_names(args.cascade)
@@ -275,11 +277,11 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 def _write_result(result: dict[str, Any], out: str | None) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "per_image"}))
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(out, result)
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
+    """``imagen-ray eval fid``: FID between two image folders."""
     from imagen_ray.eval.fid import fid, load_inception
 
     features = load_inception(args.inception, device=args.device)
@@ -295,6 +297,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
 
 def cmd_clip(args: argparse.Namespace) -> int:
+    """``imagen-ray eval clip``: CLIP score of images against their prompts."""
     from imagen_ray.eval.clip import clip_score, load_clip, read_manifest
 
     pairs = read_manifest(args.prompts, args.images)

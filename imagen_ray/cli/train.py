@@ -1,4 +1,4 @@
-"""``imagen-ray train`` / ``python -m imagen_ray.train`` and ``imagen-ray export``."""
+"""``imagen-ray train`` (also ``python -m imagen_ray.train``) and ``imagen-ray export``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from imagen_ray.cli.args import add_overrides_argument
+
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from imagen_ray.cli import add_overrides_argument
-
+    """The flags of ``train``."""
     p.add_argument(
         "--config",
         "-c",
@@ -46,6 +47,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``imagen-ray train``: one Ray Train run per --config, all at once."""
     import ray
 
     from imagen_ray.config import load_run_config
@@ -83,6 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """``imagen-ray export``: a training checkpoint -> a stage directory."""
     from imagen_ray.train.export import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out, weights=args.weights)

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from imagen_ray.cli.args import add_overrides_argument
+
 EPILOG = """\
 examples:
   imagen-ray init --config configs/tiny/cascade.yaml --out runs/tiny-random
@@ -26,8 +28,6 @@ then open http://127.0.0.1:8000/ or
 
 def register(sub: Any) -> None:
     """Add the ``serve`` subcommand to the ``imagen-ray`` parser."""
-    from imagen_ray.cli import add_overrides_argument
-
     p = sub.add_parser(
         "serve",
         help="serve a saved cascade over HTTP with Ray Serve (API + web page)",
@@ -76,23 +76,24 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """``imagen-ray serve``: serve in the foreground, or write a Serve config and exit."""
     import os
 
     import yaml
 
+    from imagen_ray.fs import atomic_write_text
     from imagen_ray.serve.app import check_cascade_dir, load_serve_config, serve_deploy_config
 
     cfg = load_serve_config(args.config, args.overrides, args.cascade)
     dirs = check_cascade_dir(cfg)
     if args.write_serve_config:
         out = Path(args.write_serve_config)
-        out.parent.mkdir(parents=True, exist_ok=True)
         head = (
             "# Ray Serve config written by `imagen-ray serve --write-serve-config`.\n"
             f"# Run: serve run {out}   Deploy to a running cluster: serve deploy {out}\n"
             "# serve.cascade must exist at this path on every node.\n"
         )
-        out.write_text(head + yaml.safe_dump(serve_deploy_config(cfg), sort_keys=False))
+        atomic_write_text(out, head + yaml.safe_dump(serve_deploy_config(cfg), sort_keys=False))
         print(f"wrote {out} (application {cfg.app_name!r}, {len(dirs)} stages)")
         return 0
 

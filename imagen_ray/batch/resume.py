@@ -1,0 +1,76 @@
+"""Resuming a batch run: which planned images are done, and the manifest rebuilt from them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from imagen_ray.fs import atomic_write_text
+
+MANIFEST = "manifest.jsonl"
+# Fields that must match for an existing image to count as this run's image.
+_SAME = ("prompt", "seed", "negative_prompt", "stages", "sampling")
+
+
+def sidecar(out: Path, record: dict[str, Any]) -> Path:
+    """The JSON record beside an image; it is written after the image and marks it done."""
+    return (out / record["file"]).with_suffix(".json")
+
+
+def split_done(out: Path, records: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """(done, todo): done when the image and its record exist and match this run.
+
+    Raises:
+        ValueError: a record there was made with other settings (they are named).
+    """
+    done, todo = [], []
+    for r in records:
+        side = sidecar(out, r)
+        if not (side.is_file() and (out / r["file"]).is_file()):
+            todo.append(r)
+            continue
+        try:
+            old = json.loads(side.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            todo.append(r)  # a torn write from an older crash: make it again
+            continue
+        was = _flatten({k: old.get(k) for k in _SAME})
+        now = _flatten({k: r[k] for k in _SAME})
+        diff = [
+            f"{k}: {was.get(k)!r} there, {now.get(k)!r} now" for k in now if was.get(k) != now[k]
+        ]
+        diff += [f"{k}: {was[k]!r} there, unset now" for k in was if k not in now]
+        if diff:
+            raise ValueError(
+                f"{side} was made with other settings ({'; '.join(diff[:4])}); use a new "
+                "--out directory, or --overwrite to replace the images there"
+            )
+        done.append(old)
+    return done, todo
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (to name the settings that differ)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def write_manifest(out: Path, records: list[dict[str, Any]]) -> Path:
+    """Rebuild ``manifest.jsonl`` from the per-image records, in plan order (atomic)."""
+    lines = []
+    for r in records:
+        side = sidecar(out, r)
+        if not side.is_file():
+            raise RuntimeError(f"{side} is missing after the run; run the command again")
+        lines.append(json.dumps(json.loads(side.read_text(encoding="utf-8"))))
+    path = out / MANIFEST
+    text = "".join(line + "\n" for line in lines)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return path  # a run with nothing to do writes nothing
+    return atomic_write_text(path, text)

@@ -1,0 +1,103 @@
+"""``generate``: every missing image of a plan, made on a Ray Data actor pool."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagen_ray.batch.config import GenerateConfig
+from imagen_ray.batch.plan import IMAGES, plan_records, resolved_sampling, stage_configs
+from imagen_ray.batch.resume import split_done, write_manifest
+from imagen_ray.batch.worker import CascadeWorker, check_cluster
+from imagen_ray.prompts import Prompt
+
+
+@dataclass
+class Summary:
+    """What a run did: images generated now, skipped as already done, and where."""
+
+    generated: int
+    skipped: int
+    out: Path
+    manifest: Path
+    seconds: float
+
+
+def generate(
+    cascade: Sequence[str | Path],
+    prompts: Sequence[Prompt],
+    out_dir: str | Path,
+    cfg: GenerateConfig,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    ray_init: dict[str, Any] | None = None,
+) -> Summary:
+    """Generate every missing image of the plan on a Ray Data actor pool.
+
+    Args:
+        cascade: a saved cascade directory, or stage directories base first.
+        prompts: the prompts (:func:`imagen_ray.prompts.read_prompt_file`).
+        out_dir: output directory (created); existing finished images are kept.
+        cfg: seeds, sampling, pool size and resources.
+        overwrite: make every image again even if it exists.
+        progress: show Ray Data's progress bars.
+        log: where one-line status messages go.
+        ray_init: ``ray.init`` arguments, used only when Ray is not initialised and there
+            is something to generate (a run with nothing left to do never starts Ray).
+
+    Returns:
+        Summary with the counts and the manifest path.
+    """
+    import ray
+
+    t0 = time.perf_counter()
+    paths = [str(Path(c).resolve()) for c in cascade]
+    sampling = resolved_sampling(stage_configs(paths), cfg)
+    out = Path(out_dir)
+    records = plan_records(prompts, cfg, sampling)
+    done, todo = ([], records) if overwrite else split_done(out, records)
+    log(
+        f"{len(records)} images planned ({len(prompts)} prompts x {cfg.images_per_prompt}); "
+        f"{len(done)} already done and skipped; {len(todo)} to generate"
+    )
+    if todo:
+        (out / IMAGES).mkdir(parents=True, exist_ok=True)
+        if not ray.is_initialized():
+            ray.init(**(ray_init or {}))
+        check_cluster(cfg, ray.cluster_resources())
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = progress
+        # One block per batch, so that every replica gets work and progress moves per batch.
+        blocks = -(-len(todo) // cfg.batch_size)
+        ds = ray.data.from_items(
+            [{"record": json.dumps(r)} for r in todo], override_num_blocks=blocks
+        )
+        results = ds.map_batches(
+            CascadeWorker,
+            fn_constructor_kwargs={
+                "cascade": paths,
+                "out": str(out.resolve()),
+                "until": cfg.until,
+                "use_gpu": cfg.num_gpus > 0,
+            },
+            batch_size=cfg.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
+            num_cpus=cfg.num_cpus,
+            num_gpus=cfg.num_gpus,
+        )
+        written = sum(len(b["file"]) for b in results.iter_batches(batch_size=None))
+        if written != len(todo):
+            raise RuntimeError(f"expected {len(todo)} images from the pool, got {written}")
+    manifest = write_manifest(out, records)
+    seconds = time.perf_counter() - t0
+    log(
+        f"generated {len(todo)} images, skipped {len(done)} already done; manifest: {manifest} "
+        f"({seconds:.1f} s)"
+    )
+    return Summary(len(todo), len(done), out, manifest, seconds)

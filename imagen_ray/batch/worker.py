@@ -1,0 +1,69 @@
+"""The actor of the batch pool: holds a cascade, turns planned records into images on disk."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagen_ray.batch.config import GenerateConfig
+from imagen_ray.batch.resume import sidecar
+
+
+class CascadeWorker:
+    """One replica of the actor pool: loads the cascade once, then turns batches of
+    planned records into images and records on disk."""
+
+    def __init__(self, cascade: list[str], out: str, until: str | None, use_gpu: bool) -> None:
+        import torch
+
+        from imagen_ray.cascade import Cascade
+
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        path: str | list[str] = cascade[0] if len(cascade) == 1 else cascade
+        self.cascade = Cascade.load(path, device=device)
+        _ = self.cascade.encoder  # load the text encoder before the first batch
+        self.out = Path(out)
+        self.until = until
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from imagen_ray.fs import atomic_write_json
+        from imagen_ray.images import save_image
+
+        records: list[dict[str, Any]] = [json.loads(r) for r in batch["record"]]
+        first = records[0]
+        t0 = time.perf_counter()
+        out = self.cascade.generate(
+            [r["prompt"] for r in records],
+            negative_prompt=first["negative_prompt"],
+            seed=[r["seed"] for r in records],
+            sampling=first["sampling"],
+            until=self.until,
+        )
+        seconds = (time.perf_counter() - t0) / len(records)
+        images = out.uint8()  # (B, H, W, 3) uint8
+        for r, img, trunc in zip(records, images, out.truncated, strict=True):
+            save_image(img, self.out / r["file"])  # the format comes from the suffix
+            height, width = img.shape[:2]
+            r.update(width=width, height=height, truncated=trunc, seconds=seconds)
+            atomic_write_json(sidecar(self.out, r), r, indent=None)  # after the image: done
+        return {"file": np.array([r["file"] for r in records], dtype=object)}
+
+
+def check_cluster(cfg: GenerateConfig, resources: dict[str, float]) -> None:
+    """Fail before any actor starts when the cluster cannot host the pool."""
+    need_cpu = cfg.replicas * cfg.num_cpus
+    if need_cpu > resources.get("CPU", 0.0):
+        raise ValueError(
+            f"replicas={cfg.replicas} x num_cpus={cfg.num_cpus:g} = {need_cpu:g} CPUs, but the "
+            f"Ray cluster has {resources.get('CPU', 0.0):g}; lower --replicas or --num-cpus"
+        )
+    need_gpu = cfg.replicas * cfg.num_gpus
+    if need_gpu > resources.get("GPU", 0.0):
+        raise ValueError(
+            f"replicas={cfg.replicas} x num_gpus={cfg.num_gpus:g} = {need_gpu:g} GPUs, but the "
+            f"Ray cluster has {resources.get('GPU', 0.0):g}; set --num-gpus 0 or add GPU nodes"
+        )

@@ -1,0 +1,100 @@
+"""Argparse helpers every command group shares, and the rule that turns an expected error
+into one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_overrides_argument(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    """The ``--set KEY=VALUE`` flag every config-reading command shares."""
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=help
+        or "override a config value by dotted path, value read as YAML "
+        "(repeatable): --set stage.unet.channels=64 --set train.lr=1e-4",
+    )
+
+
+def add_config_arguments(p: argparse.ArgumentParser, what: str, *, required: bool = True) -> None:
+    """``--config/-c YAML`` (``what`` is its help) and ``--set KEY=VALUE``."""
+    p.add_argument("--config", "-c", required=required, metavar="YAML", help=what)
+    add_overrides_argument(p)
+
+
+def add_cascade_argument(p: argparse.ArgumentParser) -> None:
+    """``--cascade DIR [DIR ...]``: a saved cascade, or stage directories base first."""
+    p.add_argument(
+        "--cascade",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="saved cascade directory, or stage directories base first",
+    )
+
+
+def cascade_path(dirs: Sequence[str]) -> str | list[str]:
+    """What ``Cascade.load`` takes for ``--cascade``: one directory, or the stage list."""
+    return dirs[0] if len(dirs) == 1 else list(dirs)
+
+
+def add_sampling_argument(p: argparse.ArgumentParser) -> None:
+    """``--sampling STAGE.KEY=VALUE`` (repeatable), read by ``parse_sampling_overrides``."""
+    p.add_argument(
+        "--sampling",
+        action="append",
+        default=[],
+        metavar="STAGE.KEY=VALUE",
+        help="override a stage's sampling setting: base.steps=8, sr64.aug_level=0.1, "
+        "base.sampler=ddim, base.guidance_scale=3, base.threshold=static (repeatable)",
+    )
+
+
+def parse_sampling_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``base.steps=8`` -> ``{"base": {"steps": 8}}`` (values read as YAML)."""
+    from imagen_ray.config import ConfigError, parse_override
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        path, value = parse_override(item)
+        if len(path) != 2:
+            raise ConfigError(f"--sampling {item!r}: expected STAGE.KEY=VALUE, e.g. base.steps=8")
+        out.setdefault(path[0], {})[path[1]] = value
+    return out
+
+
+def positive(name: str, value: int, minimum: int = 1) -> None:
+    """Raise ValueError naming the flag when ``value < minimum``."""
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def run_handler(func: Handler, args: argparse.Namespace) -> int:
+    """Run a command; configuration errors, unloadable checkpoints, missing files and bad
+    values print ``imagen-ray COMMAND: error: ...`` and return 2, Ctrl-C returns 130."""
+    from imagen_ray.cascade.io import CheckpointError
+    from imagen_ray.config import ConfigError
+
+    expected: tuple[type[BaseException], ...] = (
+        ConfigError,
+        CheckpointError,
+        FileNotFoundError,
+        ValueError,
+    )
+    try:
+        return func(args)
+    except expected as e:
+        print(f"imagen-ray {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,204 @@
+"""``imagen-ray config``, ``params``, ``init``, ``sample``: configs and models in this process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from imagen_ray.cli.args import (
+    add_cascade_argument,
+    add_config_arguments,
+    add_sampling_argument,
+    cascade_path,
+    parse_sampling_overrides,
+)
+
+
+def register(sub: Any) -> None:
+    """Add ``config``, ``params``, ``init`` and ``sample``."""
+    p = sub.add_parser(
+        "config",
+        help="validate a config file and print it fully resolved (defaults + --set)",
+        description="Load a run config (one stage) or a cascade config, apply --set "
+        "overrides, validate every field and cross-field rule, and print the resolved YAML.",
+    )
+    # --config is not needed with --reference
+    add_config_arguments(
+        p,
+        "run config (configs/*/base.yaml) or cascade config (cascade.yaml)",
+        required=False,
+    )
+    p.set_defaults(func=cmd_config)
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="print every config key with its type, default and meaning (Markdown) instead",
+    )
+
+    p = sub.add_parser(
+        "params",
+        help="count the U-Net parameters of each stage (no weights are allocated)",
+        description="Build every stage's U-Net on the meta device and print parameter "
+        "counts as JSON. Works for the paper-size configs on any machine.",
+    )
+    add_config_arguments(p, "run config or cascade config")
+    p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser(
+        "init",
+        help="write a randomly initialised cascade (safetensors + config) to a directory",
+        description="Create a cascade from a cascade config with random U-Net weights and "
+        "save it in the format `sample`, serving and training exports use.",
+    )
+    add_config_arguments(p, "cascade config (configs/*/cascade.yaml)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser(
+        "sample",
+        help="generate images from a saved cascade in this process",
+        description="Load a saved cascade (a directory with cascade.json, or stage "
+        "directories in order) and generate images for prompts. Writes one PNG per prompt "
+        "for the last stage run, a grid.png with every stage side by side, and "
+        "settings.json with everything needed to reproduce the images.",
+    )
+    add_cascade_argument(p)
+    p.add_argument("--prompt", "-p", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument(
+        "--prompts-file",
+        metavar="FILE",
+        help="a prompt file: .csv or .jsonl as `generate` reads them, any other file one "
+        "prompt per line",
+    )
+    p.add_argument("--negative-prompt", help="steer away from this text (all stages)")
+    p.add_argument("--seed", type=int, default=0, help="prompt i uses seed+i (default 0)")
+    p.add_argument("--until", metavar="STAGE", help="last stage to run (default: all)")
+    add_sampling_argument(p)
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """``imagen-ray config``: the resolved YAML, or the reference table with --reference."""
+    from imagen_ray.config import config_reference_markdown, load_any_config, to_yaml
+
+    if args.reference:
+        print(config_reference_markdown(), end="")
+        return 0
+    if not args.config:
+        raise ValueError("pass --config YAML (or --reference for the list of keys)")
+    print(to_yaml(load_any_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    """``imagen-ray params``: U-Net parameter counts per stage, built on the meta device."""
+    import torch
+
+    from imagen_ray.config import CascadeConfig, load_any_config
+    from imagen_ray.unet import EfficientUNet, count_parameters
+
+    cfg = load_any_config(args.config, args.overrides)
+    stages = cfg.stages if isinstance(cfg, CascadeConfig) else (cfg.stage,)
+    dim = cfg.text.dim
+    if dim is None:
+        from imagen_ray.text import text_dim
+
+        dim = text_dim(cfg.text)
+    rows = []
+    for s in stages:
+        with torch.device("meta"):
+            n = count_parameters(EfficientUNet(s.unet, text_dim=dim, lowres=s.is_sr))
+        rows.append({"stage": s.name, "size": s.size, "lowres_size": s.lowres_size, "params": n})
+        print(json.dumps(rows[-1]))
+    print(json.dumps({"total_params": sum(r["params"] for r in rows), "text_dim": dim}))
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """``imagen-ray init``: a randomly initialised cascade saved to --out."""
+    from imagen_ray.cascade import Cascade
+    from imagen_ray.config import load_cascade_config
+
+    cfg = load_cascade_config(args.config, args.overrides)
+    cascade = Cascade.from_config(cfg, seed=args.seed)
+    out = cascade.save(args.out)
+    print(f"saved a randomly initialised cascade {[s.name for s in cfg.stages]} to {out}")
+    return 0
+
+
+def read_prompts(prompts: Sequence[str], prompts_file: str | None) -> list[str]:
+    """Prompts from ``--prompt`` flags, then ``--prompts-file`` (blank lines skipped)."""
+    from imagen_ray.prompts import read_prompt_file
+
+    out = list(prompts)
+    if prompts_file:
+        found = read_prompt_file(prompts_file, default_format="txt", allow_empty=True)
+        out += [p.text for p in found]
+    if not out:
+        raise ValueError("no prompts: pass --prompt TEXT (repeatable) or --prompts-file FILE")
+    return out
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """``imagen-ray sample``: images, grid.png and settings.json from a saved cascade."""
+    from tqdm import tqdm
+
+    from imagen_ray.cascade import Cascade
+    from imagen_ray.fs import atomic_write_json
+    from imagen_ray.images import grid, save_image, to_pil
+
+    prompts = read_prompts(args.prompt, args.prompts_file)
+    sampling = parse_sampling_overrides(args.sampling)
+    cascade = Cascade.load(cascade_path(args.cascade), device=args.device)
+    last = cascade.stage_index(args.until)
+    _ = cascade.encoder  # load it before the progress bar starts
+    total = 0
+    for stage in cascade.stage_list[: last + 1]:
+        name = stage.cfg.name
+        total += int(sampling.get(name, {}).get("steps", stage.cfg.sampling.steps))
+    bar = tqdm(total=total, desc="sampling", unit="step", disable=args.no_progress)
+
+    def progress(info: dict[str, Any]) -> None:
+        bar.set_postfix_str(f"stage {info['stage']}")
+        bar.update(1)
+
+    t0 = time.perf_counter()
+    out = cascade.generate(
+        prompts,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        sampling=sampling,
+        until=args.until,
+        progress=progress,
+    )
+    bar.close()
+    seconds = time.perf_counter() - t0
+    out_dir = Path(args.out)
+    per_stage = [to_pil(out.uint8(i)) for i in range(len(out.images))]
+    files = []
+    for i, img in enumerate(per_stage[-1]):
+        files.append(str(save_image(img, out_dir / f"{i:04d}.png").name))
+    rows = [[per_stage[s][i] for s in range(len(per_stage))] for i in range(len(prompts))]
+    save_image(grid(rows, cell=out.images[-1].shape[-1]), out_dir / "grid.png")
+    settings = {
+        "prompts": prompts,
+        "negative_prompt": args.negative_prompt,
+        "seeds": out.seeds,
+        "stages": out.stages,
+        "sampling": dict(zip(out.stages, out.sampling, strict=True)),
+        "truncated": out.truncated,
+        "files": files,
+        "cascade": [str(p) for p in args.cascade],
+        "seconds": round(seconds, 3),
+    }
+    atomic_write_json(out_dir / "settings.json", settings)
+    print(f"wrote {len(files)} images, grid.png and settings.json to {out_dir} ({seconds:.1f} s)")
+    return 0
