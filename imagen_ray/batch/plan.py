@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from imagen_ray.batch.config import GenerateConfig
-from imagen_ray.config import SamplingConfig, StageConfig, TextEncoderConfig, validate
+from imagen_ray.config import StageConfig, TextEncoderConfig, validate
 from imagen_ray.images import SUFFIXES
 from imagen_ray.prompts import Prompt
 
@@ -38,21 +38,12 @@ def stage_configs(cascade: Sequence[str | Path]) -> list[StageConfig]:
 
 
 def resolved_sampling(stages: list[StageConfig], cfg: GenerateConfig) -> dict[str, Any]:
-    """Per stage that runs, the full sampling settings (checked before any actor starts)."""
-    from imagen_ray.cascade import resolve_sampling
+    """Per stage that runs, the full sampling settings as JSON (the generation plan's, checked
+    before any actor starts)."""
+    from imagen_ray.cascade.plan import plan_sampling
 
-    names = [s.name for s in stages]
-    if cfg.until is not None and cfg.until not in names:
-        raise ValueError(f"until={cfg.until!r} is not a stage; stages are {names}")
-    unknown = sorted(set(cfg.sampling) - set(names))
-    if unknown:
-        raise ValueError(f"sampling overrides for unknown stages {unknown}; stages are {names}")
-    last = names.index(cfg.until) if cfg.until else len(names) - 1
-    out: dict[str, Any] = {}
-    for s in stages[: last + 1]:
-        sc: SamplingConfig = resolve_sampling(s.sampling, cfg.sampling.get(s.name))
-        out[s.name] = sc.model_dump(mode="json")
-    return out
+    planned = plan_sampling(stages, until=cfg.until, sampling=cfg.sampling)
+    return {name: s.model_dump(mode="json") for name, s in planned.items()}
 
 
 def plan_records(
