@@ -151,19 +151,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """``imagen-ray sample``: images, grid.png and settings.json from a saved cascade."""
     from tqdm import tqdm
 
-    from imagen_ray.cascade import Cascade
+    from imagen_ray.cascade import Cascade, plan_sampling
     from imagen_ray.fs import atomic_write_json
     from imagen_ray.images import grid, save_image, to_pil
 
     prompts = read_prompts(args.prompt, args.prompts_file)
     sampling = parse_sampling_overrides(args.sampling)
     cascade = Cascade.load(cascade_path(args.cascade), device=args.device)
-    last = cascade.stage_index(args.until)
+    planned = plan_sampling(
+        [s.cfg for s in cascade.stage_list], until=args.until, sampling=sampling
+    )  # checked before the encoder loads
     _ = cascade.encoder  # load it before the progress bar starts
-    total = 0
-    for stage in cascade.stage_list[: last + 1]:
-        name = stage.cfg.name
-        total += int(sampling.get(name, {}).get("steps", stage.cfg.sampling.steps))
+    total = sum(s.steps for s in planned.values())
     bar = tqdm(total=total, desc="sampling", unit="step", disable=args.no_progress)
 
     def progress(info: dict[str, Any]) -> None:

@@ -93,7 +93,7 @@ def stage_fidelity(
         "follows_input"}, rows)`` where rows are PIL images per prompt: input, output,
         output shrunk, control input, control output.
     """
-    from imagen_ray.cascade.cascade import resolve_sampling, stage_generators
+    from imagen_ray.cascade.plan import resolve_sampling, stage_generators
 
     stage: Stage = cascade.stage_list[index]
     if stage.cfg.lowres_size is None:
