@@ -1,7 +1,7 @@
 """The config reference: one Markdown table row per key, generated from the models.
 
-``imagen-ray config --reference`` prints it and docs/config.md embeds it (a test keeps the
-two equal), so the reference cannot drift from the code.
+``imagen-ray config --reference`` prints it and the documentation embeds it (a test keeps
+the two equal), so the reference cannot drift from the code.
 """
 
 from __future__ import annotations
