@@ -5,9 +5,11 @@ optional Min-SNR weighting, classifier-free guidance with static / dynamic thres
 DDPM, DDIM and DPM-Solver++(2M) samplers. Depends only on torch, numpy and the standard library.
 """
 
-from imagen_ray.diffusion.guidance import Threshold, apply_guidance, threshold_x0
+from imagen_ray.diffusion.guidance import THRESHOLDS, ThresholdMode, apply_guidance, threshold_x0
 from imagen_ray.diffusion.noise import Generators, randn
 from imagen_ray.diffusion.process import (
+    LOSS_WEIGHTINGS,
+    OBJECTIVES,
     LossWeighting,
     Objective,
     diffusion_loss,
@@ -23,6 +25,7 @@ from imagen_ray.diffusion.process import (
     x0_from_v,
 )
 from imagen_ray.diffusion.samplers import (
+    SAMPLER_NAMES,
     SAMPLERS,
     Callback,
     Denoiser,
@@ -37,6 +40,7 @@ from imagen_ray.diffusion.samplers import (
 )
 from imagen_ray.diffusion.schedules import (
     LOG_SNR_RANGE,
+    SCHEDULES,
     LogSNRFn,
     ScheduleName,
     alpha_sigma,
@@ -47,7 +51,12 @@ from imagen_ray.diffusion.schedules import (
 
 __all__ = [
     "LOG_SNR_RANGE",
+    "LOSS_WEIGHTINGS",
+    "OBJECTIVES",
     "SAMPLERS",
+    "SAMPLER_NAMES",
+    "SCHEDULES",
+    "THRESHOLDS",
     "Callback",
     "Denoiser",
     "Generators",
@@ -58,7 +67,7 @@ __all__ = [
     "Sampler",
     "SamplerName",
     "ScheduleName",
-    "Threshold",
+    "ThresholdMode",
     "alpha_sigma",
     "apply_guidance",
     "diffusion_loss",

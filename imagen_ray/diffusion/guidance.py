@@ -9,8 +9,8 @@ from torch import Tensor
 from imagen_ray.diffusion._checks import check_choice, check_percentile
 from imagen_ray.diffusion.process import right_pad
 
-Threshold = Literal["none", "static", "dynamic"]
-THRESHOLDS: tuple[str, ...] = get_args(Threshold)
+ThresholdMode = Literal["none", "static", "dynamic"]
+THRESHOLDS: tuple[str, ...] = get_args(ThresholdMode)
 
 
 def apply_guidance(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:

@@ -19,6 +19,7 @@ from torch import Tensor
 from imagen_ray.diffusion._checks import check_choice
 
 ScheduleName = Literal["cosine", "linear"]
+SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 LogSNRFn = Callable[[Tensor], Tensor]
 
 LOG_SNR_RANGE: tuple[float, float] = (-20.0, 20.0)
@@ -99,7 +100,7 @@ def get_log_snr_fn(name: str, shift: float = 1.0) -> LogSNRFn:
         ValueError: if ``name`` is not a known schedule (the message lists the valid names)
             or ``shift`` is not positive.
     """
-    check_choice("noise schedule", name, get_args(ScheduleName))
+    check_choice("noise schedule", name, SCHEDULES)
     base = _SCHEDULES[name]
     if not shift > 0:
         raise ValueError(f"schedule shift must be > 0, got {shift}")

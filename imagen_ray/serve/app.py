@@ -10,7 +10,6 @@ The cascade directory must be readable at the same path on every node that runs 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,11 @@ from imagen_ray.config import (
     ConfigError,
     ServeConfig,
     ServeDeploymentConfig,
-    load_run_config,
+    load_serve_config,
     validate,
 )
 
 IMPORT_PATH = "imagen_ray.serve.app:build_app"
-
-
-def load_serve_config(
-    path: str | Path, overrides: Sequence[str] = (), cascade: str | None = None
-) -> ServeConfig:
-    """The ``serve:`` section of a config file (other sections are not used), with
-    ``--set serve.key=value`` overrides and an optional cascade directory that replaces
-    ``serve.cascade``."""
-    cfg = load_run_config(path, overrides).serve
-    if cascade:
-        cfg = cfg.model_copy(update={"cascade": str(cascade)})
-    return cfg
 
 
 def check_cascade_dir(cfg: ServeConfig) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Tests for imagen_ray.config: YAML loading, ``--set`` overrides, validation messages."""
+"""Tests of imagen_ray.config.loading: YAML files, ``--set`` overrides, validation messages."""
 
 from __future__ import annotations
 
@@ -13,36 +13,22 @@ from imagen_ray.config import (
     CascadeConfig,
     ConfigError,
     RunConfig,
-    StageConfig,
-    UNetConfig,
+    ServeFileConfig,
     load_any_config,
     load_cascade_config,
     load_run_config,
     parse_override,
     to_yaml,
 )
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ALL_YAML = sorted([*CONFIGS.rglob("*.yaml"), *CONFIGS.rglob("*.yml")])
-TINY_BASE = CONFIGS / "tiny" / "base.yaml"
-TINY_SR = CONFIGS / "tiny" / "sr64.yaml"
-TINY_CASCADE = CONFIGS / "tiny" / "cascade.yaml"
-
-
-def _ids(paths: list[Path]) -> list[str]:
-    return [str(p.relative_to(CONFIGS)) for p in paths]
-
-
-def _write(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def _config_error(path: Path, overrides: list[str]) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_any_config(path, overrides)
-    return str(info.value)
-
+from tests.config.conftest import (
+    ALL_YAML,
+    ALL_YAML_IDS,
+    TINY_BASE,
+    TINY_CASCADE,
+    TINY_SR,
+    config_error,
+    write_yaml,
+)
 
 # --------------------------------------------------------------------------- every shipped file
 
@@ -52,20 +38,24 @@ def test_configs_directory_has_files() -> None:
     assert TINY_CASCADE in ALL_YAML
 
 
-@pytest.mark.parametrize("path", ALL_YAML, ids=_ids(ALL_YAML))
+@pytest.mark.parametrize("path", ALL_YAML, ids=ALL_YAML_IDS)
 def test_every_config_file_loads(path: Path) -> None:
     cfg = load_any_config(path)
-    assert isinstance(cfg, RunConfig | CascadeConfig)
+    assert isinstance(cfg, RunConfig | CascadeConfig | ServeFileConfig)
     assert cfg.version == CONFIG_FORMAT_VERSION
     raw = yaml.safe_load(path.read_text())
-    # A file is a cascade exactly when it has a top-level ``stages`` key.
+    # A file is a cascade exactly when it has a top-level ``stages`` key, a serve file exactly
+    # when its only section is ``serve``.
     assert isinstance(cfg, CascadeConfig) == ("stages" in raw)
+    assert isinstance(cfg, ServeFileConfig) == (set(raw) - {"version"} == {"serve"})
+    if isinstance(cfg, ServeFileConfig):
+        return
     stages = cfg.stages if isinstance(cfg, CascadeConfig) else (cfg.stage,)
     for stage in stages:
         assert stage.size % 2 ** (len(stage.unet.levels) - 1) == 0
 
 
-@pytest.mark.parametrize("path", ALL_YAML, ids=_ids(ALL_YAML))
+@pytest.mark.parametrize("path", ALL_YAML, ids=ALL_YAML_IDS)
 def test_round_trip_through_yaml_and_dicts(path: Path, tmp_path: Path) -> None:
     cfg = load_any_config(path)
     model = type(cfg)
@@ -161,7 +151,7 @@ def test_cascade_override_reaches_inline_stage() -> None:
 
 
 def test_unknown_key_names_path_and_valid_keys() -> None:
-    msg = _config_error(TINY_BASE, ["stage.unet.chanels=48"])
+    msg = config_error(TINY_BASE, ["stage.unet.chanels=48"])
     assert "stage.unet.chanels" in msg
     assert "unknown key" in msg
     for valid in ("channels", "levels", "head_dim", "mid_blocks"):
@@ -169,21 +159,22 @@ def test_unknown_key_names_path_and_valid_keys() -> None:
 
 
 def test_unknown_key_inside_list_item() -> None:
-    msg = _config_error(TINY_BASE, ["stage.unet.levels.1.crossattn=true"])
+    msg = config_error(TINY_BASE, ["stage.unet.levels.1.crossattn=true"])
     assert "stage.unet.levels.1.crossattn" in msg
     for valid in ("cross_attn", "self_attn", "res_blocks", "mult"):
         assert valid in msg
 
 
 def test_unknown_top_level_key() -> None:
-    msg = _config_error(TINY_BASE, ["trian.lr=1"])
+    msg = config_error(TINY_BASE, ["trian.lr=1"])
     assert "trian" in msg
-    for valid in ("train", "stage", "text", "data", "serve"):
+    for valid in ("train", "stage", "text", "data", "wandb"):
         assert valid in msg
+    assert "serve" not in msg  # serve settings have their own file type
 
 
 def test_invalid_literal_names_the_options() -> None:
-    msg = _config_error(TINY_BASE, ["stage.sampling.sampler=euler"])
+    msg = config_error(TINY_BASE, ["stage.sampling.sampler=euler"])
     assert "stage.sampling.sampler" in msg
     assert "euler" in msg
     for option in ("ddpm", "ddim", "dpmpp_2m"):
@@ -191,13 +182,13 @@ def test_invalid_literal_names_the_options() -> None:
 
 
 def test_type_error_names_the_value() -> None:
-    msg = _config_error(TINY_BASE, ["stage.size=big"])
+    msg = config_error(TINY_BASE, ["stage.size=big"])
     assert "stage.size" in msg
     assert "'big'" in msg
 
 
 def test_out_of_range_value() -> None:
-    msg = _config_error(TINY_BASE, ["stage.sampling.steps=0"])
+    msg = config_error(TINY_BASE, ["stage.sampling.steps=0"])
     assert "stage.sampling.steps" in msg
     assert "0" in msg
 
@@ -248,86 +239,18 @@ def test_non_mapping_file(tmp_path: Path) -> None:
         load_any_config(p)
 
 
-# --------------------------------------------------------------------------- cross-field rules
-
-
-def test_size_not_divisible_by_levels() -> None:
-    msg = _config_error(TINY_BASE, ["stage.size=34"])  # 3 levels: needs a multiple of 4
-    assert "size=34" in msg
-    assert "2**2" in msg
-    with pytest.raises(ValueError, match="not divisible"):  # pydantic's ValidationError
-        StageConfig.model_validate({"size": 34, "unet": {"channels": 16}})
-
-
-def test_lowres_size_must_be_smaller() -> None:
-    for lowres in (64, 128):
-        msg = _config_error(TINY_SR, [f"stage.lowres_size={lowres}"])
-        assert f"lowres_size={lowres}" in msg
-        assert "size=64" in msg
-
-
-def test_cascade_chain_mismatch_says_what_to_set() -> None:
-    msg = _config_error(TINY_CASCADE, ["stages.1.lowres_size=16"])
-    assert "'sr64'" in msg
-    assert "lowres_size=16" in msg
-    assert "lowres_size: 32" in msg
-
-
-def test_cascade_first_stage_must_be_base() -> None:
-    msg = _config_error(TINY_CASCADE, ["stages.0.lowres_size=16"])
-    assert "first stage" in msg
-    assert "lowres_size" in msg
-
-
-def test_cascade_duplicate_stage_names() -> None:
-    msg = _config_error(TINY_CASCADE, ["stages.1.name=base"])
-    assert "unique" in msg
-    assert "'base'" in msg
-
-
-def test_cascade_needs_a_stage() -> None:
-    with pytest.raises(ConfigError, match="stages"):
-        load_cascade_config(TINY_CASCADE, ["stages=[]"])
-
-
-def test_channels_not_divisible_by_groups() -> None:
-    msg = _config_error(TINY_BASE, ["stage.unet.channels=36"])
-    assert "36" in msg
-    assert "groups=8" in msg
-    # groups=6 divides 36, 72 and 144, and head_dim=36 divides the attention widths: valid.
-    cfg = load_run_config(
-        TINY_BASE, ["stage.unet.channels=36", "stage.unet.groups=6", "stage.unet.head_dim=36"]
-    )
-    assert cfg.stage.unet.groups == 6
-
-
-def test_mid_attn_needs_mid_blocks() -> None:
-    msg = _config_error(TINY_BASE, ["stage.unet.mid_blocks=0"])
-    assert "mid_attn" in msg
-    assert "mid_blocks" in msg
-    cfg = load_run_config(TINY_BASE, ["stage.unet.mid_blocks=0", "stage.unet.mid_attn=false"])
-    assert cfg.stage.unet.mid_blocks == 0
-
-
 @pytest.mark.parametrize("path", [TINY_BASE, TINY_CASCADE], ids=["run", "cascade"])
 def test_unsupported_version(path: Path) -> None:
-    msg = _config_error(path, ["version=2"])
+    msg = config_error(path, ["version=2"])
     assert "version 2" in msg
     assert f"version {CONFIG_FORMAT_VERSION}" in msg
-
-
-def test_defaults_are_valid() -> None:
-    cfg = RunConfig()
-    assert cfg.stage.unet == UNetConfig()
-    assert not cfg.stage.is_sr
-    assert RunConfig.model_validate(cfg.model_dump()) == cfg
 
 
 # --------------------------------------------------------------------------- cascade + stage files
 
 
 def _stage_file(path: Path, text: dict, stage: dict) -> Path:
-    return _write(path, {"text": text, "stage": stage})
+    return write_yaml(path, {"text": text, "stage": stage})
 
 
 TEXT = {"name": "minilm", "max_length": 24}
@@ -348,7 +271,7 @@ def test_cascade_of_stage_files(tmp_path: Path) -> None:
     _stage_file(tmp_path / "a.yaml", TEXT, BASE_STAGE)
     (tmp_path / "sub").mkdir()
     _stage_file(tmp_path / "sub" / "b.yaml", TEXT, SR_STAGE)
-    cascade = _write(tmp_path / "c.yaml", {"text": TEXT, "stages": ["a.yaml", "sub/b.yaml"]})
+    cascade = write_yaml(tmp_path / "c.yaml", {"text": TEXT, "stages": ["a.yaml", "sub/b.yaml"]})
     cfg = load_any_config(cascade)
     assert isinstance(cfg, CascadeConfig)
     assert [s.name for s in cfg.stages] == ["base", "sr"]
@@ -357,7 +280,7 @@ def test_cascade_of_stage_files(tmp_path: Path) -> None:
 
 def test_cascade_mixes_inline_and_file_stages(tmp_path: Path) -> None:
     _stage_file(tmp_path / "a.yaml", TEXT, BASE_STAGE)
-    cascade = _write(tmp_path / "c.yaml", {"text": TEXT, "stages": ["a.yaml", SR_STAGE]})
+    cascade = write_yaml(tmp_path / "c.yaml", {"text": TEXT, "stages": ["a.yaml", SR_STAGE]})
     cfg = load_cascade_config(cascade)
     assert [s.name for s in cfg.stages] == ["base", "sr"]
 
@@ -374,7 +297,7 @@ def test_cascade_mixes_inline_and_file_stages(tmp_path: Path) -> None:
 def test_cascade_text_mismatch(tmp_path: Path, stage_text: dict) -> None:
     _stage_file(tmp_path / "a.yaml", TEXT, BASE_STAGE)
     _stage_file(tmp_path / "b.yaml", stage_text, SR_STAGE)
-    cascade = _write(tmp_path / "c.yaml", {"text": TEXT, "stages": ["a.yaml", "b.yaml"]})
+    cascade = write_yaml(tmp_path / "c.yaml", {"text": TEXT, "stages": ["a.yaml", "b.yaml"]})
     with pytest.raises(ConfigError) as info:
         load_cascade_config(cascade)
     msg = str(info.value)
@@ -385,21 +308,21 @@ def test_cascade_text_mismatch(tmp_path: Path, stage_text: dict) -> None:
 
 def test_cascade_text_defaults_must_also_match(tmp_path: Path) -> None:
     # The stage file sets no text section (defaults: max_length 64); the cascade uses 24.
-    _write(tmp_path / "a.yaml", {"stage": BASE_STAGE})
-    cascade = _write(tmp_path / "c.yaml", {"text": TEXT, "stages": ["a.yaml"]})
+    write_yaml(tmp_path / "a.yaml", {"stage": BASE_STAGE})
+    cascade = write_yaml(tmp_path / "c.yaml", {"text": TEXT, "stages": ["a.yaml"]})
     with pytest.raises(ConfigError, match="must match"):
         load_cascade_config(cascade)
 
 
 def test_cascade_missing_stage_file(tmp_path: Path) -> None:
-    cascade = _write(tmp_path / "c.yaml", {"text": TEXT, "stages": ["missing.yaml"]})
+    cascade = write_yaml(tmp_path / "c.yaml", {"text": TEXT, "stages": ["missing.yaml"]})
     with pytest.raises(ConfigError, match=r"missing\.yaml"):
         load_cascade_config(cascade)
 
 
 def test_invalid_stage_file_in_cascade_names_that_file(tmp_path: Path) -> None:
     _stage_file(tmp_path / "a.yaml", TEXT, {**BASE_STAGE, "sizee": 16})
-    cascade = _write(tmp_path / "c.yaml", {"text": TEXT, "stages": ["a.yaml"]})
+    cascade = write_yaml(tmp_path / "c.yaml", {"text": TEXT, "stages": ["a.yaml"]})
     with pytest.raises(ConfigError) as info:
         load_cascade_config(cascade)
     assert "a.yaml" in str(info.value)

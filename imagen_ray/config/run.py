@@ -1,0 +1,167 @@
+"""The run side of a config: one training run of one cascade stage.
+
+A run file (``configs/tiny/base.yaml``) holds ``text`` and ``stage`` (the model, see
+:mod:`imagen_ray.config.model`) plus how to train it: ``data`` (the Ray Data pipeline),
+``train`` (Ray Train + DeepSpeed) and ``wandb`` (tracking). Serve settings live in their own
+file (:mod:`imagen_ray.config.serve`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from imagen_ray.config.base import CONFIG_FORMAT_VERSION, Strict, check_version
+from imagen_ray.config.model import StageConfig, TextEncoderConfig
+
+Crop = Literal["center", "random"]
+
+
+class DataConfig(Strict):
+    """The Ray Data pipeline: webdataset shards -> filtered, resized images + text embeddings."""
+
+    shards: str | tuple[str, ...] = Field(
+        "",
+        description="shard directory, glob (`data/shard-*.tar`), brace pattern, URI "
+        "(s3://, gs://) or a list of them",
+    )
+    batch_size: int = Field(8, ge=1, description="examples per training batch (per worker)")
+    image_keys: tuple[str, ...] = Field(
+        ("jpg", "jpeg", "png", "webp"), min_length=1, description="image extensions, first wins"
+    )
+    min_size: int = Field(0, ge=0, description="drop images whose short side is smaller")
+    max_aspect: float = Field(3.0, ge=1.0, description="drop images with long/short side above")
+    caption_min_chars: int = Field(1, ge=0, description="drop shorter captions")
+    caption_max_chars: int = Field(2000, ge=1, description="drop longer captions")
+    crop: Crop = Field("center", description="square crop after the short-side resize")
+    precomputed: bool | None = Field(
+        None,
+        description="read text embeddings stored in the shards (`imagen-ray data encode`); "
+        "null: use them when the shards have them",
+    )
+    encoder_concurrency: int = Field(1, ge=1, description="text-encoder actors")
+    encoder_batch_size: int = Field(64, ge=1, description="prompts per encoder call")
+    encoder_num_cpus: float = Field(0.5, ge=0.0, description="CPUs per encoder actor")
+    encoder_num_gpus: float = Field(0.0, ge=0.0, description="GPUs per encoder actor (0.25 ok)")
+    read_num_cpus: float = Field(0.25, gt=0.0, description="CPUs per read task")
+    map_num_cpus: float = Field(0.25, gt=0.0, description="CPUs per decode/resize task")
+    read_tasks: int | None = Field(
+        None,
+        ge=1,
+        description="most read tasks at once (null: as many as the CPUs allow); each is a "
+        "worker process, so on a small machine 2 beats many",
+    )
+    map_tasks: int | None = Field(
+        None,
+        ge=1,
+        description="most decode/resize tasks at once (null: as many as the CPUs allow)",
+    )
+    shuffle_buffer: int = Field(0, ge=0, description="local shuffle buffer (rows) per worker")
+    prefetch_batches: int = Field(2, ge=0, description="batches prefetched by each worker")
+    seed: int = Field(0, description="seed of random crops and shuffling")
+
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+OptimizerName = Literal["adamw", "adafactor"]
+WandbMode = Literal["auto", "online", "offline", "disabled"]
+
+
+class TrainConfig(Strict):
+    """One Ray Train + DeepSpeed run of one stage."""
+
+    steps: int = Field(100, ge=1, description="optimizer steps")
+    lr: float = Field(1e-4, gt=0.0, description="peak learning rate")
+    warmup_steps: int = Field(0, ge=0, description="linear LR warmup steps")
+    min_lr_ratio: float = Field(
+        0.1, ge=0.0, le=1.0, description="cosine decay ends at lr x this ratio"
+    )
+    optimizer: OptimizerName = Field(
+        "adamw", description="adamw, or adafactor (the paper's choice for the base model)"
+    )
+    betas: tuple[float, float] = Field((0.9, 0.99), description="Adam betas")
+    weight_decay: float = Field(0.0, ge=0.0, description="decoupled weight decay")
+    grad_clip: float = Field(1.0, ge=0.0, description="gradient norm clip (0: off)")
+    grad_accum: int = Field(1, ge=1, description="micro batches per optimizer step")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    offload_optimizer: bool = Field(False, description="ZeRO optimizer states in CPU memory")
+    offload_params: bool = Field(False, description="ZeRO-3 parameters in CPU memory")
+    precision: Precision = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    ema_decay: float = Field(0.9999, ge=0.0, lt=1.0, description="EMA of the weights")
+    ema_warmup_steps: int = Field(
+        0, ge=0, description="EMA decay ramps as min(decay, (1+n)/(10+n)) until this step"
+    )
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks)")
+    use_gpu: bool = Field(False, description="one GPU per worker")
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs reserved per worker")
+    log_every: int = Field(10, ge=1, description="report metrics every N steps")
+    sample_every: int = Field(0, ge=0, description="EMA sample grid every N steps (0: off)")
+    sample_prompts: tuple[str, ...] = Field(
+        ("a red circle on the left", "a blue square at the top", "two green triangles"),
+        description="fixed prompts of the sample grid",
+    )
+    checkpoint_every: int = Field(100, ge=1, description="checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept by Ray Train")
+    max_failures: int = Field(1, ge=-1, description="worker-group restarts (-1: unlimited)")
+    nan_patience: int = Field(
+        5, ge=1, description="stop after this many non-finite losses in a row"
+    )
+    storage_path: str = Field("runs", description="checkpoint root: a directory or a URI")
+    name: str | None = Field(None, description="run name (default: <stage name>)")
+    seed: int = Field(0, description="seed of weights, noise and data order")
+
+    @model_validator(mode="after")
+    def _check_zero(self) -> TrainConfig:
+        if self.warmup_steps >= self.steps:
+            raise ValueError(
+                f"warmup_steps={self.warmup_steps} must be smaller than steps={self.steps}"
+            )
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(
+                f"offload_params needs zero_stage 3 (got {self.zero_stage}); set "
+                "train.zero_stage=3 or train.offload_params=false"
+            )
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
+        if (self.offload_optimizer or self.offload_params) and not self.use_gpu:
+            raise ValueError(
+                "CPU offload only makes sense with GPU workers: set train.use_gpu=true or "
+                "turn train.offload_optimizer / train.offload_params off"
+            )
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("precision fp16 needs GPUs; use fp32 or bf16 on CPU workers")
+        return self
+
+    @property
+    def resolved_precision(self) -> Precision:
+        if self.precision == "auto":
+            return "bf16" if self.use_gpu else "fp32"
+        return self.precision
+
+
+class WandbConfig(Strict):
+    """Weights & Biases tracking (rank 0 only)."""
+
+    mode: WandbMode = Field(
+        "auto", description="auto: online if an API key is configured, else offline"
+    )
+    project: str = Field("imagen-ray", description="W&B project")
+    entity: str | None = Field(None, description="W&B entity (team)")
+    tags: tuple[str, ...] = Field((), description="run tags")
+    dir: str | None = Field(None, description="where run files go (default: the run dir)")
+
+
+class RunConfig(Strict):
+    """One training run = one cascade stage (``imagen-ray train --config base.yaml``)."""
+
+    version: int = Field(CONFIG_FORMAT_VERSION, description="config format version")
+    text: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    stage: StageConfig = Field(default_factory=StageConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        return check_version(v)
