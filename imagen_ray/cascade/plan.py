@@ -13,12 +13,14 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from imagen_ray.config import SamplingConfig, StageConfig, validate
+
+if TYPE_CHECKING:
+    import torch
 
 SEED_MAX = 2**32 - 1  # seeds are uint32: what a request, a CLI flag or a JSON record carries
 
@@ -64,6 +66,8 @@ def stage_generators(
 ) -> list[torch.Generator]:
     """One generator per example and stage, mixed with numpy's SeedSequence so that
     (seed, stage) pairs never collide."""
+    import torch  # here, not at the top: the Serve ingress plans requests without torch
+
     gens = []
     for s in seeds:
         mixed = int(np.random.SeedSequence([int(s), stage_index]).generate_state(1)[0])

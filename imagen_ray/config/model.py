@@ -13,10 +13,13 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from imagen_ray.config.base import CONFIG_FORMAT_VERSION, Strict, check_version
-from imagen_ray.diffusion.guidance import ThresholdMode
-from imagen_ray.diffusion.process import LossWeighting, Objective
-from imagen_ray.diffusion.samplers import SamplerName
-from imagen_ray.diffusion.schedules import ScheduleName
+from imagen_ray.diffusion.names import (
+    LossWeighting,
+    Objective,
+    SamplerName,
+    ScheduleName,
+    ThresholdMode,
+)
 
 # --------------------------------------------------------------------------- text encoder
 

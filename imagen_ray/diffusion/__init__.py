@@ -3,51 +3,115 @@
 Schedules, the forward process and its parameterisations (eps / v / x0), the training loss with
 optional Min-SNR weighting, classifier-free guidance with static / dynamic thresholding, and the
 DDPM, DDIM and DPM-Solver++(2M) samplers. Depends only on torch, numpy and the standard library.
+
+The names below load their module (and torch) on first use, so that importing the torch-free
+vocabularies in :mod:`imagen_ray.diffusion.names` (as the config does) stays light.
 """
 
-from imagen_ray.diffusion.guidance import THRESHOLDS, ThresholdMode, apply_guidance, threshold_x0
-from imagen_ray.diffusion.noise import Generators, randn
-from imagen_ray.diffusion.process import (
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from imagen_ray.diffusion.names import (
     LOSS_WEIGHTINGS,
     OBJECTIVES,
+    SAMPLER_NAMES,
+    SCHEDULES,
+    THRESHOLDS,
     LossWeighting,
     Objective,
-    diffusion_loss,
-    eps_from_v,
-    eps_from_x0,
-    loss_weight,
-    pred_to_x0,
-    q_sample,
-    right_pad,
-    target_for,
-    v_from,
-    x0_from_eps,
-    x0_from_v,
-)
-from imagen_ray.diffusion.samplers import (
-    SAMPLER_NAMES,
-    SAMPLERS,
-    Callback,
-    Denoiser,
-    ModelFn,
-    Sampler,
     SamplerName,
-    make_denoiser,
-    sample,
-    sample_ddim,
-    sample_ddpm,
-    sample_dpmpp_2m,
-)
-from imagen_ray.diffusion.schedules import (
-    LOG_SNR_RANGE,
-    SCHEDULES,
-    LogSNRFn,
     ScheduleName,
-    alpha_sigma,
-    get_log_snr_fn,
-    log_snr_cosine,
-    log_snr_linear,
+    ThresholdMode,
 )
+
+if TYPE_CHECKING:
+    from imagen_ray.diffusion.guidance import apply_guidance, threshold_x0
+    from imagen_ray.diffusion.noise import Generators, randn
+    from imagen_ray.diffusion.process import (
+        diffusion_loss,
+        eps_from_v,
+        eps_from_x0,
+        loss_weight,
+        pred_to_x0,
+        q_sample,
+        right_pad,
+        target_for,
+        v_from,
+        x0_from_eps,
+        x0_from_v,
+    )
+    from imagen_ray.diffusion.samplers import (
+        SAMPLERS,
+        Callback,
+        Denoiser,
+        ModelFn,
+        Sampler,
+        make_denoiser,
+        sample,
+        sample_ddim,
+        sample_ddpm,
+        sample_dpmpp_2m,
+    )
+    from imagen_ray.diffusion.schedules import (
+        LOG_SNR_RANGE,
+        LogSNRFn,
+        alpha_sigma,
+        get_log_snr_fn,
+        log_snr_cosine,
+        log_snr_linear,
+    )
+
+_MODULES = {
+    "guidance": ("apply_guidance", "threshold_x0"),
+    "noise": ("Generators", "randn"),
+    "process": (
+        "diffusion_loss",
+        "eps_from_v",
+        "eps_from_x0",
+        "loss_weight",
+        "pred_to_x0",
+        "q_sample",
+        "right_pad",
+        "target_for",
+        "v_from",
+        "x0_from_eps",
+        "x0_from_v",
+    ),
+    "samplers": (
+        "SAMPLERS",
+        "Callback",
+        "Denoiser",
+        "ModelFn",
+        "Sampler",
+        "make_denoiser",
+        "sample",
+        "sample_ddim",
+        "sample_ddpm",
+        "sample_dpmpp_2m",
+    ),
+    "schedules": (
+        "LOG_SNR_RANGE",
+        "LogSNRFn",
+        "alpha_sigma",
+        "get_log_snr_fn",
+        "log_snr_cosine",
+        "log_snr_linear",
+    ),
+}
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """Load the module that defines ``name`` (PEP 562)."""
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "LOG_SNR_RANGE",

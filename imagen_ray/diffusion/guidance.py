@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 from torch import Tensor
 
 from imagen_ray.diffusion._checks import check_choice, check_percentile
+from imagen_ray.diffusion.names import THRESHOLDS
 from imagen_ray.diffusion.process import right_pad
-
-ThresholdMode = Literal["none", "static", "dynamic"]
-THRESHOLDS: tuple[str, ...] = get_args(ThresholdMode)
 
 
 def apply_guidance(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:

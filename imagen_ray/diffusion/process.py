@@ -10,19 +10,12 @@ Per-example quantities (``log_snr``) have shape (B,); data tensors have shape (B
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 from torch import Tensor
 
 from imagen_ray.diffusion._checks import check_choice
+from imagen_ray.diffusion.names import LOSS_WEIGHTINGS, OBJECTIVES
 from imagen_ray.diffusion.schedules import alpha_sigma
-
-Objective = Literal["eps", "v", "x0"]
-LossWeighting = Literal["none", "min_snr"]
-
-OBJECTIVES: tuple[str, ...] = get_args(Objective)
-LOSS_WEIGHTINGS: tuple[str, ...] = get_args(LossWeighting)
 
 
 def right_pad(a: Tensor, like: Tensor) -> Tensor:

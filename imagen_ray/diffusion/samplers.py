@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from imagen_ray.diffusion._checks import check_choice, check_percentile
 from imagen_ray.diffusion.guidance import THRESHOLDS, apply_guidance, threshold_x0
+from imagen_ray.diffusion.names import SAMPLER_NAMES
 from imagen_ray.diffusion.noise import Generators, randn
 from imagen_ray.diffusion.process import OBJECTIVES, pred_to_x0
 from imagen_ray.diffusion.schedules import LogSNRFn, alpha_sigma
@@ -33,9 +34,6 @@ ModelFn = Callable[[Tensor, Tensor], Tensor]
 
 Callback = Callable[[dict[str, Any]], None]
 """Called after every step with ``{"i", "steps", "t", "x", "x0"}`` (see the samplers)."""
-
-SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
-SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
 
 
 class Sampler(Protocol):

@@ -11,15 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from imagen_ray.diffusion._checks import check_choice
+from imagen_ray.diffusion.names import SCHEDULES
 
-ScheduleName = Literal["cosine", "linear"]
-SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 LogSNRFn = Callable[[Tensor], Tensor]
 
 LOG_SNR_RANGE: tuple[float, float] = (-20.0, 20.0)
