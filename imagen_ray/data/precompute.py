@@ -77,9 +77,11 @@ def _samples(batches: Iterable[Any], counts: dict[str, int]) -> Iterator[RawSamp
         errors = batch.get(ERROR_COLUMN)
         urls = batch.get(URL_COLUMN)
         for i, key in enumerate(batch[KEY_COLUMN]):
-            url = str(urls[i]) if urls is not None else ""
-            if errors is not None and errors[i]:
-                yield SkippedItem(url, str(errors[i]), "broken input tar (samples before it kept)")
+            # null strings come back as None or NaN
+            url = urls[i] if urls is not None and isinstance(urls[i], str) else ""
+            error = errors[i] if errors is not None and isinstance(errors[i], str) else ""
+            if error:
+                yield SkippedItem(url, error, "broken input tar (samples before it kept)")
                 continue
             data: dict[str, bytes] = {}
             for k in entries:
