@@ -11,15 +11,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from imagen_ray.data.shards import (
-        ShardSample,
-        ShardWriteSummary,
-        SkippedItem,
-        read_summary,
-        write_folder_shards,
-        write_shards,
-        write_table_shards,
-    )
+    from imagen_ray.data.shards import write_folder_shards, write_table_shards
     from imagen_ray.data.synthetic import (
         ATTRIBUTES,
         SyntheticSpec,
@@ -27,15 +19,22 @@ if TYPE_CHECKING:
         render_sample,
         write_synthetic,
     )
+    from imagen_ray.data.writer import (
+        ShardSample,
+        ShardWriteSummary,
+        SkippedItem,
+        read_summary,
+        write_shards,
+    )
 
 _LAZY = MappingProxyType(
     {
-        "ShardSample": "shards",
-        "ShardWriteSummary": "shards",
-        "SkippedItem": "shards",
-        "read_summary": "shards",
+        "ShardSample": "writer",
+        "ShardWriteSummary": "writer",
+        "SkippedItem": "writer",
+        "read_summary": "writer",
+        "write_shards": "writer",
         "write_folder_shards": "shards",
-        "write_shards": "shards",
         "write_table_shards": "shards",
         "ATTRIBUTES": "synthetic",
         "SyntheticSpec": "synthetic",

@@ -1,24 +1,14 @@
-"""Writing webdataset shards from image folders, caption tables and generated samples.
+"""Shards from image folders and caption tables (``imagen-ray data shards``).
 
-Every source goes through one writer, :func:`write_shards`. The format it writes (a contract
-with ``imagen_ray.data.reader`` and ``pipeline``):
+Each source turns its items into :class:`~imagen_ray.data.writer.ShardSample` or
+:class:`~imagen_ray.data.writer.SkippedItem` and hands them to the one shard writer,
+:func:`~imagen_ray.data.writer.write_shards` (which owns the format, ``summary.json`` and
+the atomic publish). Here: key sanitising, the image check (decodable, original bytes kept
+for JPEG/PNG/WebP, others re-encoded to PNG), the folder walk (sorted, hidden entries
+ignored) and the table readers (CSV, JSONL, Parquet).
 
-* ``shard-000000.tar``, ``shard-000001.tar``, ... (``samples_per_shard`` samples each, the
-  last one fewer), written with ``webdataset.ShardWriter``; the entries of a sample are
-  contiguous and sorted (``KEY.jpg``, ``KEY.json``, ``KEY.txt``).
-* per sample: ``__key__`` (only ``[A-Za-z0-9_-]``, no dots, at most 80 characters), one image
-  entry holding the original encoded bytes (``jpg``, ``png`` or ``webp``, chosen by the
-  decoded format, not the file name; other formats are re-encoded to ``png``), ``txt`` (the
-  stripped UTF-8 caption) and ``json`` (``width``, ``height``, ``source`` plus any metadata).
-* ``summary.json`` beside the shards: format, version, shard names, sample and skip counts,
-  the skipped items with their reasons, a description of the source and the time taken.
-
-Bad input never aborts a run and is never dropped silently: each bad item is skipped with one
-of :data:`SKIP_REASONS` and listed in the summary. A run writes into a temporary directory
-inside ``out_dir`` and moves its files into place only at the end, so a failed or interrupted
-run leaves the previous output as it was; shards of a previous run that the new one does not
-produce are deleted. Identical input gives byte-identical shards (sorted folder walks, fixed
-tar member mtime/owner/mode, ``json`` with sorted keys).
+The writer's names are re-exported so ``from imagen_ray.data.shards import write_shards``
+keeps working.
 """
 
 from __future__ import annotations
@@ -27,121 +17,60 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
 import re
-import shutil
-import tempfile
-import time
-from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-SHARD_FORMAT = "imagen-ray/shards"
-SHARD_FORMAT_VERSION = 1
-SUMMARY_NAME = "summary.json"
-SHARD_NAME = "shard-{:06d}.tar"
-SHARD_RE = re.compile(r"^shard-\d{6,}\.tar$")
-MAX_LISTED_SKIPS = 1000
-MAX_KEY_CHARS = 80
-TAR_MTIME = 0  # fixed tar member mtime: identical input -> byte-identical shards
-
-SKIP_REASONS = (
-    "corrupt_image",  # not decodable by PIL (random bytes, truncated file, unreadable file)
-    "missing_image",  # table row without image value / file; folder caption without image
-    "missing_caption",  # folder image without a same-stem .txt file
-    "empty_caption",  # caption empty after stripping (or null in a table)
-    "bad_caption",  # caption file is not UTF-8
-    "too_small",  # short side below min_size
-    "duplicate_key",  # a sample with this key was already written (second one skipped)
+from imagen_ray.data.writer import (
+    MAX_LISTED_SKIPS,
+    SHARD_FORMAT,
+    SHARD_FORMAT_VERSION,
+    SHARD_NAME,
+    SHARD_RE,
+    SKIP_REASONS,
+    SUMMARY_NAME,
+    RawSample,
+    ShardSample,
+    ShardWriteSummary,
+    SkippedItem,
+    read_summary,
+    write_shards,
 )
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_LISTED_SKIPS",
+    "SHARD_FORMAT",
+    "SHARD_FORMAT_VERSION",
+    "SHARD_NAME",
+    "SHARD_RE",
+    "SKIP_REASONS",
+    "SUMMARY_NAME",
+    "TABLE_SUFFIXES",
+    "RawSample",
+    "ShardSample",
+    "ShardWriteSummary",
+    "SkippedItem",
+    "image_sample",
+    "prepare_image",
+    "read_summary",
+    "read_table",
+    "sanitize_key",
+    "write_folder_shards",
+    "write_shards",
+    "write_table_shards",
+]
+
+MAX_KEY_CHARS = 80
 
 # Folder images are recognised by suffix; jpg/png/webp keep their bytes, the rest become png.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _KEEP_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
-
-
-@dataclass(frozen=True)
-class ShardSample:
-    """One sample ready to be written: encoded image bytes, caption and metadata."""
-
-    key: str
-    image: bytes
-    ext: str  # jpg | png | webp
-    caption: str
-    width: int
-    height: int
-    source: str
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SkippedItem:
-    """An input item that was not written, and why (``reason`` is one of SKIP_REASONS)."""
-
-    source: str
-    reason: str
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return {"source": self.source, "reason": self.reason, "detail": self.detail}
-
-
-@dataclass(frozen=True)
-class ShardWriteSummary:
-    """What a :func:`write_shards` run wrote; ``to_dict()`` is the content of summary.json."""
-
-    out_dir: Path
-    shards: tuple[str, ...]
-    shard_samples: tuple[int, ...]
-    samples: int
-    samples_per_shard: int
-    skipped: dict[str, int]
-    skipped_items: tuple[SkippedItem, ...]
-    skipped_items_omitted: int
-    source: str
-    seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def skipped_total(self) -> int:
-        return sum(self.skipped.values())
-
-    @property
-    def summary_path(self) -> Path:
-        return self.out_dir / SUMMARY_NAME
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": SHARD_FORMAT,
-            "version": SHARD_FORMAT_VERSION,
-            "shards": list(self.shards),
-            "shard_samples": list(self.shard_samples),
-            "samples": self.samples,
-            "samples_per_shard": self.samples_per_shard,
-            "skipped": dict(self.skipped),
-            "skipped_total": self.skipped_total,
-            "skipped_items": [s.to_dict() for s in self.skipped_items],
-            "skipped_items_omitted": self.skipped_items_omitted,
-            "source": self.source,
-            "seconds": round(self.seconds, 3),
-            **self.extra,
-        }
-
-    def one_line(self) -> str:
-        """``wrote N samples in S shards to DIR; skipped K (reason n, ...); summary: PATH``."""
-        reasons = ", ".join(f"{r} {n}" for r, n in self.skipped.items())
-        skipped = f"skipped {self.skipped_total}" + (f" ({reasons})" if reasons else "")
-        return (
-            f"wrote {self.samples} samples in {len(self.shards)} shard(s) to {self.out_dir}; "
-            f"{skipped}; summary: {self.summary_path} ({self.seconds:.1f} s)"
-        )
-
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -233,197 +162,6 @@ def image_sample(
     if min(width, height) < min_size:
         return SkippedItem(source, "too_small", f"{width}x{height} < min_size {min_size}")
     return ShardSample(key, data, ext, caption, width, height, source, dict(meta or {}))
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN -> None, containers recursively, unknown types -> str (table metadata)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value)
-
-
-def _encode(sample: ShardSample) -> dict[str, Any]:
-    meta = {
-        **{k: _jsonable(v) for k, v in sample.meta.items()},
-        "width": sample.width,
-        "height": sample.height,
-        "source": sample.source,
-    }
-    return {
-        "__key__": sample.key,
-        sample.ext: sample.image,
-        "txt": sample.caption.encode("utf-8"),
-        "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
-    }
-
-
-# ---------------------------------------------------------------------------- the writer
-
-
-def write_shards(
-    samples: Iterable[ShardSample | SkippedItem],
-    out_dir: str | Path,
-    *,
-    samples_per_shard: int = 1000,
-    source: str = "",
-    progress: bool = True,
-    total: int | None = None,
-    extra_summary: Mapping[str, Any] | None = None,
-    extra_files: Mapping[str, bytes] | None = None,
-) -> ShardWriteSummary:
-    """Write samples to ``out_dir/shard-*.tar`` + ``summary.json``, replacing a previous run.
-
-    Everything is written into ``out_dir/.tmp-<pid>-<random>`` first; on success the shards,
-    ``extra_files`` and (last) ``summary.json`` are moved into ``out_dir``, replacing files of
-    the same name, and ``shard-*.tar`` files of an earlier run that this run did not write are
-    deleted. On any error the temporary directory is removed and the old output is untouched.
-
-    Args:
-        samples: samples and skipped items in output order (a generator is fine).
-        out_dir: output directory (created if needed).
-        samples_per_shard: samples per tar file (the last one holds the rest).
-        source: a description of the input for the summary.
-        progress: show a tqdm progress bar.
-        total: number of items ``samples`` will yield, for the progress bar.
-        extra_summary: more top-level fields for summary.json (e.g. ``synthetic``).
-        extra_files: more files to publish beside the shards, name -> content.
-
-    Returns:
-        The summary (``.to_dict()`` is what summary.json holds).
-
-    Raises:
-        ValueError: ``samples_per_shard`` < 1, or an extra file name clashes with the shards.
-    """
-    if samples_per_shard < 1:
-        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
-    extra_files = dict(extra_files or {})
-    for name in extra_files:
-        if name == SUMMARY_NAME or SHARD_RE.match(name) or "/" in name or name.startswith("."):
-            raise ValueError(f"extra file name {name!r} is reserved or not a plain file name")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=out))
-    try:
-        shard_counts, skipped = _write_tar_files(
-            samples, tmp, samples_per_shard=samples_per_shard, progress=progress, total=total
-        )
-        counts = Counter(s.reason for s in skipped)
-        summary = ShardWriteSummary(
-            out_dir=out,
-            shards=tuple(shard_counts),
-            shard_samples=tuple(shard_counts.values()),
-            samples=sum(shard_counts.values()),
-            samples_per_shard=samples_per_shard,
-            skipped={r: counts[r] for r in sorted(counts)},
-            skipped_items=tuple(skipped[:MAX_LISTED_SKIPS]),
-            skipped_items_omitted=max(0, len(skipped) - MAX_LISTED_SKIPS),
-            source=source,
-            seconds=time.perf_counter() - t0,
-            extra=dict(extra_summary or {}),
-        )
-        for name, content in extra_files.items():
-            (tmp / name).write_bytes(content)
-        text = json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n"
-        (tmp / SUMMARY_NAME).write_text(text, encoding="utf-8")
-        _publish(tmp, out, [*summary.shards, *extra_files])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return summary
-
-
-def _write_tar_files(
-    samples: Iterable[ShardSample | SkippedItem],
-    tmp: Path,
-    *,
-    samples_per_shard: int,
-    progress: bool,
-    total: int | None,
-) -> tuple[dict[str, int], list[SkippedItem]]:
-    """The ShardWriter loop: returns {shard name: samples} and the skipped items in order."""
-    import webdataset as wds  # imports torch: keep it off the import path of this module
-    from tqdm import tqdm
-
-    pattern = str(tmp).replace("%", "%%") + "/shard-%06d.tar"
-    shard_counts: dict[str, int] = {}
-    skipped: list[SkippedItem] = []
-    written: set[str] = set()
-    bar = tqdm(total=total, desc="writing shards", unit="sample", disable=not progress)
-    writer = wds.ShardWriter(
-        pattern,
-        maxcount=samples_per_shard,
-        maxsize=float("inf"),  # split by count only
-        verbose=0,
-        encoder=False,  # every entry is bytes already
-        mtime=TAR_MTIME,
-        user="imagen-ray",
-        group="imagen-ray",
-    )
-    try:
-        for item in samples:
-            if isinstance(item, ShardSample) and item.key in written:
-                item = SkippedItem(item.source, "duplicate_key", f"key {item.key!r} was written")
-            if isinstance(item, SkippedItem):
-                skipped.append(item)
-            else:
-                writer.write(_encode(item))
-                written.add(item.key)
-                name = Path(writer.fname).name
-                shard_counts[name] = shard_counts.get(name, 0) + 1
-            bar.update(1)
-            if skipped:
-                bar.set_postfix(skipped=len(skipped), refresh=False)
-    finally:
-        writer.close()
-        bar.close()
-    for f in tmp.iterdir():  # ShardWriter opens shard 0 before the first sample arrives
-        if SHARD_RE.match(f.name) and f.name not in shard_counts:
-            f.unlink()
-    return shard_counts, skipped
-
-
-def _publish(tmp: Path, out: Path, names: list[str]) -> None:
-    """Move a finished run into place; summary.json last, stale shards deleted."""
-    for name in names:
-        os.replace(tmp / name, out / name)
-    keep = set(names)
-    for f in out.iterdir():
-        if SHARD_RE.match(f.name) and f.name not in keep:
-            f.unlink()
-    os.replace(tmp / SUMMARY_NAME, out / SUMMARY_NAME)
-
-
-def read_summary(out_dir: str | Path) -> dict[str, Any]:
-    """Load and check ``summary.json`` of a shard directory.
-
-    Args:
-        out_dir: a directory written by :func:`write_shards`.
-
-    Returns:
-        The summary dict (``shards`` lists the tar files in order).
-
-    Raises:
-        FileNotFoundError: no summary.json there.
-        ValueError: the file is not an imagen-ray shard summary of a known version.
-    """
-    path = Path(out_dir) / SUMMARY_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (not a shard directory?)")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or data.get("format") != SHARD_FORMAT:
-        raise ValueError(f"{path} is not an {SHARD_FORMAT} summary")
-    if data.get("version") != SHARD_FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has shard format version {data.get('version')}, this imagen-ray reads "
-            f"version {SHARD_FORMAT_VERSION}"
-        )
-    return data
 
 
 # ---------------------------------------------------------------------------- folders

@@ -19,258 +19,64 @@ Sample ``i`` draws everything from ``numpy.random.default_rng([seed, i])``: it d
 on the other samples or on ``num_samples``. Some (colour, shape) pairs, and optionally
 (shape, position) pairs, are held out of training; :func:`heldout_prompts` lists evaluation
 prompts for them.
+
+Here: drawing a sample's attributes, rendering and captioning it, the held-out prompts and
+writing the set through the shard writer. The vocabulary (:data:`ATTRIBUTES`) and the
+settings (:class:`SyntheticSpec`) are in :mod:`imagen_ray.data.synthetic_spec`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from imagen_ray.data.synthetic_spec import (
+    ATTRIBUTES,
+    CROSS_ARM,
+    DEFAULT_HELDOUT,
+    TEMPLATES,
+    ImageFormat,
+    SyntheticAttributes,
+    SyntheticSpec,
+    allowed_triples,
+    parse_pair,
+)
+from imagen_ray.images import encode_image
+
 if TYPE_CHECKING:
-    from imagen_ray.data.shards import ShardSample, ShardWriteSummary
+    from imagen_ray.data.writer import ShardSample, ShardWriteSummary
 
-RGB = tuple[int, int, int]
+__all__ = [  # the spec's names are re-exported: this module was their home
+    "ATTRIBUTES",
+    "CROSS_ARM",
+    "DEFAULT_HELDOUT",
+    "TEMPLATES",
+    "ImageFormat",
+    "SyntheticAttributes",
+    "SyntheticSpec",
+    "allowed_triples",
+    "heldout_json",
+    "heldout_prompts",
+    "make_caption",
+    "parse_pair",
+    "prompt_item",
+    "render_attributes",
+    "render_sample",
+    "sample_attributes",
+    "synthetic_sample",
+    "write_synthetic",
+]
 
-
-@dataclass(frozen=True)
-class SyntheticAttributes:
-    """The attribute vocabulary of the synthetic set (import :data:`ATTRIBUTES`)."""
-
-    colours: Mapping[str, RGB]
-    shapes: tuple[str, ...]
-    positions: Mapping[str, tuple[float, float]]  # region anchor (x, y) as image fractions
-    position_phrases: Mapping[str, str]
-    sizes: Mapping[str, float]  # bounding-box side / image side
-    backgrounds: Mapping[str, RGB]
-    counts: tuple[int, ...]
-    count_words: Mapping[int, str]
-    shape_plurals: Mapping[str, str]
-    shape_fill: Mapping[str, float]  # area / bounding-box area
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy."""
-        return {
-            "colours": {k: list(v) for k, v in self.colours.items()},
-            "shapes": list(self.shapes),
-            "positions": {k: list(v) for k, v in self.positions.items()},
-            "position_phrases": dict(self.position_phrases),
-            "sizes": dict(self.sizes),
-            "backgrounds": {k: list(v) for k, v in self.backgrounds.items()},
-            "counts": list(self.counts),
-            "count_words": {str(k): v for k, v in self.count_words.items()},
-            "shape_plurals": dict(self.shape_plurals),
-            "shape_fill": dict(self.shape_fill),
-        }
-
-
-CROSS_ARM = 0.4  # arm width of a cross as a fraction of its side
-
-ATTRIBUTES = SyntheticAttributes(
-    colours=MappingProxyType(
-        {
-            "red": (255, 0, 0),
-            "orange": (255, 128, 0),
-            "yellow": (255, 255, 0),
-            "green": (0, 200, 0),
-            "blue": (0, 0, 255),
-            "purple": (160, 0, 255),
-            "white": (255, 255, 255),
-        }
-    ),
-    shapes=("circle", "square", "triangle", "cross"),
-    positions=MappingProxyType(
-        {
-            "left": (0.25, 0.5),
-            "right": (0.75, 0.5),
-            "top": (0.5, 0.25),
-            "bottom": (0.5, 0.75),
-            "center": (0.5, 0.5),
-        }
-    ),
-    position_phrases=MappingProxyType(
-        {
-            "left": "on the left",
-            "right": "on the right",
-            "top": "at the top",
-            "bottom": "at the bottom",
-            "center": "in the center",
-        }
-    ),
-    sizes=MappingProxyType({"small": 0.16, "large": 0.30}),
-    backgrounds=MappingProxyType(
-        {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128)}
-    ),
-    counts=(1, 2, 3),
-    count_words=MappingProxyType({1: "a", 2: "two", 3: "three"}),
-    shape_plurals=MappingProxyType(
-        {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
-    ),
-    shape_fill=MappingProxyType(
-        {
-            "circle": math.pi / 4,
-            "square": 1.0,
-            "triangle": 0.5,
-            "cross": 2 * CROSS_ARM - CROSS_ARM**2,
-        }
-    ),
-)
-
-DEFAULT_HELDOUT: tuple[tuple[str, str], ...] = (
-    ("red", "triangle"),
-    ("green", "circle"),
-    ("blue", "cross"),
-)
 JITTER = 0.04  # max shift of the group centre from the region anchor (image fractions)
 SIZE_JITTER = 0.08  # relative jitter of the object size
 GAP = 0.06  # space between copies
 MARGIN = 0.03  # objects stay this far from the border
-
-# {n}: "a"/"two"/"three" ("a" becomes "an" before a vowel), {shape}: plural when n > 1.
-TEMPLATES = (
-    "{n} {colour} {shape} {where}",
-    "{n} {size} {colour} {shape} {where}",
-    "a picture of {n} {size} {colour} {shape} {where} on a {bg} background",
-    "{n} {colour} {shape} {where} on a {bg} background",
-    "{where}, {n} {size} {colour} {shape}",
-    "an image of {n} {colour} {shape} {where}, {bg} background",
-    "{n} {size} {colour} {shape} {where} against a {bg} background",
-)
-
-ImageFormat = Literal["png", "jpg"]
-
-
-@dataclass(frozen=True)
-class SyntheticSpec:
-    """Settings of a synthetic set; ``to_dict()`` goes into summary.json as ``synthetic``."""
-
-    num_samples: int = 2000
-    size: int = 64
-    seed: int = 0
-    count_probs: tuple[float, float, float] = (0.7, 0.2, 0.1)  # P(count = 1, 2, 3)
-    sizes: tuple[str, ...] = ("small", "large")  # object sizes drawn (uniformly)
-    backgrounds: tuple[str, ...] = ("black", "white", "gray")  # drawn uniformly (not the colour)
-    heldout: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT  # (colour, shape) pairs
-    heldout_shape_positions: tuple[tuple[str, str], ...] = ()  # (shape, position) pairs
-    samples_per_shard: int = 500
-    image_format: ImageFormat = "png"
-    templates: tuple[str, ...] = field(default=TEMPLATES)
-
-    def __post_init__(self) -> None:
-        if self.num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {self.num_samples}")
-        if not 8 <= self.size <= 1024:
-            raise ValueError(f"size must be between 8 and 1024 pixels, got {self.size}")
-        if self.samples_per_shard < 1:
-            raise ValueError(f"samples_per_shard must be >= 1, got {self.samples_per_shard}")
-        probs = tuple(self.count_probs)
-        if len(probs) != 3 or min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
-            raise ValueError(
-                f"count_probs must be 3 non-negative numbers (P of 1, 2, 3 objects) summing "
-                f"to 1, got {self.count_probs}"
-            )
-        if self.image_format not in ("png", "jpg"):
-            raise ValueError(f"image_format must be png or jpg, got {self.image_format!r}")
-        if not self.templates:
-            raise ValueError("templates must not be empty")
-        for what, names, vocab in (
-            ("size", self.sizes, ATTRIBUTES.sizes),
-            ("background", self.backgrounds, ATTRIBUTES.backgrounds),
-        ):
-            if not names:
-                raise ValueError(f"{what}s must name at least one of {', '.join(vocab)}")
-            for name in names:
-                _check_name(what, name, vocab)
-        for colour, shape in self.heldout:
-            _check_name("colour", colour, ATTRIBUTES.colours)
-            _check_name("shape", shape, ATTRIBUTES.shapes)
-        for shape, position in self.heldout_shape_positions:
-            _check_name("shape", shape, ATTRIBUTES.shapes)
-            _check_name("position", position, ATTRIBUTES.positions)
-        if not allowed_triples(self):
-            raise ValueError("the held-out pairs exclude every (colour, shape, position)")
-        for colour, rgb in ATTRIBUTES.colours.items():
-            if all(ATTRIBUTES.backgrounds[b] == rgb for b in self.backgrounds):
-                raise ValueError(
-                    f"a {colour} object would be invisible on every background of "
-                    f"{list(self.backgrounds)}; add another background"
-                )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["count_probs"] = list(self.count_probs)
-        d["heldout"] = [list(p) for p in self.heldout]
-        d["heldout_shape_positions"] = [list(p) for p in self.heldout_shape_positions]
-        d["templates"] = list(self.templates)
-        d["sizes"] = list(self.sizes)
-        d["backgrounds"] = list(self.backgrounds)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SyntheticSpec:
-        """Rebuild from ``to_dict()`` output (e.g. summary.json's ``synthetic``)."""
-        kw = dict(d)
-        for k in ("heldout", "heldout_shape_positions"):
-            if k in kw:
-                kw[k] = tuple(tuple(p) for p in kw[k])
-        for k in ("count_probs", "templates", "sizes", "backgrounds"):
-            if k in kw:
-                kw[k] = tuple(kw[k])
-        return cls(**kw)
-
-
-def _check_name(what: str, name: str, valid: Collection[str]) -> None:
-    if name not in valid:
-        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(valid)}")
-
-
-def parse_pair(text: str, first: str = "colour", second: str = "shape") -> tuple[str, str]:
-    """``red:circle`` -> ``("red", "circle")``, both names checked against ATTRIBUTES.
-
-    Args:
-        text: ``A:B``.
-        first: kind of A (``colour``, ``shape`` or ``position``).
-        second: kind of B.
-
-    Returns:
-        The pair.
-
-    Raises:
-        ValueError: not of the form A:B or an unknown name (the message lists valid ones).
-    """
-    a, sep, b = text.strip().partition(":")
-    if not sep or not a or not b:
-        raise ValueError(
-            f"expected {first.upper()}:{second.upper()} (e.g. red:circle), got {text!r}"
-        )
-    vocab = {
-        "colour": ATTRIBUTES.colours,
-        "shape": ATTRIBUTES.shapes,
-        "position": ATTRIBUTES.positions,
-    }
-    _check_name(first, a, vocab[first])
-    _check_name(second, b, vocab[second])
-    return a, b
-
-
-def allowed_triples(spec: SyntheticSpec) -> list[tuple[str, str, str]]:
-    """Every (colour, shape, position) not excluded by the held-out pairs, in table order."""
-    cs, sp = set(spec.heldout), set(spec.heldout_shape_positions)
-    return [
-        (c, s, p)
-        for c in ATTRIBUTES.colours
-        for s in ATTRIBUTES.shapes
-        for p in ATTRIBUTES.positions
-        if (c, s) not in cs and (s, p) not in sp
-    ]
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -475,17 +281,6 @@ def heldout_json(spec: SyntheticSpec) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- writing
 
 
-def _encode(image: Image.Image, fmt: ImageFormat) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    if fmt == "jpg":
-        image.save(buf, format="JPEG", quality=95)
-    else:
-        image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def synthetic_sample(spec: SyntheticSpec, index: int) -> ShardSample:
     """Sample ``index`` encoded for :func:`~imagen_ray.data.shards.write_shards`.
 
@@ -497,12 +292,12 @@ def synthetic_sample(spec: SyntheticSpec, index: int) -> ShardSample:
         A shard sample with key ``syn-{index:08d}``, source ``synthetic/{index}`` and the
         attributes as json metadata.
     """
-    from imagen_ray.data.shards import ShardSample
+    from imagen_ray.data.writer import ShardSample
 
     image, caption, attrs = render_sample(spec, index)
     return ShardSample(
         key=f"syn-{index:08d}",
-        image=_encode(image, spec.image_format),
+        image=encode_image(image, spec.image_format),
         ext=spec.image_format,
         caption=caption,
         width=image.width,
@@ -526,7 +321,7 @@ def write_synthetic(
         The write summary; summary.json also holds ``"synthetic": spec.to_dict()`` and
         ``"attributes": ATTRIBUTES.to_dict()``.
     """
-    from imagen_ray.data.shards import write_shards
+    from imagen_ray.data.writer import write_shards
 
     heldout = json.dumps(heldout_json(spec), indent=2) + "\n"
     return write_shards(

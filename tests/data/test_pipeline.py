@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from imagen_ray.config import DataConfig, RunConfig, StageConfig, TextEncoderConfig
+from imagen_ray.data.encoding import check_encoding
 from imagen_ray.data.pipeline import (
     TextEncoderActor,
     build_dataset,
@@ -27,7 +28,7 @@ from imagen_ray.data.pipeline import (
     decode_filter_resize,
     iter_training_batches,
 )
-from imagen_ray.data.precompute import check_encoding, encode_shards
+from imagen_ray.data.precompute import encode_shards
 from imagen_ray.data.reader import (
     ShardFormatError,
     _rows_to_table,
@@ -490,6 +491,30 @@ def test_broken_shards_and_samples_are_counted_not_fatal(messy_dir):
         "truncated_tar": 1,
         "bad_tar": 1,
     }
+
+
+@pytest.mark.slow
+def test_encode_lists_broken_tars_and_writes_like_data_shards(messy_dir, tmp_path):
+    from imagen_ray.data.writer import read_summary
+
+    shards, _ = messy_dir
+    out = tmp_path / "enc"
+    summary = encode_shards(shards, out, TEXT, samples_per_shard=10, max_tasks=1)
+    assert summary == read_summary(out)  # the one shard-summary format
+    # every complete sample is copied (14 of shard 0, 5 before the cut of shard 1); the
+    # one without a caption gets none (its old text.npz is not copied); the broken tars are
+    # listed by path
+    assert summary["samples"] == 19 and sorted(summary["shard_samples"]) == [9, 10]
+    assert summary["samples_with_embeddings"] == 18
+    assert summary["skipped"] == {"bad_tar": 1, "truncated_tar": 1}
+    tars = sorted(str(p.resolve()) for p in shards.glob("*.tar"))
+    assert sorted(s["source"] for s in summary["skipped_items"]) == tars[1:]
+    assert summary["text_encoding"] == "encoding.json"
+    assert json.loads((out / "encoding.json").read_text())["num_samples"] == 18
+    names = {p.name for p in out.iterdir()}
+    assert names == {*summary["shards"], "encoding.json", "summary.json"}
+    with pytest.raises(ValueError, match="already exists"):
+        encode_shards(shards, out, TEXT)
 
 
 def train_worker(shard: Any, data_cfg: DataConfig, seen: dict[str, Any]) -> None:

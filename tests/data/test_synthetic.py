@@ -178,6 +178,15 @@ def test_spec_rejects_bad_settings() -> None:
         SyntheticSpec(sizes=("huge",))
     with pytest.raises(ValueError, match="sizes must name"):
         SyntheticSpec(sizes=())
+    with pytest.raises(ValueError, match="templates must not be empty"):
+        SyntheticSpec(templates=())
+    with pytest.raises(ValueError, match="invisible on every background"):
+        SyntheticSpec(backgrounds=("white",))
+    # a strict typed model like the configs: unknown keys and assignments are refused
+    with pytest.raises(ValueError, match="num_sample"):
+        SyntheticSpec.from_dict({**SyntheticSpec().to_dict(), "num_sample": 3})
+    with pytest.raises(ValueError, match="frozen"):
+        SyntheticSpec().size = 32  # type: ignore[misc]
     assert parse_pair("red:circle") == ("red", "circle")
     with pytest.raises(ValueError, match="COLOUR:SHAPE"):
         parse_pair("red-circle")

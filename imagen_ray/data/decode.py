@@ -1,0 +1,241 @@
+"""Per-sample decode, filter, resize and crop: the ``map_batches`` step of the pipeline.
+
+:func:`decode_filter_resize` turns raw shard rows (reader output) into fixed-size uint8
+images (plus the SR stage's low-res input and, for precomputed shards, the stored text
+embeddings), counting each dropped sample under one skip reason. Pure functions of the
+batch and the configs: no Ray at import time, so decode workers stay light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from imagen_ray.config import DataConfig, StageConfig
+from imagen_ray.data.encoding import CAPTION_ENTRY, EMBEDDING_ENTRY, load_embedding
+from imagen_ray.data.reader import ERROR_COLUMN, KEY_COLUMN
+
+# Skip reasons (and ``ok``) counted by the pipeline's stats actor.
+OK = "ok"
+DECODE_ERROR = "decode_error"
+NO_IMAGE = "no_image"
+NO_CAPTION = "no_caption"
+CAPTION_LENGTH = "caption_length"
+TOO_SMALL = "too_small"
+BAD_ASPECT = "bad_aspect"
+NO_EMBEDDING = "no_embedding"
+BAD_EMBEDDING = "bad_embedding"
+
+
+def _rng_for(seed: int, key: str) -> np.random.Generator:
+    """Per-sample RNG from (seed, key): reproducible across processes (no ``hash()``)."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return np.random.default_rng([seed & 0xFFFFFFFF, int.from_bytes(digest, "little")])
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB; transparent pixels composited on white instead of whatever RGB they hide."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_crop(
+    img: Image.Image, size: int, *, crop: str = "center", rng: np.random.Generator | None = None
+) -> Image.Image:
+    """Resize the short side to ``size`` (Lanczos, antialiased) and crop a square.
+
+    Done in one ``resize`` with a source box: the square crop of side ``min(w, h)`` is taken
+    in source coordinates, which equals resize-then-crop but filters fewer pixels.
+
+    Args:
+        img: any PIL image (already RGB).
+        size: output side in pixels.
+        crop: ``center`` or ``random`` (offset drawn from ``rng``).
+        rng: required for random crops.
+
+    Returns:
+        A ``size x size`` RGB image.
+    """
+    w, h = img.size
+    side = min(w, h)
+    if crop == "random":
+        if rng is None:
+            raise ValueError("crop='random' needs an rng")
+        left, top = float(rng.integers(0, w - side + 1)), float(rng.integers(0, h - side + 1))
+    else:
+        left, top = (w - side) / 2, (h - side) / 2
+    box = (left, top, left + side, top + side)
+    return img.resize((size, size), Image.Resampling.LANCZOS, box=box)
+
+
+def _decode_image(raw: bytes, data: DataConfig, size: int, key: str) -> Image.Image | str:
+    """Decode, filter by size/aspect, resize and crop: a ``size`` square or a skip reason."""
+    try:
+        img: Image.Image = Image.open(io.BytesIO(raw))
+        w, h = img.size  # from the header, before any pixel is decoded
+    except Exception:  # PIL raises many types for bad bytes (and DecompressionBombError)
+        return DECODE_ERROR
+    if min(w, h) < data.min_size:
+        return TOO_SMALL
+    if max(w, h) / max(1, min(w, h)) > data.max_aspect:
+        return BAD_ASPECT
+    try:
+        # JPEG: let the decoder downscale by 1/2..1/8 in the DCT (never below `size`).
+        img.draft("RGB", (size, size))
+        img = _to_rgb(img)
+        rng = _rng_for(data.seed, key) if data.crop == "random" else None
+        return resize_crop(img, size, crop=data.crop, rng=rng)
+    except Exception:
+        return DECODE_ERROR
+
+
+def decode_filter_resize(
+    batch: pa.Table,
+    *,
+    data_cfg: dict[str, Any],
+    stage_cfg: dict[str, Any],
+    precomputed: bool = False,
+    emb_shape: tuple[int, int] | None = None,
+    stats: Any = None,
+    columns: Sequence[str] | None = None,
+) -> dict[str, np.ndarray] | pa.Table:
+    """One ``map_batches`` step: raw shard rows -> decoded, filtered, resized samples.
+
+    Checks run cheapest first: reader error rows, image present, caption present and of
+    allowed length (after strip), the ``text.npz`` entry (precomputed mode), image header
+    decodes, short side >= ``min_size``, long/short <= ``max_aspect``, pixels decode; each
+    failure counts one skip reason. Then the short side is resized to
+    ``stage.size`` (Lanczos) and a square cropped (center, or random with an RNG seeded from
+    ``(data.seed, key)``: the same crop for a sample every time). SR stages also get the
+    low-res conditioning image: the crop downsampled (bicubic, antialiased) to
+    ``lowres_size``; the U-Net upsamples it itself (``unet.network.upsample_to``).
+
+    Args:
+        batch: reader rows (``__key__``, ``__error__``, one binary column per extension).
+        data_cfg: ``DataConfig.model_dump()``.
+        stage_cfg: ``StageConfig.model_dump()``.
+        precomputed: read ``emb``/``mask`` from each sample's ``text.npz``.
+        emb_shape: expected (L, D) of precomputed embeddings (others are ``bad_embedding``).
+        stats: a :class:`PipelineStats` actor handle; counts are sent fire-and-forget.
+        columns: output columns to keep (default all).
+
+    Returns:
+        Columns ``__key__`` (B,) str, ``caption`` (B,) str, ``image`` (B, S, S, 3) uint8,
+        for SR ``lowres`` (B, s, s, 3) uint8, and when precomputed ``emb`` (B, L, D) float16
+        and ``mask`` (B, L) bool; an empty Arrow table of that schema when no row survives.
+    """
+    data = DataConfig.model_validate(data_cfg)
+    stage = StageConfig.model_validate(stage_cfg)
+    size, lowres_size = stage.size, stage.lowres_size
+    n = batch.num_rows
+    cols = set(batch.column_names)
+
+    def column(name: str) -> list[Any]:
+        return batch.column(name).to_pylist() if name in cols else [None] * n
+
+    keys = column(KEY_COLUMN)
+    errors = column(ERROR_COLUMN)
+    captions_raw = column(CAPTION_ENTRY)
+    embeddings_raw = column(EMBEDDING_ENTRY) if precomputed else [None] * n
+    image_cols = [column(k) for k in data.image_keys if k in cols]
+
+    counts: Counter[str] = Counter()
+    out_keys: list[str] = []
+    out_captions: list[str] = []
+    images: list[np.ndarray] = []
+    lowres: list[np.ndarray] = []
+    embs: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    for i in range(n):
+        if errors[i]:
+            counts[errors[i]] += 1
+            continue
+        raw = next((c[i] for c in image_cols if c[i] is not None), None)
+        if raw is None:
+            counts[NO_IMAGE] += 1
+            continue
+        if captions_raw[i] is None:
+            counts[NO_CAPTION] += 1
+            continue
+        caption = captions_raw[i].decode("utf-8", errors="replace").strip()
+        if not data.caption_min_chars <= len(caption) <= data.caption_max_chars:
+            counts[CAPTION_LENGTH] += 1
+            continue
+        if precomputed:
+            npz = embeddings_raw[i]
+            if npz is None:
+                counts[NO_EMBEDDING] += 1
+                continue
+            try:
+                emb, mask = load_embedding(npz, emb_shape)
+            except Exception:
+                counts[BAD_EMBEDDING] += 1
+                continue
+        img = _decode_image(raw, data, size, keys[i])
+        if isinstance(img, str):
+            counts[img] += 1
+            continue
+        counts[OK] += 1
+        out_keys.append(keys[i])
+        out_captions.append(caption)
+        images.append(np.asarray(img, dtype=np.uint8))  # (S, S, 3)
+        if lowres_size is not None:
+            small = img.resize((lowres_size, lowres_size), Image.Resampling.BICUBIC)
+            lowres.append(np.asarray(small, dtype=np.uint8))  # (s, s, 3)
+        if precomputed:
+            embs.append(emb)
+            masks.append(mask)
+
+    if stats is not None and counts:
+        stats.add.remote(dict(counts))
+    out: dict[str, np.ndarray] = {
+        KEY_COLUMN: np.array(out_keys, dtype=object),
+        "caption": np.array(out_captions, dtype=object),
+        "image": _stack(images, (size, size, 3), np.uint8),
+    }
+    if lowres_size is not None:
+        out["lowres"] = _stack(lowres, (lowres_size, lowres_size, 3), np.uint8)
+    if precomputed:
+        length, dim = emb_shape if emb_shape is not None else (0, 0)
+        out["emb"] = _stack(embs, (length, dim), np.float16)
+        out["mask"] = _stack(masks, (length,), np.bool_)
+    if columns is not None:
+        out = {k: v for k, v in out.items() if k in columns}
+    return batch_or_empty_block(out)
+
+
+def _stack(arrays: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Stack to (B, *shape); an empty (0, *shape) array when nothing survived."""
+    if not arrays:
+        return np.zeros((0, *shape), dtype=dtype)
+    return np.stack(arrays).astype(dtype, copy=False)
+
+
+def batch_or_empty_block(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray] | pa.Table:
+    """The batch itself, or for zero rows an empty Arrow table with the right schema.
+
+    Ray cannot infer a tensor type from a (0, ...) array (it falls back to pickled objects,
+    and strings to the null type); a one-row table sliced to zero rows keeps the schema.
+    """
+    if len(next(iter(columns.values()))):
+        return columns
+    from ray.data.block import BlockAccessor
+
+    one = {
+        k: np.array([""], dtype=object)
+        if v.dtype == object
+        else np.zeros((1, *v.shape[1:]), v.dtype)
+        for k, v in columns.items()
+    }
+    table: pa.Table = BlockAccessor.batch_to_block(one).slice(0, 0)
+    return table
