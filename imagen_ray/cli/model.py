@@ -102,10 +102,10 @@ def cmd_params(args: argparse.Namespace) -> int:
     """``imagen-ray params``: U-Net parameter counts per stage, built on the meta device."""
     import torch
 
-    from imagen_ray.config import CascadeConfig, load_any_config
+    from imagen_ray.config import CascadeConfig, load_model_config
     from imagen_ray.unet import EfficientUNet, count_parameters
 
-    cfg = load_any_config(args.config, args.overrides)
+    cfg = load_model_config(args.config, args.overrides)
     stages = cfg.stages if isinstance(cfg, CascadeConfig) else (cfg.stage,)
     dim = cfg.text.dim
     if dim is None:

@@ -553,7 +553,7 @@ def test_streaming_split_feeds_train_like_workers(encoded):
 
 
 def data_parser() -> argparse.ArgumentParser:
-    from imagen_ray.data.cli_pipeline import register
+    from imagen_ray.cli.data import add_data_commands as register
 
     parser = argparse.ArgumentParser(prog="imagen-ray data")
     register(parser.add_subparsers(dest="action", required=True))

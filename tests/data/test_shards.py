@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from imagen_ray.cli.data import add_data_commands as register
 from imagen_ray.data import shards
-from imagen_ray.data.cli_shards import register
 from imagen_ray.data.shards import (
     SHARD_FORMAT,
     read_summary,

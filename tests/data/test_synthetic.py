@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from imagen_ray.data.cli_shards import register
+from imagen_ray.cli.data import add_data_commands as register
 from imagen_ray.data.shards import read_summary
 from imagen_ray.data.synthetic import (
     ATTRIBUTES,
