@@ -36,7 +36,7 @@ def generate(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
-    ray_init: dict[str, Any] | None = None,
+    start_ray: Callable[[], Any] | None = None,
 ) -> Summary:
     """Generate every missing image of the plan on a Ray Data actor pool.
 
@@ -48,8 +48,9 @@ def generate(
         overwrite: make every image again even if it exists.
         progress: show Ray Data's progress bars.
         log: where one-line status messages go.
-        ray_init: ``ray.init`` arguments, used only when Ray is not initialised and there
-            is something to generate (a run with nothing left to do never starts Ray).
+        start_ray: starts or joins Ray, called only when Ray is not initialised and there
+            is something to generate (a run with nothing left to do never starts Ray);
+            default :func:`imagen_ray.runtime.init_ray` (``RAY_ADDRESS`` or a local Ray).
 
     Returns:
         Summary with the counts and the manifest path.
@@ -69,7 +70,12 @@ def generate(
     if todo:
         (out / IMAGES).mkdir(parents=True, exist_ok=True)
         if not ray.is_initialized():
-            ray.init(**(ray_init or {}))
+            if start_ray is not None:
+                start_ray()
+            else:
+                from imagen_ray.runtime import init_ray
+
+                init_ray()
         check_cluster(cfg, ray.cluster_resources())
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress

@@ -25,6 +25,18 @@ def add_overrides_argument(p: argparse.ArgumentParser, help: str | None = None) 
     )
 
 
+def add_verbose_argument(p: argparse.ArgumentParser) -> None:
+    """``--verbose``: forward the cluster's own output (Ray, Serve, DeepSpeed, W&B) here."""
+    p.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show what Ray, Ray Data, Serve, DeepSpeed and W&B print in every process "
+        "(default: it goes to Ray's log files, whose place the command prints and links "
+        "as logs/ from its output directory)",
+    )
+
+
 def add_config_arguments(p: argparse.ArgumentParser, what: str, *, required: bool = True) -> None:
     """``--config/-c YAML`` (``what`` is its help) and ``--set KEY=VALUE``."""
     p.add_argument("--config", "-c", required=required, metavar="YAML", help=what)

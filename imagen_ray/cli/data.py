@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from imagen_ray.cli.args import add_config_arguments
+from imagen_ray.cli.args import add_config_arguments, add_verbose_argument
 
 SHARDS_EXAMPLES = """\
 examples:
@@ -152,6 +152,7 @@ def add_data_commands(data_subparsers: Any) -> None:
     add_config_arguments(p, "run config (a stage)")
     p.add_argument("--samples-per-shard", type=int, default=1000, help="default 1000")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_verbose_argument(p)
     p.set_defaults(func=cmd_encode)
 
     p = data_subparsers.add_parser(
@@ -166,6 +167,7 @@ def add_data_commands(data_subparsers: Any) -> None:
     p.add_argument("--batches", type=int, default=2, help="batches of data.batch_size (2)")
     p.add_argument("--max-images", type=int, default=64, help="rows in the grid (64)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_verbose_argument(p)
     p.set_defaults(func=cmd_preview)
 
 
@@ -252,14 +254,16 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def ray_session() -> Iterator[None]:
+def ray_session(verbose: bool = False) -> Iterator[None]:
     """Use the running Ray, or start one (``RAY_ADDRESS`` or local) and stop it after."""
     import ray
+
+    from imagen_ray.runtime import init_ray, logs_hint
 
     if ray.is_initialized():
         yield
         return
-    ray.init(include_dashboard=False)
+    print(logs_hint(init_ray(verbose=verbose), verbose), flush=True)
     try:
         yield
     finally:
@@ -278,7 +282,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     expand_shards(args.shards)  # FileNotFoundError before Ray starts
     if Path(args.out).exists() and not args.overwrite:
         raise ValueError(f"--out {args.out} already exists; pass --overwrite to replace it")
-    with ray_session():
+    with ray_session(args.verbose):
         summary = encode_shards(
             args.shards,
             args.out,
@@ -309,7 +313,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         raise ValueError("the config has no data.shards: pass --set data.shards=DIR")
     expand_shards(cfg.data.shards)
     out = Path(args.out)
-    with ray_session():
+    with ray_session(args.verbose):
         batches, report = preview_pipeline(cfg, args.batches)
     report["grid"] = str(write_preview_grid(batches, out / "grid.png", args.max_images))
     keys = [str(k) for b in batches for k in b["__key__"]][: args.max_images]

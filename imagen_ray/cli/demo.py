@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from imagen_ray.cli.args import add_verbose_argument
 from imagen_ray.demo.report import TARGETS
 
 DESCRIPTION = (
@@ -56,6 +57,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="exit 0 even when an accuracy target is missed (the report still says so)",
     )
+    add_verbose_argument(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -72,6 +74,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         images_per_prompt=args.images_per_prompt,
         port=args.port,
         fresh=args.fresh,
+        verbose=args.verbose,
     )
     if not metrics["all_passed"] and not args.no_check:
         print("some accuracy target was missed (see the report)", file=sys.stderr)

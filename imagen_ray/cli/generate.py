@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from imagen_ray.cli.args import (
     add_cascade_argument,
     add_overrides_argument,
     add_sampling_argument,
+    add_verbose_argument,
     parse_sampling_overrides,
 )
 from imagen_ray.images import FORMAT_ALIASES, IMAGE_FORMATS
@@ -88,6 +88,7 @@ def register(sub: Any) -> None:
         metavar="X",
         help="logical CPUs of a LOCAL Ray cluster started for this run (ignored with RAY_ADDRESS)",
     )
+    add_verbose_argument(p)
     p.add_argument("--overwrite", action="store_true", help="make every image again")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_overrides_argument(p)
@@ -115,7 +116,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     }
     cfg = load_generate_config(args.config, flags, args.overrides)
     prompts = read_prompt_file(args.prompts, args.prompt_column)
-    local = {"num_cpus": args.ray_num_cpus, "include_dashboard": False}
+
+    def start_ray() -> None:
+        from imagen_ray.runtime import init_ray, logs_hint
+
+        logs = init_ray(num_cpus=args.ray_num_cpus, verbose=args.verbose, run_dir=args.out)
+        print(logs_hint(logs, args.verbose), flush=True)
+
     generate(
         args.cascade,
         prompts,
@@ -123,6 +130,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         cfg,
         overwrite=args.overwrite,
         progress=not args.no_progress,
-        ray_init={} if os.environ.get("RAY_ADDRESS") else local,
+        start_ray=start_ray,
     )
     return 0

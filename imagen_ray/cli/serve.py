@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imagen_ray.cli.args import add_overrides_argument
+from imagen_ray.cli.args import add_overrides_argument, add_verbose_argument
 
 EPILOG = """\
 examples:
@@ -62,6 +62,7 @@ def register(sub: Any) -> None:
         metavar="N",
         help="logical CPUs of a local Ray (default: the machine's cores)",
     )
+    add_verbose_argument(p)
     p.add_argument(
         "--write-serve-config",
         metavar="FILE",
@@ -100,6 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from imagen_ray.runtime import init_ray, logs_hint
     from imagen_ray.serve.app import build_application, port_in_use
 
     address = args.address or os.environ.get("RAY_ADDRESS")
@@ -109,10 +111,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "serve?); stop it or choose another port with --set serve.port=PORT"
         )
     print(f"starting Ray ({'joining ' + address if address else 'local'})…", flush=True)
-    init: dict[str, Any] = {"address": address, "include_dashboard": False}
-    if not address and args.num_cpus:
-        init["num_cpus"] = args.num_cpus
-    ray.init(**init)
+    logs = init_ray(address=address, num_cpus=args.num_cpus, verbose=args.verbose)
+    print(logs_hint(logs, args.verbose), flush=True)
     # Ctrl-C, and SIGTERM (docker stop, systemd), shut down cleanly; SIGINT is set explicitly
     # because a process started in the background inherits it ignored.
     signal.signal(signal.SIGINT, _interrupt)

@@ -136,6 +136,7 @@ def run_demo(
     images_per_prompt: int = 4,
     port: int = 8000,
     fresh: bool = False,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Run every step of the demo in ``out`` and return the report's metrics.
 
@@ -149,6 +150,8 @@ def run_demo(
         images_per_prompt: images per held-out prompt (seeds 0..N-1 per prompt).
         port: Serve HTTP port on 127.0.0.1.
         fresh: delete ``out`` first instead of reusing its steps.
+        verbose: show the output of Ray, Serve, DeepSpeed and W&B here (default: in Ray's
+            log files, linked as ``out/logs``).
 
     Returns:
         metrics.json's content; ``all_passed`` says whether every target was met.
@@ -182,7 +185,11 @@ def run_demo(
             write_synthetic(spec, raw)
             shutil.rmtree(encoded, ignore_errors=True)
 
-    ray.init(num_cpus=max(8, os.cpu_count() or 2), include_dashboard=False, log_to_driver=True)
+    from imagen_ray.runtime import init_ray, logs_hint
+
+    # More logical CPUs than cores: the training workers must leave CPUs to Ray Data's tasks.
+    logs = init_ray(num_cpus=max(8, os.cpu_count() or 2), verbose=verbose, run_dir=out)
+    print(logs_hint(logs, verbose), flush=True)
     try:
         with timer.step("encode", "text embeddings, computed once (MiniLM on Ray Data)"):
             if (encoded / "encoding.json").is_file():
