@@ -6,17 +6,18 @@ Three sections, in ONE process and one local Ray cluster:
 * ``zero_memory``: per-rank bytes of parameters, gradients and optimizer states at ZeRO 0, 2
   and 3 with 2 CPU workers, for the ~27M-parameter U-Net of configs/bench/unet27m.yaml.
   Measured inside each worker from the tensors the DeepSpeed engine and its ZeRO optimizer
-  hold (``imagen_ray.train.memory``: each storage counted once), between ``backward`` and
-  ``step`` of the second optimizer step, and reported with its ratio to ZeRO 0.
+  hold (``imagen_ray.train.memory.ModelStateMemory``, a step hook: each storage counted
+  once), between ``backward`` and ``step`` of the second optimizer step, and reported with
+  its ratio to ZeRO 0.
 * ``throughput``: training samples/s of the tiny base stage (configs/tiny/base.yaml) with
-  2 workers (ZeRO-2, fp32) fed by (a) seeded in-memory tensors (``data="memory"``), (b) the
+  2 workers (ZeRO-2, fp32) fed by (a) seeded in-memory tensors (``random_batches``), (b) the
   full Ray Data pipeline reading synthetic webdataset shards with precomputed text
   embeddings, (c) the same pipeline encoding captions with MiniLM on an actor pool. Same
   model, batch and steps; figures are the trainer's own metrics (``samples_per_s``,
   ``data_wait_frac``) over the second half of the steps (the first half warms up).
   Reported as ratios to (a).
 * ``gpu``: only with CUDA: samples/s and model FLOPs utilisation (MFU) of
-  configs/small/base.yaml in bf16 on the visible GPUs (one worker per GPU, ``data="memory"``).
+  configs/small/base.yaml in bf16 on the visible GPUs (one worker per GPU, ``random_batches``).
   FLOPs per sample are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one
   training forward (x3 for forward + backward). Without CUDA the section says why it was
   skipped.
@@ -40,6 +41,8 @@ from typing import Any
 import torch
 
 from imagen_ray.cli import add_overrides_argument
+from imagen_ray.train.batches import random_batches
+from imagen_ray.train.memory import ModelStateMemory
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
 os.environ.setdefault("WANDB_MODE", "disabled")  # no W&B runs from a benchmark
@@ -195,7 +198,7 @@ def zero_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 p.numel() for p in Stage(cfg.stage, text_dim=text_dim(cfg.text)).parameters()
             )
         log(f"zero_memory: ZeRO-{z}, {args.workers} workers, {params / 1e6:.1f}M parameters")
-        m = fit(cfg, data="memory", measure_memory=True)
+        m = fit(cfg, batches=random_batches, hooks=[ModelStateMemory()])
         ranks = m["memory/model_state_bytes"]
         for r in ranks:
             r["total"] = sum(r[k] for k in PARTS)
@@ -258,15 +261,15 @@ def throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     # one pass over the set covers the run: no epoch restart inside the measurement
     samples = args.steps * args.batch * args.workers + 8 * args.batch
     shards = write_shards(args, probe, tmp, samples)
-    variants = {
-        "memory": ("memory", []),
-        "ray_precomputed": ("ray", [f"data.shards={tmp / 'encoded'}", "data.precomputed=true"]),
-        "ray_encoder": ("ray", [f"data.shards={tmp / 'raw'}", "data.precomputed=false"]),
+    variants: dict[str, tuple[Any, list[str]]] = {  # batches (None: Ray Data), overrides
+        "memory": (random_batches, []),
+        "ray_precomputed": (None, [f"data.shards={tmp / 'encoded'}", "data.precomputed=true"]),
+        "ray_encoder": (None, [f"data.shards={tmp / 'raw'}", "data.precomputed=false"]),
     }
     if args.quick:
         variants.pop("ray_encoder")
     out: dict[str, Any] = {}
-    for name, (data, extra) in variants.items():
+    for name, (batches, extra) in variants.items():
         cfg = run_config(
             args.throughput_config,
             args.overrides,
@@ -274,7 +277,7 @@ def throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         )
         log(f"throughput: {name} ({args.steps} steps, {args.workers} x {args.batch})")
         try:
-            m = fit(cfg, data=data)
+            m = fit(cfg, batches=batches)
         except Exception as e:  # report it and measure the other variants
             out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             emit_json({"event": "throughput", "variant": name, **out[name]})
@@ -359,7 +362,7 @@ def gpu(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     )
     flops = flops_per_sample(cfg)
     log(f"gpu: {workers} x {torch.cuda.get_device_name(0)}, {flops / 1e9:.1f} GFLOP/sample")
-    m = fit(cfg, data="memory")
+    m = fit(cfg, batches=random_batches)
     peak, peak_source = peak_flops(args)
     achieved = m["samples_per_s"] * flops
     return {

@@ -1,16 +1,22 @@
 """Launch one Ray Train run per cascade stage: ``imagen-ray train``, ``python -m imagen_ray.train``.
 
 Connects to the cluster in ``RAY_ADDRESS`` or starts a local one, checks the config against
-the cluster before any worker starts, and hands the typed config to the workers as a dict.
+the cluster before any worker starts, and hands the typed config to the workers as a dict
+(``imagen_ray.train.loop.WorkerArgs``) with the batch factory and step hooks.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from imagen_ray.config import RunConfig
+
+if TYPE_CHECKING:  # torch loads with the trainer, not with the resource checks
+    from imagen_ray.train.batches import BatchFactory
+    from imagen_ray.train.hooks import StepHook
 
 
 class LaunchError(ValueError):
@@ -94,25 +100,34 @@ def resolve_resume(cfg: RunConfig, resume_from: str) -> str:
 def build_trainer(
     cfg: RunConfig,
     *,
-    data: str = "ray",
+    batches: BatchFactory | None = None,
+    hooks: Sequence[StepHook] = (),
     resume_from: str | None = None,
-    faults: dict[str, Any] | None = None,
     text_dim: int | None = None,
-    exact_resume: bool = True,
-    measure_memory: bool = False,
+    data: Literal["ray", "memory"] | None = None,
 ) -> Any:
-    """A ``TorchTrainer`` for one stage (``data="memory"`` trains on seeded random tensors).
+    """A ``TorchTrainer`` for one stage.
 
-    ``resume_from`` (a checkpoint or run directory) is used when the run has no checkpoint
-    of its own yet; after a worker failure Ray Train's latest checkpoint of this run wins.
-    ``measure_memory`` adds each rank's model-state bytes to the reported metrics
-    (``imagen_ray.train.memory``; benchmarks).
+    Args:
+        cfg: the run.
+        batches: each worker's batch stream (``imagen_ray.train.batches``); None (default):
+            the Ray Data pipeline of ``cfg.data``, built here, each worker reading its
+            shard, with the pipeline's sample counts in the metrics (``data/<reason>``).
+        hooks: called by every worker at each step (``imagen_ray.train.hooks``), e.g.
+            ``imagen_ray.train.memory.ModelStateMemory`` in benchmarks.
+        resume_from: a checkpoint or run directory, used when the run has no checkpoint of
+            its own yet; after a worker failure Ray Train's latest checkpoint of this run
+            wins.
+        text_dim: the text encoder's width (default: resolved from ``cfg.text``).
+        data: the name ``imagen-ray train --data`` passes: ``"memory"`` is
+            ``batches=random_batches``, ``"ray"`` the default.
     """
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from imagen_ray.train.loop import train_loop_per_worker
+    from imagen_ray.train.batches import PipelineCounts, random_batches, shard_batches
+    from imagen_ray.train.loop import WorkerArgs, train_loop_per_worker
 
     check_resources(cfg, ray.cluster_resources())
     if resume_from is not None:
@@ -121,13 +136,24 @@ def build_trainer(
         from imagen_ray.text import text_dim as resolve_dim
 
         text_dim = resolve_dim(cfg.text)
+    if data == "memory" and batches is None:
+        batches = random_batches
     datasets: dict[str, Any] = {}
-    stats = None
-    if data == "ray":
+    if batches is None:
         from imagen_ray.data.pipeline import build_dataset
 
         ds, stats = build_dataset(cfg)
         datasets = {"train": ds}
+        batches = shard_batches
+        hooks = (PipelineCounts(stats), *hooks)
+    args = WorkerArgs(
+        run=cfg,
+        text_dim=text_dim,
+        run_dir=run_dir(cfg),
+        resume_from=resume_from,
+        batches=batches,
+        hooks=tuple(hooks),
+    )
     name = cfg.train.name or cfg.stage.name
     storage = cfg.train.storage_path
     if "://" not in storage:
@@ -137,17 +163,7 @@ def build_trainer(
         env["DS_ACCELERATOR"] = "cpu"  # CPU workers on a GPU box: DeepSpeed's CPU backend
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "run": cfg.model_dump(mode="json"),
-            "text_dim": text_dim,
-            "data": data,
-            "resume_from": resume_from,
-            "faults": faults or {},
-            "stats": stats,
-            "run_dir": run_dir(cfg),
-            "exact_resume": exact_resume,
-            "measure_memory": measure_memory,
-        },
+        train_loop_config=args.to_dict(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,

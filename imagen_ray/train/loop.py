@@ -1,18 +1,18 @@
 """``train_loop_per_worker``: one stage, one DeepSpeed engine per Ray Train worker.
 
-Reads top to bottom: rebuild the typed config, build the stage and the DeepSpeed engine,
-resume, then loop (batch -> loss -> backward -> step -> EMA -> report/checkpoint).
+Reads top to bottom: rebuild the typed arguments, build the stage and the DeepSpeed engine,
+resume, then loop (batch -> loss -> backward -> step -> EMA -> report/checkpoint). Where the
+batches come from (``imagen_ray.train.batches``) and what runs beside each step
+(``imagen_ray.train.hooks``: memory accounting, fault injection) are arguments.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ from torch import Tensor
 from imagen_ray.cascade import Stage
 from imagen_ray.config import RunConfig
 from imagen_ray.train import checkpoint as ckpt_io
+from imagen_ray.train.batches import BatchFactory, WorkerContext, shard_batches
 from imagen_ray.train.deepspeed_config import build_deepspeed_config
 from imagen_ray.train.ema import EMA
-from imagen_ray.train.memory import gather_model_state_bytes
+from imagen_ray.train.hooks import StepContext, StepHook
 
 
 class NonFiniteLoss(RuntimeError):
@@ -41,65 +42,64 @@ class RunState:
     micro_batches: int = 0
     nonfinite_skipped: int = 0
     wandb_run_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _batches_from_shard(data_cfg: Any) -> Iterator[dict[str, Tensor]]:
-    """Endless stream of collated batches from this worker's Ray Data shard."""
-    import ray.train
+@dataclass(frozen=True)
+class WorkerArgs:
+    """What the launcher gives every worker.
 
-    from imagen_ray.data.pipeline import iter_training_batches
+    Crosses the Ray boundary as :meth:`to_dict` (the run config as plain JSON data; the
+    factory and hooks are pickled) and is rebuilt with :meth:`from_dict` on the worker.
+    """
 
-    shard = ray.train.get_dataset_shard("train")
-    while True:  # one pass of the stream is one epoch
-        yield from iter_training_batches(shard, data_cfg)
+    run: RunConfig
+    text_dim: int
+    run_dir: str | None = None  # where sample grids and W&B files go
+    resume_from: str | None = None  # a checkpoint directory, checked by the launcher
+    batches: BatchFactory = shard_batches
+    hooks: tuple[StepHook, ...] = ()
 
-
-def _in_memory_batches(
-    cfg: RunConfig, text_dim: int, rank: int, num: int = 4
-) -> Iterator[dict[str, Tensor]]:
-    """A fixed cycle of seeded random batches (benchmarks and loop tests; no data pipeline)."""
-    g = torch.Generator().manual_seed(cfg.train.seed * 7919 + rank)
-    b, s, L = cfg.data.batch_size, cfg.stage.size, cfg.text.max_length
-    batches = []
-    for _ in range(num):
-        x = torch.rand(b, 3, s, s, generator=g) * 2 - 1
-        batch = {
-            "image": x,
-            "emb": torch.randn(b, L, text_dim, generator=g),
-            "mask": torch.arange(L)[None].expand(b, L) < L // 2,
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run.model_dump(mode="json"),
+            "text_dim": self.text_dim,
+            "run_dir": self.run_dir,
+            "resume_from": self.resume_from,
+            "batches": self.batches,
+            "hooks": list(self.hooks),
         }
-        if cfg.stage.lowres_size:
-            batch["lowres"] = torch.nn.functional.interpolate(
-                x, size=cfg.stage.lowres_size, mode="bilinear", antialias=True
-            )
-        batches.append(batch)
-    while True:
-        yield from batches
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WorkerArgs:
+        return cls(
+            run=RunConfig.model_validate(d["run"]),
+            text_dim=int(d["text_dim"]),
+            run_dir=d["run_dir"],
+            resume_from=d["resume_from"],
+            batches=d["batches"],
+            hooks=tuple(d["hooks"]),
+        )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point for one stage.
 
     Args:
-        config: ``{"run": RunConfig.model_dump(), "text_dim": int, "data": "ray" |
-            "memory", "resume_from": path | None, "faults": {...} (tests only),
-            "measure_memory": bool (benchmarks: per-rank model-state bytes in the
-            reported metrics, see ``imagen_ray.train.memory``)}``.
+        config: :meth:`WorkerArgs.to_dict` of the run.
     """
     import deepspeed
     import ray.train
     import ray.train.torch
 
-    cfg = RunConfig.model_validate(config["run"])
+    args = WorkerArgs.from_dict(config)
+    cfg = args.run
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    faults = config.get("faults") or {}
 
     # ---------------------------------------------------------------- build
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    stage = Stage(cfg.stage, text_dim=int(config["text_dim"]))
+    stage = Stage(cfg.stage, text_dim=args.text_dim)
     ds_config = build_deepspeed_config(cfg.train, cfg.data, world_size=world)
     client_opt = None
     if cfg.train.optimizer == "adafactor":
@@ -127,32 +127,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if resume is not None:
         with resume.as_directory() as d:
             _restore(Path(d), engine, ema, gen, state, rank)
-    elif config.get("resume_from"):
-        _restore(Path(config["resume_from"]), engine, ema, gen, state, rank)
+    elif args.resume_from:
+        _restore(Path(args.resume_from), engine, ema, gen, state, rank)
 
     is_main = rank == 0
     wandb_run = None
     if is_main:
         from imagen_ray.train.tracking import start_wandb
 
-        wandb_run = start_wandb(cfg, config.get("run_dir"), state.wandb_run_id)
+        wandb_run = start_wandb(cfg, args.run_dir, state.wandb_run_id)
         state.wandb_run_id = wandb_run.id if wandb_run is not None else None
 
-    batches = (
-        _in_memory_batches(cfg, int(config["text_dim"]), rank)
-        if config.get("data", "ray") == "memory"
-        else _batches_from_shard(cfg.data)
-    )
+    batches = args.batches(WorkerContext(cfg, rank, world, args.text_dim))
     # Data position: Ray Data streams restart at the start of the dataset on a new attempt;
-    # with deterministic order (data "memory", or a dataset with preserve_order) skipping the
-    # micro batches already consumed resumes at the exact position.
-    for _ in range(state.micro_batches if config.get("exact_resume", True) else 0):
+    # with deterministic order (seeded in-memory batches, or a dataset with preserve_order)
+    # skipping the micro batches already consumed resumes at the exact position.
+    for _ in range(state.micro_batches):
         next(batches)
 
     # ---------------------------------------------------------------- loop
-    stats = config.get("stats")
-    measure_memory = bool(config.get("measure_memory"))
-    memory: list[dict[str, int]] | None = None
+    def step_ctx() -> StepContext:
+        return StepContext(rank=rank, world_size=world, step=state.step, engine=engine)
+
     nan_streak = 0
     window = _Window()
     t_start = time.perf_counter()
@@ -160,14 +156,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         batch = next(batches)
         t_data = time.perf_counter() - t0
-        x0 = batch["image"].to(device, dtype)
-        emb = batch["emb"].to(device, dtype)
-        mask = batch["mask"].to(device)
+        x0 = batch["image"].to(device, dtype)  # (B, 3, S, S)
+        emb = batch["emb"].to(device, dtype)  # (B, L, D)
+        mask = batch["mask"].to(device)  # (B, L)
         lowres = batch["lowres"].to(device, dtype) if "lowres" in batch else None
 
         loss = engine(x0, emb, mask, lowres, generator=gen).float().mean()
-        if state.step + 1 in faults.get("nan_at_steps", ()):
-            loss = loss * float("nan")
         finite = _all_ranks_finite(loss, device)
         state.micro_batches += 1
         if not finite:
@@ -185,9 +179,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         nan_streak = 0
         boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
-        if measure_memory and boundary and state.step >= 1 and memory is None:
-            # gradients live between backward and step; optimizer states after one step
-            memory = gather_model_state_bytes(engine)
+        if boundary:
+            for hook in args.hooks:
+                hook.before_step(step_ctx())
         engine.step()
         window.add(loss.item(), x0.shape[0], t_data, time.perf_counter() - t0)
         if not boundary:
@@ -195,16 +189,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ema.update()
         state.step += 1
         state.samples += x0.shape[0] * world * cfg.train.grad_accum
-
-        kill = faults.get("kill")
-        if kill and rank == kill["rank"] and state.step == kill["step"]:
-            marker = Path(kill["marker"])
-            if not marker.exists():  # only on the first attempt
-                marker.write_text(str(os.getpid()))
-                # the controller registers reported checkpoints asynchronously: delay_s lets
-                # a test be sure the last one is registered before the worker dies
-                time.sleep(float(kill.get("delay_s", 0.0)))
-                os.kill(os.getpid(), 9)
+        for hook in args.hooks:
+            hook.after_step(step_ctx())
 
         last = state.step == cfg.train.steps
         due_log = state.step % cfg.train.log_every == 0 or last
@@ -218,28 +204,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             nonfinite_skipped=state.nonfinite_skipped,
             elapsed_s=round(time.perf_counter() - t_start, 2),
         )
-        if stats is not None and is_main:
-            metrics.update({f"data/{k}": v for k, v in _stats(stats).items()})
+        for hook in args.hooks:
+            metrics.update(hook.metrics(step_ctx()))
         if is_main:
             _print_progress(cfg, state.step, metrics, t_start)
             if wandb_run is not None:
-                wandb_run.log(metrics, step=state.step)
-        if memory is not None:  # per-rank list: for the run's result, not for W&B charts
-            metrics["memory/model_state_bytes"] = memory
+                charts = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+                wandb_run.log(charts, step=state.step)
         if cfg.train.sample_every and state.step % cfg.train.sample_every == 0:
             _log_samples(
-                cfg,
-                engine.module,
-                ema,
-                batch,
-                state.step,
-                wandb_run,
-                is_main,
-                config.get("run_dir"),
+                cfg, engine.module, ema, batch, state.step, wandb_run, is_main, args.run_dir
             )
         if due_ckpt:
             with tempfile.TemporaryDirectory(prefix="imagen-ray-ckpt-") as tmp:
-                _save(Path(tmp), engine, ema, gen, state, cfg, config, rank, world)
+                _save(Path(tmp), engine, ema, gen, state, cfg, args.text_dim, rank, world)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -298,13 +276,6 @@ def _all_ranks_finite(loss: Tensor, device: torch.device) -> bool:
     return flag.item() == 0.0
 
 
-def _stats(handle: Any) -> dict[str, int]:
-    import ray
-
-    out: dict[str, int] = ray.get(handle.get.remote())
-    return out
-
-
 def _print_progress(cfg: RunConfig, step: int, m: dict[str, Any], t_start: float) -> None:
     elapsed = time.perf_counter() - t_start
     eta = elapsed / max(step, 1) * (cfg.train.steps - step)
@@ -335,7 +306,7 @@ def _save(
     gen: torch.Generator,
     state: RunState,
     cfg: RunConfig,
-    config: dict[str, Any],
+    text_dim: int,
     rank: int,
     world: int,
 ) -> None:
@@ -352,7 +323,7 @@ def _save(
         ckpt_io.write_config(
             d,
             cfg.model_dump(mode="json"),
-            text_dim=int(config["text_dim"]),
+            text_dim=text_dim,
             world_size=world,
             zero_stage=cfg.train.zero_stage,
             step=state.step,

@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import Tensor
 
+from imagen_ray.train.hooks import StepContext, StepHook
+
 # Attributes of DeepSpeed's ZeRO optimizers (0.19) that hold this rank's gradient partition.
 _GRAD_ATTRS = (
     "averaged_gradients",  # ZeRO 1/2 (dict of lists) and ZeRO-3 (dict of lists)
@@ -120,3 +122,24 @@ def gather_model_state_bytes(engine: Any) -> list[dict[str, int]]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, mine)
     return out
+
+
+class ModelStateMemory(StepHook):
+    """Measures :func:`gather_model_state_bytes` once, in optimizer step 2, and adds it to
+    every later report as ``memory/model_state_bytes`` (one dict per rank, rank order).
+
+    Step 2 because optimizers create their states lazily in step 1; measured between
+    ``backward`` and ``step``, where gradients exist. For benchmarks: pass it in
+    ``build_trainer(..., hooks=[ModelStateMemory()])``.
+    """
+
+    def __init__(self) -> None:
+        self.measured: list[dict[str, int]] | None = None
+
+    def before_step(self, ctx: StepContext) -> None:
+        if ctx.step >= 1 and self.measured is None:  # a collective: every rank calls it
+            self.measured = gather_model_state_bytes(ctx.engine)
+
+    def metrics(self, ctx: StepContext) -> dict[str, Any]:
+        # a per-rank list: for the run's result, not a W&B chart
+        return {} if self.measured is None else {"memory/model_state_bytes": self.measured}

@@ -74,7 +74,7 @@ def log_sample_grid(
     low-res inputs with their captions' embeddings, shown as (low-res, sample, target).
     """
     from imagen_ray.cascade import Stage
-    from imagen_ray.images import grid, save_image, to_pil
+    from imagen_ray.images import grid, model_to_uint8, save_image, to_pil
 
     stage = Stage(cfg.stage, text_dim=text_dim)
     stage.load_state_dict(weights)  # EMA names are the Stage's ("unet.*")
@@ -98,7 +98,8 @@ def log_sample_grid(
         out = stage.sample(enc.emb, enc.mask, generator=gens[: len(prompts)])
         cols = [out]
         captions = prompts
-    rows = [[to_pil(_uint8(c[i : i + 1]))[0] for c in cols] for i in range(cols[0].shape[0])]
+    tiles = [to_pil(model_to_uint8(c)) for c in cols]  # per column: B PIL images
+    rows = [[col[i] for col in tiles] for i in range(cols[0].shape[0])]
     image = grid(rows, cell=cfg.stage.size)
     path = None
     if run_dir:
@@ -108,8 +109,3 @@ def log_sample_grid(
 
         wandb_run.log({"sample_grid": wandb.Image(image, caption=" / ".join(captions))}, step=step)
     return path
-
-
-def _uint8(x: Tensor) -> Any:
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8 numpy."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()

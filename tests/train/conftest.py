@@ -53,11 +53,14 @@ def tiny_cfg(tmp: Path, name: str, *extra: str) -> RunConfig:
     )
 
 
-def fit(cfg: RunConfig, data: str = "memory", **kw: Any) -> Any:
-    """Build the run's ``TorchTrainer`` and ``fit()`` it."""
+def fit(cfg: RunConfig, **kw: Any) -> Any:
+    """Build the run's ``TorchTrainer`` and ``fit()`` it; the data are seeded in-memory
+    batches unless ``batches`` says otherwise (None: the Ray Data pipeline)."""
+    from imagen_ray.train.batches import random_batches
     from imagen_ray.train.launcher import build_trainer
 
-    return build_trainer(cfg, data=data, text_dim=TEXT_DIM, **kw).fit()
+    kw.setdefault("batches", random_batches)
+    return build_trainer(cfg, text_dim=TEXT_DIM, **kw).fit()
 
 
 def exported(run_dir: Path, out: Path, weights: str = "ema") -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from tests.train.conftest import (
     tiny_cfg,
     wandb_run_files,
 )
+from tests.train.faults import KillWorker
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +85,7 @@ def test_loss_falls_through_the_ray_data_pipeline(shards: Path, tmp_path: Path, 
         f"data.shards={shards}",
         "data.precomputed=true",
     )
-    res = fit(cfg, data="ray")
+    res = fit(cfg, batches=None)  # None: the Ray Data pipeline of cfg.data
     assert res.error is None
     m = res.metrics
     assert m["step"] == 40 and m["samples_seen"] == 640 and m["nonfinite_skipped"] == 0
@@ -123,8 +124,7 @@ def test_adafactor_trains_checkpoints_and_resumes(ray_cluster, tmp_path: Path) -
     )
     # 10 s before the kill: Ray Train registers the step-3 checkpoint asynchronously, and a
     # restart that found none would start a new run (and a new W&B run) from step 0
-    kill = {"rank": 1, "step": 4, "marker": str(marker), "delay_s": 10}
-    res = fit(cfg, faults={"kill": kill})
+    res = fit(cfg, hooks=[KillWorker(rank=1, step=4, marker=str(marker), delay_s=10)])
     assert marker.is_file(), "the worker was never killed"
     assert res.error is None and res.metrics["step"] == 6
     assert math.isfinite(res.metrics["loss"]) and res.metrics["nonfinite_skipped"] == 0

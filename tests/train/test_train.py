@@ -1,7 +1,8 @@
 """Ray Train + DeepSpeed on 2 CPU workers (gloo): ZeRO-2/3, checkpoints, export, faults.
 
-These run the real distributed path. Data comes from the loop's seeded in-memory batches so
-that two runs see identical data; test_learning.py trains through the Ray Data pipeline.
+These run the real distributed path. Data comes from seeded in-memory batches
+(``imagen_ray.train.batches.random_batches``) so that two runs see identical data;
+test_learning.py trains through the Ray Data pipeline. Faults come from tests/train/faults.py.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.train.conftest import (
     tiny_cfg,
     wandb_run_files,
 )
+from tests.train.faults import KillWorker, NaNBatches
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +102,7 @@ def test_killed_worker_recovers_from_the_last_checkpoint_exactly(runs, tmp_path:
     tmp, _ = runs
     marker = tmp_path / "kill.marker"
     cfg = tiny_cfg(tmp_path, "killed", "train.zero_stage=2", "train.max_failures=1")
-    res = fit(cfg, faults={"kill": {"rank": 1, "step": 7, "marker": str(marker)}})
+    res = fit(cfg, hooks=[KillWorker(rank=1, step=7, marker=str(marker))])
     assert marker.is_file(), "the worker was never killed"
     assert res.error is None and res.metrics["step"] == 10
     straight = exported(tmp / "zero2", tmp_path / "straight")
@@ -199,7 +201,7 @@ def test_nonfinite_losses_stop_the_run_with_a_clear_error(ray_cluster, tmp_path:
     import ray.train
 
     with pytest.raises(ray.train.TrainingFailedError, match="non-finite for 3 micro batches"):
-        fit(cfg, faults={"nan_at_steps": [7, 8, 9, 10, 11, 12]})
+        fit(cfg, batches=NaNBatches(at=(7, 8, 9, 10, 11, 12)))
     # the checkpoint from step 5 is kept and complete
     from imagen_ray.train.checkpoint import latest_checkpoint, read_config
 
