@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from imagen_ray.cli.args import add_overrides_argument
+from imagen_ray.cli.args import add_overrides_argument, add_verbose_argument
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,13 +43,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="logical CPUs of a LOCAL Ray cluster (ignored with RAY_ADDRESS); more than the "
         "cores avoids data/train CPU deadlocks on small machines",
     )
+    add_verbose_argument(p)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``imagen-ray train``: one Ray Train run per --config, all at once."""
-    import ray
-
     from imagen_ray.config import load_run_config
+    from imagen_ray.runtime import Console, init_ray, link_logs, logs_hint
+    from imagen_ray.train.batches import random_batches
     from imagen_ray.train.launcher import build_trainer, run_dir
 
     cfgs = [load_run_config(path, args.overrides) for path in args.config]
@@ -63,16 +63,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{len(resume)} --resume-from for {len(cfgs)} --config: give one --resume-from "
             "per --config (in the same order), or train the stages in separate commands"
         )
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init()
-        else:
-            ray.init(num_cpus=args.num_cpus, include_dashboard=False)
-    trainers = [
-        build_trainer(c, data=args.data, resume_from=r) for c, r in zip(cfgs, resume, strict=True)
-    ]  # all validated against the cluster before any starts
-    with ThreadPoolExecutor(max_workers=len(trainers)) as pool:
-        results = list(pool.map(lambda t: t.fit(), trainers))
+    logs = init_ray(num_cpus=args.num_cpus, verbose=args.verbose)
+    for cfg in cfgs:
+        if logs is not None and "://" not in run_dir(cfg):
+            link_logs(Path(run_dir(cfg)), logs)
+    print(logs_hint(logs, args.verbose), flush=True)
+    batches = random_batches if args.data == "memory" else None
+    console = Console()
+    try:
+        trainers = [
+            build_trainer(c, batches=batches, resume_from=r, console=console.sink())
+            for c, r in zip(cfgs, resume, strict=True)
+        ]  # all validated against the cluster before any starts
+        results = console.run([t.fit for t in trainers])
+    finally:
+        console.close()
     for cfg, res in zip(cfgs, results, strict=True):
         summary: dict[str, Any] = {
             "stage": cfg.stage.name,

@@ -269,8 +269,7 @@ def run_demo(
 
 
 def _train(cfgs: list[Any], out: Path) -> list[Path]:
-    from concurrent.futures import ThreadPoolExecutor
-
+    from imagen_ray.runtime import Console
     from imagen_ray.train.export import export_checkpoint
     from imagen_ray.train.launcher import build_trainer, run_dir
 
@@ -282,9 +281,12 @@ def _train(cfgs: list[Any], out: Path) -> list[Path]:
             print(f"reusing {stage_dir} (delete it, or pass --fresh, to train again)")
         else:
             todo.append(cfg)
-    trainers = [build_trainer(c) for c in todo]
-    with ThreadPoolExecutor(max_workers=max(1, len(trainers))) as pool:
-        results = list(pool.map(lambda t: t.fit(), trainers))
+    console = Console()
+    try:
+        trainers = [build_trainer(c, console=console.sink()) for c in todo]
+        results = console.run([t.fit for t in trainers])
+    finally:
+        console.close()
     for cfg, res in zip(todo, results, strict=True):
         ckpt = res.checkpoint.path if res.checkpoint else run_dir(cfg)
         export_checkpoint(ckpt, out / "stages" / cfg.stage.name)

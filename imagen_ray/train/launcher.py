@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from imagen_ray.config import RunConfig
 
 if TYPE_CHECKING:  # torch loads with the trainer, not with the resource checks
+    from imagen_ray.runtime import ConsoleSink
     from imagen_ray.train.batches import BatchFactory
     from imagen_ray.train.hooks import StepHook
 
@@ -104,7 +105,7 @@ def build_trainer(
     hooks: Sequence[StepHook] = (),
     resume_from: str | None = None,
     text_dim: int | None = None,
-    data: Literal["ray", "memory"] | None = None,
+    console: ConsoleSink | None = None,
 ) -> Any:
     """A ``TorchTrainer`` for one stage.
 
@@ -119,14 +120,14 @@ def build_trainer(
             its own yet; after a worker failure Ray Train's latest checkpoint of this run
             wins.
         text_dim: the text encoder's width (default: resolved from ``cfg.text``).
-        data: the name ``imagen-ray train --data`` passes: ``"memory"`` is
-            ``batches=random_batches``, ``"ray"`` the default.
+        console: where rank 0's progress lines go besides its stdout
+            (:meth:`imagen_ray.runtime.Console.sink`).
     """
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from imagen_ray.train.batches import PipelineCounts, random_batches, shard_batches
+    from imagen_ray.train.batches import PipelineCounts, shard_batches
     from imagen_ray.train.loop import WorkerArgs, train_loop_per_worker
 
     check_resources(cfg, ray.cluster_resources())
@@ -136,8 +137,6 @@ def build_trainer(
         from imagen_ray.text import text_dim as resolve_dim
 
         text_dim = resolve_dim(cfg.text)
-    if data == "memory" and batches is None:
-        batches = random_batches
     datasets: dict[str, Any] = {}
     if batches is None:
         from imagen_ray.data.pipeline import build_dataset
@@ -153,6 +152,7 @@ def build_trainer(
         resume_from=resume_from,
         batches=batches,
         hooks=tuple(hooks),
+        console=console,
     )
     name = cfg.train.name or cfg.stage.name
     storage = cfg.train.storage_path

@@ -58,6 +58,9 @@ class WorkerArgs:
     resume_from: str | None = None  # a checkpoint directory, checked by the launcher
     batches: BatchFactory = shard_batches
     hooks: tuple[StepHook, ...] = ()
+    # Where rank 0's progress lines also go: the driver's console (imagen_ray.runtime), so
+    # they show while the rest of the workers' output stays in Ray's log files.
+    console: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +70,7 @@ class WorkerArgs:
             "resume_from": self.resume_from,
             "batches": self.batches,
             "hooks": list(self.hooks),
+            "console": self.console,
         }
 
     @classmethod
@@ -78,6 +82,7 @@ class WorkerArgs:
             resume_from=d["resume_from"],
             batches=d["batches"],
             hooks=tuple(d["hooks"]),
+            console=d.get("console"),
         )
 
 
@@ -207,7 +212,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for hook in args.hooks:
             metrics.update(hook.metrics(step_ctx()))
         if is_main:
-            _print_progress(cfg, state.step, metrics, t_start)
+            _print_progress(cfg, state.step, metrics, t_start, args.console)
             if wandb_run is not None:
                 charts = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
                 wandb_run.log(charts, step=state.step)
@@ -276,13 +281,20 @@ def _all_ranks_finite(loss: Tensor, device: torch.device) -> bool:
     return flag.item() == 0.0
 
 
-def _print_progress(cfg: RunConfig, step: int, m: dict[str, Any], t_start: float) -> None:
+def _print_progress(
+    cfg: RunConfig, step: int, m: dict[str, Any], t_start: float, console: Any = None
+) -> None:
     elapsed = time.perf_counter() - t_start
     eta = elapsed / max(step, 1) * (cfg.train.steps - step)
-    print(
+    line = (
         f"[{cfg.stage.name}] step {step}/{cfg.train.steps}  loss {m['loss']:.4f}  "
         f"lr {m['lr']:.2e}  gnorm {m['grad_norm']:.3f}  {m['samples_per_s']:.1f} samples/s  "
-        f"data-wait {100 * m['data_wait_frac']:.0f}%  eta {_hms(eta)}",
+        f"data-wait {100 * m['data_wait_frac']:.0f}%  eta {_hms(eta)}"
+    )
+    if console is not None:
+        console.put(line)
+    print(
+        line,
         # The process's own stdout: Ray Train V2 patches print() to log through the root
         # logger and, once W&B has wrapped sys.stdout, also to print it, so every line reached
         # the driver twice.
