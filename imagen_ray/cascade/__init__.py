@@ -7,8 +7,9 @@ Names load their module on first use (PEP 562), so that the torch-free generatio
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from imagen_ray._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from imagen_ray.cascade.cascade import Cascade, CascadeOutput
@@ -24,31 +25,23 @@ if TYPE_CHECKING:
     )
     from imagen_ray.cascade.stage import Stage
 
-_MODULES = {
-    "cascade": ("Cascade", "CascadeOutput"),
-    "io": ("CheckpointError", "load_stage", "save_stage"),
-    "plan": (
-        "SEED_MAX",
-        "GenerationPlan",
-        "PlanError",
-        "plan_generation",
-        "plan_sampling",
-        "resolve_sampling",
-        "stage_generators",
-    ),
-    "stage": ("Stage",),
-}
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    """Load the module that defines ``name`` (PEP 562)."""
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "cascade": ("Cascade", "CascadeOutput"),
+        "io": ("CheckpointError", "load_stage", "save_stage"),
+        "plan": (
+            "SEED_MAX",
+            "GenerationPlan",
+            "PlanError",
+            "plan_generation",
+            "plan_sampling",
+            "resolve_sampling",
+            "stage_generators",
+        ),
+        "stage": ("Stage",),
+    },
+)
 
 
 __all__ = [

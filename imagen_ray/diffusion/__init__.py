@@ -10,9 +10,9 @@ vocabularies in :mod:`imagen_ray.diffusion.names` (as the config does) stays lig
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from imagen_ray._lazy import lazy_getattr
 from imagen_ray.diffusion.names import (
     LOSS_WEIGHTINGS,
     OBJECTIVES,
@@ -63,54 +63,46 @@ if TYPE_CHECKING:
         log_snr_linear,
     )
 
-_MODULES = {
-    "guidance": ("apply_guidance", "threshold_x0"),
-    "noise": ("Generators", "randn"),
-    "process": (
-        "diffusion_loss",
-        "eps_from_v",
-        "eps_from_x0",
-        "loss_weight",
-        "pred_to_x0",
-        "q_sample",
-        "right_pad",
-        "target_for",
-        "v_from",
-        "x0_from_eps",
-        "x0_from_v",
-    ),
-    "samplers": (
-        "SAMPLERS",
-        "Callback",
-        "Denoiser",
-        "ModelFn",
-        "Sampler",
-        "make_denoiser",
-        "sample",
-        "sample_ddim",
-        "sample_ddpm",
-        "sample_dpmpp_2m",
-    ),
-    "schedules": (
-        "LOG_SNR_RANGE",
-        "LogSNRFn",
-        "alpha_sigma",
-        "get_log_snr_fn",
-        "log_snr_cosine",
-        "log_snr_linear",
-    ),
-}
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    """Load the module that defines ``name`` (PEP 562)."""
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "guidance": ("apply_guidance", "threshold_x0"),
+        "noise": ("Generators", "randn"),
+        "process": (
+            "diffusion_loss",
+            "eps_from_v",
+            "eps_from_x0",
+            "loss_weight",
+            "pred_to_x0",
+            "q_sample",
+            "right_pad",
+            "target_for",
+            "v_from",
+            "x0_from_eps",
+            "x0_from_v",
+        ),
+        "samplers": (
+            "SAMPLERS",
+            "Callback",
+            "Denoiser",
+            "ModelFn",
+            "Sampler",
+            "make_denoiser",
+            "sample",
+            "sample_ddim",
+            "sample_ddpm",
+            "sample_dpmpp_2m",
+        ),
+        "schedules": (
+            "LOG_SNR_RANGE",
+            "LogSNRFn",
+            "alpha_sigma",
+            "get_log_snr_fn",
+            "log_snr_cosine",
+            "log_snr_linear",
+        ),
+    },
+)
 
 
 __all__ = [
