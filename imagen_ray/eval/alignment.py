@@ -24,6 +24,7 @@ from imagen_ray.data.synthetic import (
     prompt_item,
 )
 from imagen_ray.eval.probe import PROBED, Reading, read_image, score
+from imagen_ray.fs import atomic_write_json
 from imagen_ray.images import save_image
 
 if TYPE_CHECKING:
@@ -278,7 +279,7 @@ def evaluate_probe(
         metrics["failures_png"] = stale.name
     elif stale.exists():
         stale.unlink()  # from an earlier run into the same directory
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
 

@@ -63,9 +63,9 @@ def synthetic_lowres(size: int, n: int, *, seed: int = 0) -> tuple[list[str], Te
 
 
 def _row_images(*batches: Tensor) -> list[list[Any]]:
-    from imagen_ray.images import to_pil
+    from imagen_ray.images import model_to_uint8, to_pil
 
-    cols = [to_pil(_to_255(b).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()) for b in batches]
+    cols = [to_pil(model_to_uint8(b)) for b in batches]  # (B, 3, H, W) in [-1, 1] -> PIL
     return [[c[i] for c in cols] for i in range(len(cols[0]))]
 
 

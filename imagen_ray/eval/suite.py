@@ -14,7 +14,6 @@ by the model. Layout of an output directory::
 from __future__ import annotations
 
 import html
-import json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from imagen_ray.fs import atomic_write_json, atomic_write_text
 from imagen_ray.images import save_image
 from imagen_ray.prompts import read_csv
 
@@ -170,8 +170,8 @@ def run_suite(
             for i, p in enumerate(prompts)
         ],
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "index.html").write_text(gallery_html(results), encoding="utf-8")
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "index.html", gallery_html(results))
     return results
 
 
