@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from imagen_ray.cli.args import add_config_arguments, add_verbose_argument
+from imagen_ray.data.synthetic_spec import SHARD_IMAGE_FORMATS
 
 SHARDS_EXAMPLES = """\
 examples:
@@ -134,7 +135,7 @@ def add_data_commands(data_subparsers: Any) -> None:
         help="a (shape, position) pair never written (repeatable; default none)",
     )
     p.add_argument(
-        "--format", choices=("png", "jpg"), default="png", help="image encoding (default png)"
+        "--format", choices=SHARD_IMAGE_FORMATS, default="png", help="image encoding (default png)"
     )
     _add_common(p, default_per_shard=500)
     p.set_defaults(func=cmd_synthetic)

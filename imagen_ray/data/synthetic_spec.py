@@ -14,7 +14,7 @@ import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import ConfigDict, ValidationInfo, field_validator, model_validator
 
@@ -124,7 +124,8 @@ TEMPLATES = (
 )
 
 # The formats a synthetic set is written in (``imagen_ray.images`` reads "jpg" as "jpeg").
-ImageFormat = Literal["png", "jpg"]
+ShardImageFormat = Literal["png", "jpg"]  # the shard entry names a synthetic set is written as
+SHARD_IMAGE_FORMATS: tuple[str, ...] = get_args(ShardImageFormat)
 
 
 class SyntheticSpec(Strict):
@@ -144,7 +145,7 @@ class SyntheticSpec(Strict):
     heldout: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT  # (colour, shape) pairs
     heldout_shape_positions: tuple[tuple[str, str], ...] = ()  # (shape, position) pairs
     samples_per_shard: int = 500
-    image_format: ImageFormat = "png"
+    image_format: ShardImageFormat = "png"
     templates: tuple[str, ...] = TEMPLATES
 
     @field_validator("num_samples")
