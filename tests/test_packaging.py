@@ -102,13 +102,26 @@ def test_wheel_and_editable_installs_find_the_demo_configs(tmp_path: Path) -> No
     assert got["tiny"] == ["base.yaml", "cascade.yaml", "serve.yaml", "sr64.yaml"]
     assert got["template"] and got["page"] and not got["torch"]
 
-    # 2. an editable install maps the same folder of the checkout
+    # 2. an editable install maps the same folder of the checkout. --ignore-installed: without
+    # it `pip install --prefix` first uninstalls this environment's own imagen-ray, which
+    # broke every later test that starts a process.
     src = _copy_sources(tmp_path / "src2")
     prefix = tmp_path / "prefix"
     _pip(
-        "install", "--no-deps", "--no-build-isolation", "-e", ".", "--prefix", str(prefix), cwd=src
+        "install",
+        "--no-deps",
+        "--no-build-isolation",
+        "--ignore-installed",
+        "-e",
+        ".",
+        "--prefix",
+        str(prefix),
+        cwd=src,
     )
     (editable_site,) = prefix.glob("lib/python*/site-packages")
     got = _probe(_venv(tmp_path / "venv2"), run_dir, extra_site=editable_site)
     assert Path(got["demo"]) == src / "configs" / "demo"
     assert got["files"] == ["base.yaml", "serve.yaml", "sr64.yaml"]
+    # and this environment still has its own install
+    ours = _probe(Path(sys.executable), run_dir)
+    assert ours["files"] == ["base.yaml", "serve.yaml", "sr64.yaml"]
