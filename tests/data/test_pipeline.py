@@ -281,16 +281,18 @@ def test_check_encoding_names_the_difference():
 
 def test_encoder_actor_caches_repeated_captions():
     captions = ["a red circle", "two blue squares", "a red circle", "a green cross"]
-    plain = TextEncoderActor(TEXT.model_dump(), device="cpu", cache_size=0)
-    cached = TextEncoderActor(TEXT.model_dump(), device="cpu", cache_size=2)
+    row = 8 * (384 * 2 + 1)  # bytes of one cached row: emb (8, 384) fp16 + mask (8,)
+    plain = TextEncoderActor(TEXT.model_dump(), device="cpu", cache_bytes=0)
+    cached = TextEncoderActor(TEXT.model_dump(), device="cpu", cache_bytes=2 * row + row // 2)
     want = plain({"caption": np.array(captions, dtype=object)})
     first = cached({"caption": np.array(captions, dtype=object)})
     assert cached.encoded == 3  # the repeated caption was encoded once
     np.testing.assert_allclose(first["emb"].astype(np.float32), want["emb"], atol=2e-3)
     np.testing.assert_array_equal(first["mask"], want["mask"])
     np.testing.assert_array_equal(first["emb"][0], first["emb"][2])
-    # the two most recently used captions stay; the oldest ("a red circle") was evicted
+    # two rows fit in 2.5 rows' bytes: the oldest ("a red circle") was evicted
     assert list(cached.cache) == ["two blue squares", "a green cross"]
+    assert cached.cached_bytes == 2 * row
     again = cached({"caption": np.array(["a green cross", "a red circle"], dtype=object)})
     assert cached.encoded == 4  # only the evicted caption ran through the encoder again
     np.testing.assert_allclose(again["emb"].astype(np.float32), want["emb"][[3, 0]], atol=2e-3)
