@@ -185,6 +185,16 @@ class TextEncoderActor:
         out["mask"] = np.stack([r[1] for r in rows])  # (B, L)
         return out
 
+    def encode_captions(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Captions -> emb (B, L, D) float16, mask (B, L) bool, through the cache (called
+        as an actor method by ``imagen-ray data encode``'s shard tasks)."""
+        if not captions:
+            return np.zeros((0, self.length, self.encoder.dim), np.float16), np.zeros(
+                (0, self.length), np.bool_
+            )
+        rows = self._lookup(list(captions))
+        return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
     def _lookup(self, captions: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(emb, mask) per caption: cached ones reused, the distinct rest encoded at once."""
         unique = list(dict.fromkeys(captions))  # first-seen order
