@@ -154,11 +154,15 @@ def _samples_with_embeddings(
         yield from batch
         batch.clear()
 
-    for sample in samples:
-        sample.pop(EMBEDDING_ENTRY, None)
-        batch.append(sample)
-        if len(batch) >= batch_size:
-            yield from flush()
+    try:
+        for sample in samples:
+            sample.pop(EMBEDDING_ENTRY, None)
+            batch.append(sample)
+            if len(batch) >= batch_size:
+                yield from flush()
+    except ShardFormatError:  # a broken tar: the complete samples read before it are kept
+        yield from flush()
+        raise
     yield from flush()
 
 
