@@ -12,7 +12,10 @@ Prints JSON lines on stdout (the last line is the summary), progress on stderr:
 * ``ray_wds``       ``ray.data.read_webdataset(decoder=None)`` + the same map, to compare
   readers on identical work;
 * ``flat_memory``   ``pipeline`` over the shards once and listed 10 times: peak memory of
-  the driver and of Ray's worker processes should not grow with the data (it streams).
+  the driver and of Ray's worker processes should not grow with the data (it streams);
+* ``encode_writers_1`` / ``encode_writers_N`` ``imagen-ray data encode`` (MiniLM, one
+  encoder actor) of the same shards with one shard task at a time vs ``--writers`` N, and
+  their ratio (``--encode-only`` runs just these).
 
 The shards are generated into a temp dir (``--samples`` images of ~128-192 px, JPEG).
 Configurations are run in alternating rounds (``--rounds``); each reports the best and
@@ -278,6 +281,29 @@ def bench_read_only(shards: list[str], reader: str) -> int:
 # ---------------------------------------------------------------------------- main
 
 
+def bench_encode(shards: list[str], tmp: Path, writers: int) -> dict[str, Any]:
+    """``encode_shards`` with 1 and ``writers`` shard tasks (fresh output each), one run each;
+    the encoder actor's start-up is inside both timings."""
+    from imagen_ray.config import TextEncoderConfig
+    from imagen_ray.data.precompute import encode_shards
+
+    text = TextEncoderConfig(max_length=32)
+    out: dict[str, Any] = {}
+    for n in (1, writers):
+        name = f"encode_writers_{n}"
+        with measured(name, 0) as res:
+            res["rows"] = encode_shards(shards, tmp / name, text, writers=n)["samples"]
+        emit(res)
+        out[name] = res
+    one, many = out["encode_writers_1"], out[f"encode_writers_{writers}"]
+    return {
+        "encode_writers": writers,
+        "encode_samples_per_s_1": one["samples_per_s"],
+        f"encode_samples_per_s_{writers}": many["samples_per_s"],
+        "encode_speedup": rnd(many["samples_per_s"] / max(one["samples_per_s"], 1e-9)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Ray Data pipeline benchmark: samples/s of the pipeline with and without "
@@ -294,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="smoke run: 100 samples, 1 round, no text encoder"
     )
     p.add_argument("--keep", metavar="DIR", help="write the shards here and keep them")
+    p.add_argument("--writers", type=int, default=4, help="parallel encode writers (4)")
+    p.add_argument(
+        "--encode-only", action="store_true", help="only the encode benchmark (1 vs N writers)"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.samples, args.per_shard, args.rounds, args.repeat = 100, 25, 1, 4
@@ -313,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {args.samples} samples in {len(shards)} shards ({seconds:.1f} s)")
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="WARNING")
         ray.data.DataContext.get_current().enable_progress_bars = False
+        if args.encode_only:
+            summary = {"bench": "data_encode", **bench_encode(shards, tmp, args.writers)}
+            summary["total_seconds"] = rnd(time.perf_counter() - t_start)
+            emit(summary)
+            return 0
         stats = create_stats()  # one counter actor, as a trainer would hold
 
         configs: dict[str, Callable[[list[str]], int]] = {

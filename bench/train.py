@@ -247,7 +247,7 @@ def write_shards(args: argparse.Namespace, cfg: Any, tmp: Path, samples: int) ->
         progress=False,
     )
     t0 = time.perf_counter()
-    encode_shards(tmp / "raw", tmp / "encoded", cfg.text, samples_per_shard=per_shard)
+    encode_shards(tmp / "raw", tmp / "encoded", cfg.text)
     return {
         "samples": samples,
         "samples_per_shard": per_shard,

@@ -143,16 +143,30 @@ def add_data_commands(data_subparsers: Any) -> None:
     p = data_subparsers.add_parser(
         "encode",
         help="precompute text embeddings into new shards (training then skips the encoder)",
-        description="Read shards, encode every caption with the run's text encoder on a Ray "
-        "actor pool (data.encoder_* settings), and write new shards with the original entries "
-        "plus text.npz (float16 emb (L, D), bool mask (L,)), encoding.json and summary.json. "
-        "Output appears only when complete (temp directory + rename).",
+        description="Read shards, encode every caption with the run's text encoder on Ray "
+        "actors (data.encoder_* settings, data.caption_cache_mb), and write one output shard "
+        "per input shard, of the same name, with the original entries plus text.npz (float16 "
+        "emb (L, D), bool mask (L,)); then encoding.json and summary.json. Shards are "
+        "written in parallel (--writers tasks, each reads and writes one shard) to a local "
+        "directory or a URI (s3://, gs://). Each shard appears only when complete (temp name "
+        "+ rename): rerun the same command after an interruption and finished shards are "
+        "kept, the rest encoded. T5-family encoders refuse text.dtype=float16 (they "
+        "overflow); use bfloat16 or float32.",
     )
     p.add_argument("--shards", required=True, metavar="DIR", help="raw shards (dir, glob, URI)")
-    p.add_argument("--out", required=True, metavar="DIR", help="new output directory")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory or URI (resumed if unfinished)",
+    )
     add_config_arguments(p, "run config (a stage)")
-    p.add_argument("--samples-per-shard", type=int, default=1000, help="default 1000")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--writers", type=int, default=4, help="shards encoded and written at once (default 4)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete an earlier run's shards in --out first"
+    )
     add_verbose_argument(p)
     p.set_defaults(func=cmd_encode)
 
@@ -274,15 +288,16 @@ def ray_session(verbose: bool = False) -> Iterator[None]:
 def cmd_encode(args: argparse.Namespace) -> int:
     """``imagen-ray data encode``: precompute text embeddings (see ``encode_shards``)."""
     from imagen_ray.config import load_run_config
-    from imagen_ray.data.precompute import encode_shards
+    from imagen_ray.data.precompute import check_output, encode_shards
     from imagen_ray.data.reader import expand_shards
+    from imagen_ray.text.encoder import check_dtype
 
     cfg = load_run_config(args.config, args.overrides)
-    if args.samples_per_shard < 1:
-        raise ValueError(f"--samples-per-shard must be >= 1, got {args.samples_per_shard}")
-    expand_shards(args.shards)  # FileNotFoundError before Ray starts
-    if Path(args.out).exists() and not args.overwrite:
-        raise ValueError(f"--out {args.out} already exists; pass --overwrite to replace it")
+    if args.writers < 1:
+        raise ValueError(f"--writers must be >= 1, got {args.writers}")
+    # bad input, an --out that holds something else, float16 T5: errors before Ray starts
+    check_output(args.out, expand_shards(args.shards), cfg.text, args.overwrite)
+    check_dtype(cfg.text)
     with ray_session(args.verbose):
         summary = encode_shards(
             args.shards,
@@ -292,8 +307,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
             concurrency=cfg.data.encoder_concurrency,
             num_cpus=cfg.data.encoder_num_cpus,
             num_gpus=cfg.data.encoder_num_gpus,
-            max_tasks=cfg.data.read_tasks,
-            samples_per_shard=args.samples_per_shard,
+            writers=args.writers,
+            cache_bytes=int(cfg.data.caption_cache_mb * 2**20),
             overwrite=args.overwrite,
         )
     print(json.dumps({k: v for k, v in summary.items() if k != "shards"}))

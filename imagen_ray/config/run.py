@@ -57,9 +57,40 @@ class DataConfig(Strict):
         ge=1,
         description="most decode/resize tasks at once (null: as many as the CPUs allow)",
     )
-    shuffle_buffer: int = Field(0, ge=0, description="local shuffle buffer (rows) per worker")
+    # 512 rows: memory = buffer x decoded sample size, per worker. A 64 px base sample with
+    # T5-XXL embeddings (128 x 4096 fp16 = 1 MiB) holds ~0.5 GiB; tiny/demo rows (16-64 px,
+    # MiniLM 64 x 384 fp16 = 48 KiB) ~30 MiB. Shard order is shuffled per epoch as well.
+    shuffle_buffer: int = Field(
+        512,
+        ge=0,
+        description="local shuffle buffer (rows) per worker, seeded per epoch; 0 = off, else "
+        ">= batch_size; memory = rows x decoded sample size (image + embedding)",
+    )
     prefetch_batches: int = Field(2, ge=0, description="batches prefetched by each worker")
-    seed: int = Field(0, description="seed of random crops and shuffling")
+    seed: int = Field(0, description="seed of random crops and shuffling (mixed with the epoch)")
+    shuffle_shards: bool = Field(
+        True, description="read the shards in a new order each epoch (seeded by data.seed)"
+    )
+    preserve_order: bool = Field(
+        False,
+        description="emit blocks in shard order, not as parallel tasks finish: the exact "
+        "sample order repeats for a seed, at some throughput cost",
+    )
+    caption_cache_mb: float = Field(
+        256.0,
+        ge=0.0,
+        description="per encoder actor: embeddings of recently seen captions, in MiB (0 = off); "
+        "a T5-XXL row at 128 tokens is 1 MiB, a MiniLM row at 64 tokens 48 KiB",
+    )
+
+    @model_validator(mode="after")
+    def _shuffle_holds_a_batch(self) -> DataConfig:
+        if self.shuffle_buffer and self.shuffle_buffer < self.batch_size:
+            raise ValueError(
+                f"data.shuffle_buffer={self.shuffle_buffer} must be 0 (off) or >= "
+                f"data.batch_size={self.batch_size}"
+            )
+        return self
 
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]

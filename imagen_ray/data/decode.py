@@ -20,6 +20,7 @@ from PIL import Image
 
 from imagen_ray.config import DataConfig, StageConfig
 from imagen_ray.data.encoding import CAPTION_ENTRY, EMBEDDING_ENTRY, load_embedding
+from imagen_ray.data.epochs import EPOCH_COLUMN
 from imagen_ray.data.reader import ERROR_COLUMN, KEY_COLUMN
 
 # Skip reasons (and ``ok``) counted by the pipeline's stats actor.
@@ -34,10 +35,10 @@ NO_EMBEDDING = "no_embedding"
 BAD_EMBEDDING = "bad_embedding"
 
 
-def _rng_for(seed: int, key: str) -> np.random.Generator:
-    """Per-sample RNG from (seed, key): reproducible across processes (no ``hash()``)."""
+def _rng_for(seed: int, key: str, epoch: int = 0) -> np.random.Generator:
+    """Per-sample RNG from (seed, epoch, key): reproducible across processes (no ``hash()``)."""
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-    return np.random.default_rng([seed & 0xFFFFFFFF, int.from_bytes(digest, "little")])
+    return np.random.default_rng([seed & 0xFFFFFFFF, epoch, int.from_bytes(digest, "little")])
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -78,7 +79,9 @@ def resize_crop(
     return img.resize((size, size), Image.Resampling.LANCZOS, box=box)
 
 
-def _decode_image(raw: bytes, data: DataConfig, size: int, key: str) -> Image.Image | str:
+def _decode_image(
+    raw: bytes, data: DataConfig, size: int, key: str, epoch: int = 0
+) -> Image.Image | str:
     """Decode, filter by size/aspect, resize and crop: a ``size`` square or a skip reason."""
     try:
         img: Image.Image = Image.open(io.BytesIO(raw))
@@ -93,7 +96,7 @@ def _decode_image(raw: bytes, data: DataConfig, size: int, key: str) -> Image.Im
         # JPEG: let the decoder downscale by 1/2..1/8 in the DCT (never below `size`).
         img.draft("RGB", (size, size))
         img = _to_rgb(img)
-        rng = _rng_for(data.seed, key) if data.crop == "random" else None
+        rng = _rng_for(data.seed, key, epoch) if data.crop == "random" else None
         return resize_crop(img, size, crop=data.crop, rng=rng)
     except Exception:
         return DECODE_ERROR
@@ -116,12 +119,14 @@ def decode_filter_resize(
     decodes, short side >= ``min_size``, long/short <= ``max_aspect``, pixels decode; each
     failure counts one skip reason. Then the short side is resized to
     ``stage.size`` (Lanczos) and a square cropped (center, or random with an RNG seeded from
-    ``(data.seed, key)``: the same crop for a sample every time). SR stages also get the
+    ``(data.seed, epoch, key)``: reproducible, and new each epoch; ``__epoch__`` is set by
+    :mod:`imagen_ray.data.epochs`, 0 without it). SR stages also get the
     low-res conditioning image: the crop downsampled (bicubic, antialiased) to
     ``lowres_size``; the U-Net upsamples it itself (``unet.network.upsample_to``).
 
     Args:
-        batch: reader rows (``__key__``, ``__error__``, one binary column per extension).
+        batch: reader rows (``__key__``, ``__error__``, one binary column per extension,
+            optionally ``__epoch__``).
         data_cfg: ``DataConfig.model_dump()``.
         stage_cfg: ``StageConfig.model_dump()``.
         precomputed: read ``emb``/``mask`` from each sample's ``text.npz``.
@@ -144,6 +149,7 @@ def decode_filter_resize(
         return batch.column(name).to_pylist() if name in cols else [None] * n
 
     keys = column(KEY_COLUMN)
+    epochs = column(EPOCH_COLUMN)
     errors = column(ERROR_COLUMN)
     captions_raw = column(CAPTION_ENTRY)
     embeddings_raw = column(EMBEDDING_ENTRY) if precomputed else [None] * n
@@ -181,7 +187,7 @@ def decode_filter_resize(
             except Exception:
                 counts[BAD_EMBEDDING] += 1
                 continue
-        img = _decode_image(raw, data, size, keys[i])
+        img = _decode_image(raw, data, size, keys[i], epochs[i] or 0)
         if isinstance(img, str):
             counts[img] += 1
             continue

@@ -2,11 +2,13 @@
 
 ::
 
-    read_shards                       raw bytes per entry; broken tars -> error rows
+    read_epoch_shards                 raw bytes per entry; broken tars -> error rows;
+                                      shards in a new order each epoch, rows tagged with it
       -> decode_filter_resize         map_batches tasks: decode, filter, resize, crop (uint8)
       -> TextEncoderActor             map_batches actor pool: captions -> emb fp16, mask
       => rows: image (S, S, 3) uint8, [lowres (s, s, 3) uint8], emb (L, D) fp16, mask (L,)
-      -> iter_training_batches        per train worker: collate to float tensors in [-1, 1]
+      -> iter_training_batches        per train worker: shuffle buffer seeded per epoch,
+                                      collate to float tensors in [-1, 1]
 
 Images stay uint8 until ``collate`` (4x smaller in the object store than float32) and the
 embeddings travel as float16 (half of float32). Nothing on this path materialises the
@@ -23,6 +25,12 @@ Text embeddings are either computed on the fly by the encoder actor pool, or pre
 once with :func:`imagen_ray.data.precompute.encode_shards` (``imagen-ray data encode``) and
 read back from a ``text.npz`` entry per sample (``encoding.json`` next to the shards records
 the text-encoder config, which must equal the run's; see :mod:`imagen_ray.data.encoding`).
+
+Shuffling (all of it from ``data.seed`` and the epoch, see :mod:`imagen_ray.data.epochs`):
+the shard order is reshuffled every epoch, a sample's random crop is drawn from
+``(seed, epoch, key)``, and each worker's ``data.shuffle_buffer`` (on by default) is seeded
+with ``(seed, epoch, rank)``. Which block reaches a worker first also depends on which
+parallel task finishes first, unless ``data.preserve_order``.
 
 Here: the stats actor, the text-encoder actor, the chain itself (:func:`build_dataset`) and
 the training side (:func:`collate`, :func:`iter_training_batches`); the per-sample decode,
@@ -43,7 +51,8 @@ import ray
 from imagen_ray.config import DataConfig, RunConfig, StageConfig, TextEncoderConfig
 from imagen_ray.data.decode import OK, batch_or_empty_block, decode_filter_resize, resize_crop
 from imagen_ray.data.encoding import resolve_encoding
-from imagen_ray.data.reader import KEY_COLUMN, expand_shards, read_shards
+from imagen_ray.data.epochs import epoch_seed, read_epoch_shards
+from imagen_ray.data.reader import KEY_COLUMN, expand_shards
 
 if TYPE_CHECKING:  # torch is imported where it is used: decode workers never need it
     import torch
@@ -125,18 +134,21 @@ class TextEncoderActor:
     become tensors) unless ``keep_caption``.
 
     Captions repeat (templated synthetic captions; alt-text such as "image" or a product
-    name in web data), so each actor keeps the embeddings of the last ``cache_size``
-    distinct captions and encodes only the ones it has not seen; a batch's duplicates are
-    encoded once. Every caption is padded to ``max_length`` on its own, so a cached row is
-    the row a fresh encode would give. (``functools.lru_cache`` caches one call's arguments;
-    this needs per-item hits inside a batched call, hence the small OrderedDict.)
+    name in web data), so each actor keeps the embeddings of recently seen distinct
+    captions, least recently used evicted first, up to ``cache_bytes`` (bytes, not entries:
+    a T5-XXL row at 128 tokens is 1 MiB, so 4096 entries would be 4 GiB), and encodes only
+    the ones it has not seen; a batch's duplicates are encoded once. Every caption is padded
+    to ``max_length`` on its own, so a cached row is the row a fresh encode would give.
+    (``functools.lru_cache`` caches one call's arguments; this needs per-item hits inside a
+    batched call, hence the small OrderedDict.)
 
     Args:
         text_cfg: ``TextEncoderConfig.model_dump()``.
         device: ``auto`` (CUDA when the actor has a GPU, else CPU), ``cpu`` or ``cuda``.
         keep_caption: keep the caption column (previews, ``encode_shards``).
-        cache_size: distinct captions remembered per actor (0 turns the cache off); each
-            costs ``max_length * dim * 2`` bytes (18 KB for MiniLM at 24 tokens).
+        cache_bytes: most bytes of cached embeddings per actor (``data.caption_cache_mb``;
+            0 turns the cache off); a row costs ``max_length * (dim * 2 + 1)`` bytes (emb
+            fp16 + mask), 48 KiB for MiniLM at 64 tokens.
     """
 
     def __init__(
@@ -144,7 +156,7 @@ class TextEncoderActor:
         text_cfg: dict[str, Any],
         device: str = "auto",
         keep_caption: bool = False,
-        cache_size: int = 4096,
+        cache_bytes: int = 256 * 2**20,
     ) -> None:
         import torch
 
@@ -156,8 +168,9 @@ class TextEncoderActor:
         self.encoder = FrozenTextEncoder(cfg, device=device)
         self.length = cfg.max_length
         self.keep_caption = keep_caption
-        self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
         self.cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.cached_bytes = 0  # emb + mask bytes held in `cache`
         self.encoded = 0  # captions actually run through the encoder (hits are not)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray] | pa.Table:
@@ -172,6 +185,16 @@ class TextEncoderActor:
         out["mask"] = np.stack([r[1] for r in rows])  # (B, L)
         return out
 
+    def encode_captions(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Captions -> emb (B, L, D) float16, mask (B, L) bool, through the cache (called
+        as an actor method by ``imagen-ray data encode``'s shard tasks)."""
+        if not captions:
+            return np.zeros((0, self.length, self.encoder.dim), np.float16), np.zeros(
+                (0, self.length), np.bool_
+            )
+        rows = self._lookup(list(captions))
+        return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
     def _lookup(self, captions: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(emb, mask) per caption: cached ones reused, the distinct rest encoded at once."""
         unique = list(dict.fromkeys(captions))  # first-seen order
@@ -183,13 +206,21 @@ class TextEncoderActor:
             self.encoded += len(missing)
             for i, c in enumerate(missing):
                 found[c] = (emb[i].copy(), mask[i].copy())  # not views of the batch
-        if self.cache_size > 0:
+        if self.cache_bytes > 0:
             for c in unique:
+                if c not in self.cache:
+                    self.cached_bytes += _row_bytes(found[c])
                 self.cache[c] = found[c]
                 self.cache.move_to_end(c)
-            while len(self.cache) > self.cache_size:
-                self.cache.popitem(last=False)
+            while self.cached_bytes > self.cache_bytes:
+                _, evicted = self.cache.popitem(last=False)
+                self.cached_bytes -= _row_bytes(evicted)
         return [found[c] for c in captions]
+
+
+def _row_bytes(row: tuple[np.ndarray, np.ndarray]) -> int:
+    """Bytes of one cached (emb, mask) pair."""
+    return int(row[0].nbytes + row[1].nbytes)
 
 
 # --------------------------------------------------------------------------- the chain
@@ -238,7 +269,13 @@ def build_dataset(
     # CPU): with 0.25 CPU per task and nothing else capping them, a 2-core machine ran 4x
     # the CPUs' worth of processes and spent most of an epoch starting them
     # (`bench/data.py --num-cpus 8` on 2 cores: 2 tasks per step read 3.8x the samples/s).
-    ds = read_shards(paths, num_cpus=data.read_num_cpus, max_tasks=data.read_tasks)
+    ds = read_epoch_shards(
+        paths,
+        seed=data.seed,
+        shuffle_files=data.shuffle_shards,
+        num_cpus=data.read_num_cpus,
+        max_tasks=data.read_tasks,
+    )
     ds = ds.map_batches(
         decode_filter_resize,  # type: ignore[arg-type]  # takes pyarrow batches only
         batch_format="pyarrow",
@@ -260,6 +297,7 @@ def build_dataset(
             fn_constructor_kwargs={
                 "text_cfg": run_cfg.text.model_dump(),
                 "keep_caption": "caption" in keep,
+                "cache_bytes": int(data.caption_cache_mb * 2**20),
             },
             batch_format="numpy",
             batch_size=data.encoder_batch_size,
@@ -267,6 +305,8 @@ def build_dataset(
             num_cpus=data.encoder_num_cpus,
             num_gpus=data.encoder_num_gpus,
         )
+    if data.preserve_order:  # the launcher passes it on to Ray Train's split as well
+        ds.context.execution_options.preserve_order = True
     return ds, stats
 
 
@@ -303,33 +343,35 @@ def collate(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def iter_training_batches(
-    shard_or_dataset: Any, data_cfg: DataConfig, *, seed: int | None = None
+    shard_or_dataset: Any, data_cfg: DataConfig, *, epoch: int = 0, rank: int = 0
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches for a training loop from a Ray Train dataset shard (or a Dataset).
+    """One epoch of batches for a training loop from a Ray Train dataset shard (or a Dataset).
+
+    Call it once per epoch with the epoch number: one pass over a shard executes the
+    dataset once, and Ray numbers those executions as this loop numbers epochs (the
+    shard order and the crops of epoch ``e`` are seeded with it, see
+    :mod:`imagen_ray.data.epochs`).
 
     Args:
         shard_or_dataset: ``ray.train.get_dataset_shard("train")`` (a DataIterator) or a
             ``ray.data.Dataset``.
         data_cfg: batch size, prefetch, local shuffle buffer (0 = off) and seed.
-        seed: local-shuffle seed (default ``data_cfg.seed``; pass e.g. seed + rank + epoch).
+        epoch: the pass over the data, from 0; with ``rank`` it seeds the shuffle buffer
+            (``epoch_seed(data.seed, epoch, rank)``).
+        rank: the train worker's rank (workers shuffle their shards differently).
 
     Returns:
         An iterator of :func:`collate` batches of exactly ``batch_size`` rows (the last
         short batch is dropped), on the worker's device under Ray Train.
     """
-    shuffle = data_cfg.shuffle_buffer or None
-    if shuffle is not None and shuffle < data_cfg.batch_size:
-        raise ValueError(
-            f"data.shuffle_buffer={shuffle} must be 0 (off) or >= data.batch_size="
-            f"{data_cfg.batch_size}"
-        )
+    shuffle = data_cfg.shuffle_buffer or None  # >= batch_size: checked by DataConfig
     batches: Iterator[dict[str, torch.Tensor]] = iter(
         shard_or_dataset.iter_torch_batches(
             batch_size=data_cfg.batch_size,
             collate_fn=collate,
             prefetch_batches=data_cfg.prefetch_batches,
             local_shuffle_buffer_size=shuffle,
-            local_shuffle_seed=(data_cfg.seed if seed is None else seed) if shuffle else None,
+            local_shuffle_seed=epoch_seed(data_cfg.seed, epoch, rank) if shuffle else None,
             drop_last=True,
         )
     )

@@ -203,7 +203,7 @@ def run_demo(
                     cfgs[0].text,
                     concurrency=1,
                     num_cpus=1.0,
-                    max_tasks=cfgs[0].data.read_tasks,
+                    writers=cfgs[0].data.read_tasks or 2,
                 )
 
         stage_dirs = []

@@ -26,6 +26,11 @@ MINILM_ALIASES = frozenset({"minilm", "all-minilm-l6-v2", "sentence-transformers
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
+# T5-family encoders whose activations overflow float16 (T5 v1.1, FLAN-T5, mT5 and umT5
+# were trained in bfloat16; their feed-forward outputs exceed fp16's 65504 and turn to
+# inf/NaN: transformers issue 10956, the reason T5 v1.1 weights are published in bf16).
+T5_FAMILY = frozenset({"t5", "mt5", "umt5"})
+
 
 class TextEncoderNotFound(FileNotFoundError):
     """The named text encoder is neither a local directory nor in the local HF cache."""
@@ -105,6 +110,28 @@ def text_dim(cfg: TextEncoderConfig) -> int:
     return embedding_dim(load_auto_config(cfg.name))
 
 
+def check_dtype(cfg: TextEncoderConfig, model_config: Any = None) -> None:
+    """Refuse ``text.dtype=float16`` for T5-family encoders (their activations overflow it).
+
+    Args:
+        cfg: the text encoder config.
+        model_config: its transformers config (default: loaded from ``cfg.name``).
+
+    Raises:
+        ValueError: float16 with a T5-family model, naming bfloat16/float32 as the fix.
+    """
+    if cfg.dtype != "float16":
+        return
+    model_type = getattr(model_config or load_auto_config(cfg.name), "model_type", "")
+    if model_type in T5_FAMILY:
+        raise ValueError(
+            f"text.dtype=float16 with {cfg.name!r} ({model_type}): T5 v1.1-family encoders "
+            "overflow in float16 (activations above 65504 become inf/NaN, so embeddings come "
+            "out NaN); use text.dtype=bfloat16 (as it was trained) or float32. The "
+            "embeddings are stored as float16 either way, after the encoder"
+        )
+
+
 def _model_class(model_type: str) -> Any:
     """Encoder-only class for T5-family configs, AutoModel for everything else."""
     import transformers
@@ -133,13 +160,14 @@ class FrozenTextEncoder:
 
         self.cfg = cfg
         self.device = torch.device(device)
+        path = resolve_model_name(cfg.name)
+        model_config = load_auto_config(cfg.name)
+        check_dtype(cfg, model_config)
         dtype = _DTYPES[cfg.dtype]
         if dtype == torch.float16 and self.device.type == "cpu":
             raise ValueError(
                 "text.dtype=float16 needs a GPU; use text.dtype=float32 (or bfloat16) on CPU"
             )
-        path = resolve_model_name(cfg.name)
-        model_config = load_auto_config(cfg.name)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             cls = _model_class(model_config.model_type)

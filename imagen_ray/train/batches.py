@@ -45,8 +45,10 @@ def shard_batches(ctx: WorkerContext) -> Iterator[Batch]:
     from imagen_ray.data.pipeline import iter_training_batches
 
     shard = ray.train.get_dataset_shard("train")
-    while True:  # one pass of the stream is one epoch
-        yield from iter_training_batches(shard, ctx.cfg.data)
+    epoch = 0
+    while True:  # one pass of the stream is one epoch: new shard order, crops and buffer seed
+        yield from iter_training_batches(shard, ctx.cfg.data, epoch=epoch, rank=ctx.rank)
+        epoch += 1
 
 
 def random_batches(ctx: WorkerContext, num: int = 4) -> Iterator[Batch]:

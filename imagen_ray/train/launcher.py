@@ -178,7 +178,18 @@ def build_trainer(
             worker_runtime_env={"env_vars": env},
         ),
         datasets=datasets or None,
+        dataset_config=_dataset_config(cfg) if datasets else None,
     )
+
+
+def _dataset_config(cfg: RunConfig) -> Any:
+    """Ray Train's DataConfig; it resets the dataset's execution options to the driver's
+    before splitting it, so ``data.preserve_order`` has to travel through here."""
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = cfg.data.preserve_order
+    return ray.train.DataConfig(execution_options=options)
 
 
 _FORWARDED_ENV = (

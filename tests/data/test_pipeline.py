@@ -281,16 +281,18 @@ def test_check_encoding_names_the_difference():
 
 def test_encoder_actor_caches_repeated_captions():
     captions = ["a red circle", "two blue squares", "a red circle", "a green cross"]
-    plain = TextEncoderActor(TEXT.model_dump(), device="cpu", cache_size=0)
-    cached = TextEncoderActor(TEXT.model_dump(), device="cpu", cache_size=2)
+    row = 8 * (384 * 2 + 1)  # bytes of one cached row: emb (8, 384) fp16 + mask (8,)
+    plain = TextEncoderActor(TEXT.model_dump(), device="cpu", cache_bytes=0)
+    cached = TextEncoderActor(TEXT.model_dump(), device="cpu", cache_bytes=2 * row + row // 2)
     want = plain({"caption": np.array(captions, dtype=object)})
     first = cached({"caption": np.array(captions, dtype=object)})
     assert cached.encoded == 3  # the repeated caption was encoded once
     np.testing.assert_allclose(first["emb"].astype(np.float32), want["emb"], atol=2e-3)
     np.testing.assert_array_equal(first["mask"], want["mask"])
     np.testing.assert_array_equal(first["emb"][0], first["emb"][2])
-    # the two most recently used captions stay; the oldest ("a red circle") was evicted
+    # two rows fit in 2.5 rows' bytes: the oldest ("a red circle") was evicted
     assert list(cached.cache) == ["two blue squares", "a green cross"]
+    assert cached.cached_bytes == 2 * row
     again = cached({"caption": np.array(["a green cross", "a red circle"], dtype=object)})
     assert cached.encoded == 4  # only the evicted caption ran through the encoder again
     np.testing.assert_allclose(again["emb"].astype(np.float32), want["emb"][[3, 0]], atol=2e-3)
@@ -319,7 +321,7 @@ def collect(ds) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def encoded(ray_cluster, good_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("enc") / "encoded"
-    summary = encode_shards(good_dir, out, TEXT, samples_per_shard=10, max_tasks=1)
+    summary = encode_shards(good_dir, out, TEXT, writers=2)
     return out, summary
 
 
@@ -366,7 +368,7 @@ def test_precomputed_round_trip_equals_onthefly(encoded, onthefly):
     out, summary = encoded
     info = json.loads((out / "encoding.json").read_text())
     assert info["dim"] == 384 and info["text"] == TEXT.model_dump()
-    assert summary["samples"] == 24 and summary["shard_samples"] == [10, 10, 4]
+    assert summary["samples"] == 24 and summary["shard_samples"] == [8, 8, 8]
     assert summary["samples_with_embeddings"] == 24 and summary["skipped"] == {}
     ds, stats = build_dataset(run_cfg(out), keep=("__key__",))  # precomputed: null -> found
     rows = collect(ds)
@@ -499,22 +501,24 @@ def test_encode_lists_broken_tars_and_writes_like_data_shards(messy_dir, tmp_pat
 
     shards, _ = messy_dir
     out = tmp_path / "enc"
-    summary = encode_shards(shards, out, TEXT, samples_per_shard=10, max_tasks=1)
+    summary = encode_shards(shards, out, TEXT, writers=2)
     assert summary == read_summary(out)  # the one shard-summary format
-    # every complete sample is copied (14 of shard 0, 5 before the cut of shard 1); the
-    # one without a caption gets none (its old text.npz is not copied); the broken tars are
+    # every complete sample is copied (14 of shard 0, 5 before the cut of shard 1), each
+    # input shard into the output shard of its name (none for the garbage one); the one
+    # without a caption gets none (its old text.npz is not copied); the broken tars are
     # listed by path
-    assert summary["samples"] == 19 and sorted(summary["shard_samples"]) == [9, 10]
+    tars = sorted(str(p.resolve()) for p in shards.glob("*.tar"))
+    assert summary["samples"] == 19 and summary["shard_samples"] == [14, 5]
+    assert summary["shards"] == [Path(t).name for t in tars[:2]]
     assert summary["samples_with_embeddings"] == 18
     assert summary["skipped"] == {"bad_tar": 1, "truncated_tar": 1}
-    tars = sorted(str(p.resolve()) for p in shards.glob("*.tar"))
     assert sorted(s["source"] for s in summary["skipped_items"]) == tars[1:]
     assert summary["text_encoding"] == "encoding.json"
     assert json.loads((out / "encoding.json").read_text())["num_samples"] == 18
     names = {p.name for p in out.iterdir()}
-    assert names == {*summary["shards"], "encoding.json", "summary.json"}
-    with pytest.raises(ValueError, match="already exists"):
-        encode_shards(shards, out, TEXT)
+    assert names == {*summary["shards"], "encoding.json", "summary.json", ".encode-progress"}
+    with pytest.raises(ValueError, match="another text config"):
+        encode_shards(shards, out, TEXT.model_copy(update={"max_length": 4}))
 
 
 def train_worker(shard: Any, data_cfg: DataConfig, seen: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ def shards(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("synthetic")
     spec = SyntheticSpec(num_samples=256, size=32, samples_per_shard=64)
     write_synthetic(spec, tmp / "raw", progress=False)
-    encode_shards(tmp / "raw", tmp / "encoded", tiny_cfg(tmp, "x").text, samples_per_shard=64)
+    encode_shards(tmp / "raw", tmp / "encoded", tiny_cfg(tmp, "x").text)
     return tmp / "encoded"
 
 
