@@ -238,7 +238,12 @@ def build_dataset(
     # CPU): with 0.25 CPU per task and nothing else capping them, a 2-core machine ran 4x
     # the CPUs' worth of processes and spent most of an epoch starting them
     # (`bench/data.py --num-cpus 8` on 2 cores: 2 tasks per step read 3.8x the samples/s).
-    ds = read_shards(paths, num_cpus=data.read_num_cpus, max_tasks=data.read_tasks)
+    ds = read_shards(
+        paths,
+        num_cpus=data.read_num_cpus,
+        max_tasks=data.read_tasks,
+        max_member_bytes=data.max_member_bytes,
+    )
     ds = ds.map_batches(
         decode_filter_resize,  # type: ignore[arg-type]  # takes pyarrow batches only
         batch_format="pyarrow",
