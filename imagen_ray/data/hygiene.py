@@ -162,19 +162,25 @@ def has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
 
 
-def to_rgb(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
+def to_rgb(
+    img: Image.Image, background: tuple[int, int, int] = WHITE, *, keep_alpha: bool = False
+) -> Image.Image:
     """Any PIL image -> 8-bit RGB, upright (see the module docstring for each mode).
 
     Args:
         img: an opened image (loaded here if it is not yet).
         background: RGB colour that transparent pixels are composited on.
+        keep_alpha: return ``RGBA`` for images with transparency instead of compositing
+            (the shard writers re-encode such images and leave the choice to training).
 
     Returns:
-        An ``RGB`` image with the EXIF orientation applied.
+        An ``RGB`` (or with ``keep_alpha``, possibly ``RGBA``) image, EXIF orientation applied.
     """
     img = ImageOps.exif_transpose(img)
     if img.mode.startswith("I") or img.mode == "F":
         img = _high_bit_grey_to_l(img)
+    if has_alpha(img) and keep_alpha:
+        return img.convert("RGBA")
     if has_alpha(img):
         rgba = img.convert("RGBA")
         base = Image.new("RGBA", rgba.size, (*background, 255))
