@@ -42,7 +42,7 @@ import ray
 
 from imagen_ray.config import DataConfig, RunConfig, StageConfig, TextEncoderConfig
 from imagen_ray.data.decode import OK, batch_or_empty_block, decode_filter_resize, resize_crop
-from imagen_ray.data.encoding import resolve_encoding
+from imagen_ray.data.encoding import CAPTION_ENTRY, resolve_encoding
 from imagen_ray.data.reader import KEY_COLUMN, expand_shards, read_shards
 
 if TYPE_CHECKING:  # torch is imported where it is used: decode workers never need it
@@ -228,6 +228,12 @@ def build_dataset(
         raise ValueError(f"keep={sorted(unknown)}: only '__key__' and 'caption' can be kept")
     paths = expand_shards(data.shards)
     encoding = resolve_encoding(run_cfg, paths) if text else None
+    if encoding is not None and data.caption_key != CAPTION_ENTRY:
+        raise ValueError(
+            f"data.caption_key={data.caption_key!r} but the shards hold embeddings of their "
+            f"'{CAPTION_ENTRY}' captions (imagen-ray data encode); set data.precomputed=false "
+            "to encode the chosen captions on the fly, or use caption_key txt"
+        )
     if stats is None:
         stats = create_stats()
     emb_shape = (run_cfg.text.max_length, int(encoding["dim"])) if encoding else None
