@@ -216,8 +216,7 @@ def cmd_shards(args: argparse.Namespace) -> int:
             import datasets  # noqa: F401 (checked here: the error is one line, not a trace)
         except ImportError as e:
             raise ValueError(
-                "--from-hf needs the Hugging Face `datasets` library: pip install "
-                "'imagen-ray[hf]'"
+                "--from-hf needs the Hugging Face `datasets` library: pip install 'imagen-ray[hf]'"
             ) from e
         summary = write_hf_shards(
             args.from_hf,
