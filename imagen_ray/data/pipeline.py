@@ -14,10 +14,12 @@ dataset: it streams, so memory stays flat however many shards there are.
 
 Skipped samples are counted by reason in a :class:`PipelineStats` actor (``decode_error``,
 ``no_image``, ``no_caption``, ``caption_length``, ``too_small``, ``bad_aspect``,
-``no_embedding``, ``bad_embedding``, the reader's ``truncated_tar``/``bad_tar``) beside
-``ok``. Read them with ``ray.get(stats.get.remote())``; the map tasks send counts
-fire-and-forget, so a read right after the last batch may lag by a few milliseconds
-(:func:`read_stats` waits for a minimum).
+``no_embedding``, ``bad_embedding``, the image-hygiene refusals ``wrong_format``,
+``too_many_pixels``, ``member_too_large``, the metadata ones ``no_json``, ``bad_json`` and
+``filter:FIELD<OP>VALUE``, the reader's ``truncated_tar``/``bad_tar``) beside ``ok``. Read
+them with ``ray.get(stats.get.remote())``; the map tasks send counts fire-and-forget, so a
+read right after the last batch may lag by a few milliseconds (:func:`read_stats` waits for
+a minimum).
 
 Text embeddings are either computed on the fly by the encoder actor pool, or precomputed
 once with :func:`imagen_ray.data.precompute.encode_shards` (``imagen-ray data encode``) and

@@ -145,3 +145,18 @@ def test_caption_from_another_entry():
     out, counts = run([row, sample("b", None)], caption_key="caption")
     assert list(out["caption"]) == ["from the caption entry"]
     assert counts == {"ok": 1, "no_caption": 1}
+
+
+def test_json_caption_key_refuses_shards_encoded_from_txt(tmp_path):
+    from imagen_ray.config import RunConfig
+    from imagen_ray.data.encoding import ENCODING_FILE, encoding_info
+    from imagen_ray.data.pipeline import build_dataset
+
+    (tmp_path / "shard-000000.tar").write_bytes(b"")
+    cfg = RunConfig.model_validate(
+        {"stage": {"size": 8}, "data": {"shards": str(tmp_path), "caption_key": "json:caption"}}
+    )
+    info = encoding_info(cfg.text, dim=384, num_samples=1)
+    (tmp_path / ENCODING_FILE).write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"caption_key='json:caption'.*precomputed=false"):
+        build_dataset(cfg, stats=object())
