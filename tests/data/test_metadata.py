@@ -160,3 +160,34 @@ def test_json_caption_key_refuses_shards_encoded_from_txt(tmp_path):
     (tmp_path / ENCODING_FILE).write_text(json.dumps(info))
     with pytest.raises(ValueError, match=r"caption_key='json:caption'.*precomputed=false"):
         build_dataset(cfg, stats=object())
+
+
+def test_img2dataset_layout_without_the_tool(tmp_path):
+    """Its folder layout (tar + parquet + stats json) and LAION-style json, read as-is."""
+    import io
+    import tarfile
+
+    from imagen_ray.data.reader import expand_shards, iter_tar_samples
+
+    rows = [
+        sample("000000000", {"punsafe": 0.01, "status": "success", "caption": "c0"}, txt="c0"),
+        sample("000000001", {"punsafe": 0.50, "status": "success", "caption": "c1"}, txt="c1"),
+        sample("000000002", {"punsafe": 0.02, "status": "success", "caption": "c2"}, txt="c2"),
+    ]
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        for row in rows:
+            for ext in ("jpg", "txt", "json"):
+                data = row["png" if ext == "jpg" else ext]  # img2dataset names every image jpg
+                info = tarfile.TarInfo(f"{row['__key__']}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "00000.parquet").write_bytes(b"PAR1")
+    (tmp_path / "00000_stats.json").write_text("{}")
+    paths = expand_shards(str(tmp_path))
+    assert paths == [str((tmp_path / "00000.tar").resolve())]
+    with open(paths[0], "rb") as f:
+        read = list(iter_tar_samples(f, paths[0]))
+    assert [sorted(r) for r in read] == [["__key__", "jpg", "json", "txt"]] * 3
+    out, counts = run(read, filters=("punsafe < 0.1",))
+    assert list(out["caption"]) == ["c0", "c2"]
+    assert counts == {"ok": 2, "filter:punsafe<0.1": 1}
