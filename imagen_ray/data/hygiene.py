@@ -33,7 +33,8 @@ WRONG_FORMAT = "wrong_format"
 TOO_MANY_PIXELS = "too_many_pixels"
 MEMBER_TOO_LARGE = "member_too_large"
 
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # 64 MP: 8192 x 8192, far above any stage's size
+# 64 MP (8192 x 8192, far above any stage's size); DataConfig.max_pixels has the same default.
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 WHITE = (255, 255, 255)
 
 # Extensions -> PIL format names (the decoders allowed for that entry).

@@ -39,6 +39,8 @@ import pyarrow as pa
 import ray
 from ray.data.datasource import FileBasedDatasource
 
+from imagen_ray.data.hygiene import MEMBER_TOO_LARGE
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -49,7 +51,6 @@ KEY_COLUMN = "__key__"
 URL_COLUMN = "__url__"
 TRUNCATED_TAR = "truncated_tar"
 BAD_TAR = "bad_tar"
-MEMBER_TOO_LARGE = "member_too_large"  # same name as hygiene.MEMBER_TOO_LARGE
 
 _REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _GLOB_CHARS = frozenset("*?[")
