@@ -35,6 +35,63 @@ class DataConfig(Strict):
     caption_min_chars: int = Field(1, ge=0, description="drop shorter captions")
     caption_max_chars: int = Field(2000, ge=1, description="drop longer captions")
     crop: Crop = Field("center", description="square crop after the short-side resize")
+    caption_key: str = Field(
+        "txt",
+        description="where captions come from: an entry extension (txt) or json:FIELD, a "
+        "field of the json entry (json:caption, json:meta.alt)",
+    )
+    filters: tuple[str, ...] = Field(
+        (),
+        description="keep samples whose json entry passes every `FIELD OP VALUE` (ops < <= "
+        "> >= == !=), e.g. 'punsafe < 0.1', 'width >= 256'; drops count as filter:...",
+    )
+    max_pixels: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="drop images with more pixels (width x height from the header, never "
+        "decoded): decompression bombs",
+    )
+    max_member_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="drop samples with a tar entry larger than this (checked from the tar "
+        "header, never read)",
+    )
+    background: tuple[int, int, int] = Field(
+        (255, 255, 255), description="RGB that transparent pixels are composited on"
+    )
+
+    @field_validator("caption_key")
+    @classmethod
+    def _check_caption_key(cls, v: str) -> str:
+        from imagen_ray.data.metadata import check_caption_key
+
+        return check_caption_key(v)
+
+    @field_validator("filters")
+    @classmethod
+    def _check_filters(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from imagen_ray.data.metadata import parse_filter
+
+        for text in v:
+            parse_filter(text)
+        return v
+
+    @field_validator("image_keys")
+    @classmethod
+    def _check_image_keys(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from imagen_ray.data.hygiene import formats_for
+
+        formats_for(v)
+        return v
+
+    @field_validator("background")
+    @classmethod
+    def _check_background(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not all(0 <= c <= 255 for c in v):
+            raise ValueError(f"data.background {list(v)} must be three values in 0..255")
+        return v
+
     precomputed: bool | None = Field(
         None,
         description="read text embeddings stored in the shards (`imagen-ray data encode`); "

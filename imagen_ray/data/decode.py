@@ -9,7 +9,6 @@ batch and the configs: no Ray at import time, so decode workers stay light.
 from __future__ import annotations
 
 import hashlib
-import io
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -19,13 +18,51 @@ import pyarrow as pa
 from PIL import Image
 
 from imagen_ray.config import DataConfig, StageConfig
-from imagen_ray.data.encoding import CAPTION_ENTRY, EMBEDDING_ENTRY, load_embedding
+from imagen_ray.data.encoding import EMBEDDING_ENTRY, load_embedding
 from imagen_ray.data.epochs import EPOCH_COLUMN
+from imagen_ray.data.hygiene import (
+    DECODE_ERROR,
+    MEMBER_TOO_LARGE,
+    TOO_MANY_PIXELS,
+    WRONG_FORMAT,
+    formats_for,
+    open_checked,
+    to_rgb,
+)
+from imagen_ray.data.metadata import (
+    BAD_JSON,
+    JSON_ENTRY,
+    JSON_PREFIX,
+    NO_JSON,
+    caption_from_json,
+    first_failing,
+    parse_filter,
+    parse_json_entry,
+)
 from imagen_ray.data.reader import ERROR_COLUMN, KEY_COLUMN
 
-# Skip reasons (and ``ok``) counted by the pipeline's stats actor.
+# Skip reasons (and ``ok``) counted by the pipeline's stats actor; the filters' own are
+# ``filter:FIELD<OP>VALUE`` (see imagen_ray.data.metadata).
 OK = "ok"
-DECODE_ERROR = "decode_error"
+__all__ = [
+    "BAD_ASPECT",
+    "BAD_EMBEDDING",
+    "BAD_JSON",
+    "CAPTION_LENGTH",
+    "DECODE_ERROR",
+    "MEMBER_TOO_LARGE",
+    "NO_CAPTION",
+    "NO_EMBEDDING",
+    "NO_IMAGE",
+    "NO_JSON",
+    "OK",
+    "TOO_MANY_PIXELS",
+    "TOO_SMALL",
+    "WRONG_FORMAT",
+    "batch_or_empty_block",
+    "decode_filter_resize",
+    "resize_crop",
+]
 NO_IMAGE = "no_image"
 NO_CAPTION = "no_caption"
 CAPTION_LENGTH = "caption_length"
@@ -39,15 +76,6 @@ def _rng_for(seed: int, key: str, epoch: int = 0) -> np.random.Generator:
     """Per-sample RNG from (seed, epoch, key): reproducible across processes (no ``hash()``)."""
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     return np.random.default_rng([seed & 0xFFFFFFFF, epoch, int.from_bytes(digest, "little")])
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB; transparent pixels composited on white instead of whatever RGB they hide."""
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def resize_crop(
@@ -80,14 +108,21 @@ def resize_crop(
 
 
 def _decode_image(
-    raw: bytes, data: DataConfig, size: int, key: str, epoch: int = 0
+    raw: bytes,
+    data: DataConfig,
+    formats: tuple[str, ...],
+    size: int,
+    key: str,
+    epoch: int = 0,
 ) -> Image.Image | str:
-    """Decode, filter by size/aspect, resize and crop: a ``size`` square or a skip reason."""
-    try:
-        img: Image.Image = Image.open(io.BytesIO(raw))
-        w, h = img.size  # from the header, before any pixel is decoded
-    except Exception:  # PIL raises many types for bad bytes (and DecompressionBombError)
-        return DECODE_ERROR
+    """Check the header, filter by size/aspect, decode, resize, crop: a square or a reason."""
+    opened = open_checked(
+        raw, formats=formats, max_pixels=data.max_pixels, max_bytes=data.max_member_bytes
+    )
+    if isinstance(opened, str):
+        return opened
+    img: Image.Image = opened
+    w, h = img.size  # from the header, before any pixel is decoded
     if min(w, h) < data.min_size:
         return TOO_SMALL
     if max(w, h) / max(1, min(w, h)) > data.max_aspect:
@@ -95,7 +130,7 @@ def _decode_image(
     try:
         # JPEG: let the decoder downscale by 1/2..1/8 in the DCT (never below `size`).
         img.draft("RGB", (size, size))
-        img = _to_rgb(img)
+        img = to_rgb(img, data.background)
         rng = _rng_for(data.seed, key, epoch) if data.crop == "random" else None
         return resize_crop(img, size, crop=data.crop, rng=rng)
     except Exception:
@@ -114,14 +149,19 @@ def decode_filter_resize(
 ) -> dict[str, np.ndarray] | pa.Table:
     """One ``map_batches`` step: raw shard rows -> decoded, filtered, resized samples.
 
-    Checks run cheapest first: reader error rows, image present, caption present and of
-    allowed length (after strip), the ``text.npz`` entry (precomputed mode), image header
-    decodes, short side >= ``min_size``, long/short <= ``max_aspect``, pixels decode; each
-    failure counts one skip reason. Then the short side is resized to
-    ``stage.size`` (Lanczos) and a square cropped (center, or random with an RNG seeded from
-    ``(data.seed, epoch, key)``: reproducible, and new each epoch; ``__epoch__`` is set by
-    :mod:`imagen_ray.data.epochs`, 0 without it). SR stages also get the
-    low-res conditioning image: the crop downsampled (bicubic, antialiased) to
+    Checks run cheapest first: reader error rows (``member_too_large`` among them), image
+    present, the ``json`` entry parses when ``data.filters`` or a ``json:`` caption key
+    need it (``no_json``/``bad_json``), ``data.filters`` (``filter:...``), caption
+    present (``data.caption_key``) and of allowed length (after strip), the ``text.npz``
+    entry (precomputed mode), image bytes <= ``max_member_bytes``, the header of a format
+    named by ``data.image_keys`` (``wrong_format``), pixels <= ``max_pixels``
+    (``too_many_pixels``), short side >= ``min_size``, long/short <= ``max_aspect``, pixels
+    decode; each failure counts one skip reason. Decoded images go through
+    :func:`imagen_ray.data.hygiene.to_rgb` (EXIF orientation, 16-bit, CMYK, alpha). Then
+    the short side is resized to ``stage.size`` (Lanczos) and a square cropped (center,
+    or random with an RNG seeded from ``(data.seed, epoch, key)``: reproducible, and new each
+    epoch; ``__epoch__`` is set by :mod:`imagen_ray.data.epochs`, 0 without it). SR stages
+    also get the low-res conditioning image: the crop downsampled (bicubic, antialiased) to
     ``lowres_size``; the U-Net upsamples it itself (``unet.network.upsample_to``).
 
     Args:
@@ -151,7 +191,12 @@ def decode_filter_resize(
     keys = column(KEY_COLUMN)
     epochs = column(EPOCH_COLUMN)
     errors = column(ERROR_COLUMN)
-    captions_raw = column(CAPTION_ENTRY)
+    filters = tuple(parse_filter(f) for f in data.filters)
+    json_caption = data.caption_key.startswith(JSON_PREFIX)
+    needs_json = json_caption or bool(filters)
+    metas = column(JSON_ENTRY) if needs_json else [None] * n
+    captions_raw: list[Any] = [None] * n if json_caption else column(data.caption_key)
+    formats = formats_for(data.image_keys)
     embeddings_raw = column(EMBEDDING_ENTRY) if precomputed else [None] * n
     image_cols = [column(k) for k in data.image_keys if k in cols]
 
@@ -170,10 +215,25 @@ def decode_filter_resize(
         if raw is None:
             counts[NO_IMAGE] += 1
             continue
-        if captions_raw[i] is None:
+        caption_text: str | None = None
+        if needs_json:
+            meta = parse_json_entry(metas[i])
+            if isinstance(meta, str):
+                counts[meta] += 1
+                continue
+            failed = first_failing(filters, meta)
+            if failed is not None:
+                counts[failed] += 1
+                continue
+            if json_caption:
+                caption_text = caption_from_json(meta, data.caption_key)
+        raw_caption = captions_raw[i]
+        if raw_caption is not None:
+            caption_text = raw_caption.decode("utf-8", errors="replace")
+        if caption_text is None:
             counts[NO_CAPTION] += 1
             continue
-        caption = captions_raw[i].decode("utf-8", errors="replace").strip()
+        caption = caption_text.strip()
         if not data.caption_min_chars <= len(caption) <= data.caption_max_chars:
             counts[CAPTION_LENGTH] += 1
             continue
@@ -187,7 +247,7 @@ def decode_filter_resize(
             except Exception:
                 counts[BAD_EMBEDDING] += 1
                 continue
-        img = _decode_image(raw, data, size, keys[i], epochs[i] or 0)
+        img = _decode_image(raw, data, formats, size, keys[i], epochs[i] or 0)
         if isinstance(img, str):
             counts[img] += 1
             continue

@@ -67,14 +67,24 @@ class EpochShardsDatasource(TolerantWebDatasetDatasource):
         seed: ``data.seed``; the shard order of epoch ``e`` is a function of ``(seed, e)``.
         shuffle_files: False keeps the given shard order (rows are still tagged).
         rows_per_block: samples per emitted block.
+        max_member_bytes: largest tar member read (larger: a ``member_too_large`` row).
     """
 
     def __init__(
-        self, paths: list[str], *, seed: int, shuffle_files: bool = True, rows_per_block: int = 128
+        self,
+        paths: list[str],
+        *,
+        seed: int,
+        shuffle_files: bool = True,
+        rows_per_block: int = 128,
+        max_member_bytes: int | None = None,
     ) -> None:
         shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True)
         super().__init__(
-            paths, rows_per_block=rows_per_block, shuffle=shuffle if shuffle_files else None
+            paths,
+            rows_per_block=rows_per_block,
+            max_member_bytes=max_member_bytes,
+            shuffle=shuffle if shuffle_files else None,
         )
 
     def get_read_tasks(
@@ -95,6 +105,7 @@ def read_epoch_shards(
     num_cpus: float = 0.25,
     max_tasks: int | None = None,
     rows_per_block: int = 128,
+    max_member_bytes: int | None = None,
 ) -> ray.data.Dataset:
     """:func:`~imagen_ray.data.reader.read_shards` for training: shards in a new, seeded
     order each epoch and an ``__epoch__`` column (int64) on every row.
@@ -103,13 +114,17 @@ def read_epoch_shards(
         paths: directory, glob, list, URI (see ``expand_shards``).
         seed: ``data.seed``.
         shuffle_files: shuffle the shard order per epoch (``data.shuffle_shards``).
-        num_cpus, max_tasks, rows_per_block: as for ``read_shards``.
+        num_cpus, max_tasks, rows_per_block, max_member_bytes: as for ``read_shards``.
 
     Returns:
         A lazy Dataset: the reader's columns plus ``__epoch__``.
     """
     source = EpochShardsDatasource(
-        expand_shards(paths), seed=seed, shuffle_files=shuffle_files, rows_per_block=rows_per_block
+        expand_shards(paths),
+        seed=seed,
+        shuffle_files=shuffle_files,
+        rows_per_block=rows_per_block,
+        max_member_bytes=max_member_bytes,
     )
     return ray.data.read_datasource(
         source, num_cpus=num_cpus, compute=ray.data.TaskPoolStrategy(size=max_tasks)

@@ -16,10 +16,12 @@ dataset: it streams, so memory stays flat however many shards there are.
 
 Skipped samples are counted by reason in a :class:`PipelineStats` actor (``decode_error``,
 ``no_image``, ``no_caption``, ``caption_length``, ``too_small``, ``bad_aspect``,
-``no_embedding``, ``bad_embedding``, the reader's ``truncated_tar``/``bad_tar``) beside
-``ok``. Read them with ``ray.get(stats.get.remote())``; the map tasks send counts
-fire-and-forget, so a read right after the last batch may lag by a few milliseconds
-(:func:`read_stats` waits for a minimum).
+``no_embedding``, ``bad_embedding``, the image-hygiene refusals ``wrong_format``,
+``too_many_pixels``, ``member_too_large``, the metadata ones ``no_json``, ``bad_json`` and
+``filter:FIELD<OP>VALUE``, the reader's ``truncated_tar``/``bad_tar``) beside ``ok``. Read
+them with ``ray.get(stats.get.remote())``; the map tasks send counts fire-and-forget, so a
+read right after the last batch may lag by a few milliseconds (:func:`read_stats` waits for
+a minimum).
 
 Text embeddings are either computed on the fly by the encoder actor pool, or precomputed
 once with :func:`imagen_ray.data.precompute.encode_shards` (``imagen-ray data encode``) and
@@ -50,7 +52,7 @@ import ray
 
 from imagen_ray.config import DataConfig, RunConfig, StageConfig, TextEncoderConfig
 from imagen_ray.data.decode import OK, batch_or_empty_block, decode_filter_resize, resize_crop
-from imagen_ray.data.encoding import resolve_encoding
+from imagen_ray.data.encoding import CAPTION_ENTRY, resolve_encoding
 from imagen_ray.data.epochs import epoch_seed, read_epoch_shards
 from imagen_ray.data.reader import KEY_COLUMN, expand_shards
 
@@ -259,6 +261,12 @@ def build_dataset(
         raise ValueError(f"keep={sorted(unknown)}: only '__key__' and 'caption' can be kept")
     paths = expand_shards(data.shards)
     encoding = resolve_encoding(run_cfg, paths) if text else None
+    if encoding is not None and data.caption_key != CAPTION_ENTRY:
+        raise ValueError(
+            f"data.caption_key={data.caption_key!r} but the shards hold embeddings of their "
+            f"'{CAPTION_ENTRY}' captions (imagen-ray data encode); set data.precomputed=false "
+            "to encode the chosen captions on the fly, or use caption_key txt"
+        )
     if stats is None:
         stats = create_stats()
     emb_shape = (run_cfg.text.max_length, int(encoding["dim"])) if encoding else None
@@ -275,6 +283,7 @@ def build_dataset(
         shuffle_files=data.shuffle_shards,
         num_cpus=data.read_num_cpus,
         max_tasks=data.read_tasks,
+        max_member_bytes=data.max_member_bytes,
     )
     ds = ds.map_batches(
         decode_filter_resize,  # type: ignore[arg-type]  # takes pyarrow batches only

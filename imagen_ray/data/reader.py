@@ -39,6 +39,8 @@ import pyarrow as pa
 import ray
 from ray.data.datasource import FileBasedDatasource
 
+from imagen_ray.data.hygiene import MEMBER_TOO_LARGE
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -92,19 +94,27 @@ def _classify_end(tar: tarfile.TarFile) -> ShardFormatError | None:
     return ShardFormatError(BAD_TAR, f"invalid tar header ({end})")
 
 
-def iter_tar_samples(fileobj: Any, url: str) -> Iterator[dict[str, Any]]:
+def iter_tar_samples(
+    fileobj: Any, url: str, *, max_member_bytes: int | None = None
+) -> Iterator[dict[str, Any]]:
     """Stream a webdataset tar as samples: ``{"__key__": key, ext: bytes, ...}``.
 
     Members of one sample must be contiguous (webdataset's rule). A sample is yielded when
     the next key starts (or the archive ends properly); the sample being read when an error
     occurs is discarded, since it cannot be known to be complete.
 
+    A member larger than ``max_member_bytes`` (its size is in the tar header) is never
+    read: the stream skips over it, and its sample is yielded with ``__error__`` =
+    ``member_too_large`` and none of its entries read after that point.
+
     Args:
         fileobj: a readable binary stream (a local file, a pyarrow stream).
         url: the shard's path, used in error messages.
+        max_member_bytes: largest member read (None: no cap).
 
     Yields:
-        One dict per complete sample: ``__key__`` and raw bytes per extension.
+        One dict per complete sample: ``__key__`` and raw bytes per extension (or
+        ``__error__`` for a sample with an oversized member).
 
     Raises:
         ShardFormatError: the tar is truncated (``truncated_tar``) or malformed
@@ -144,6 +154,18 @@ def iter_tar_samples(fileobj: Any, url: str) -> Iterator[dict[str, Any]]:
                     current = {KEY_COLUMN: key}
                 if ext in current:
                     raise ShardFormatError(BAD_TAR, f"duplicate entry {info.name} in {url}")
+                if ERROR_COLUMN in current:
+                    continue
+                if max_member_bytes is not None and info.size > max_member_bytes:
+                    log.warning(
+                        "%s: entry %s is %d bytes > data.max_member_bytes=%d; sample dropped",
+                        url,
+                        info.name,
+                        info.size,
+                        max_member_bytes,
+                    )
+                    current = {KEY_COLUMN: key, ERROR_COLUMN: MEMBER_TOO_LARGE}
+                    continue
                 member = tar.extractfile(info)
                 data = member.read() if member is not None else b""
                 if len(data) != info.size:
@@ -187,23 +209,30 @@ class TolerantWebDatasetDatasource(FileBasedDatasource):
     Args:
         paths: tar files or directories (local paths or URIs pyarrow can open).
         rows_per_block: samples per emitted block.
+        max_member_bytes: largest tar member read (larger: a ``member_too_large`` row).
         **file_based_kwargs: passed to ``FileBasedDatasource`` (``filesystem``, ...).
     """
 
     _FILE_EXTENSIONS = ["tar"]  # noqa: RUF012 (declared as a plain attribute by Ray)
 
     def __init__(
-        self, paths: str | list[str], *, rows_per_block: int = 128, **file_based_kwargs: Any
+        self,
+        paths: str | list[str],
+        *,
+        rows_per_block: int = 128,
+        max_member_bytes: int | None = None,
+        **file_based_kwargs: Any,
     ) -> None:
         super().__init__(paths, **file_based_kwargs)
         if rows_per_block < 1:
             raise ValueError(f"rows_per_block must be >= 1, got {rows_per_block}")
         self.rows_per_block = rows_per_block
+        self.max_member_bytes = max_member_bytes
 
     def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
         rows: list[dict[str, Any]] = []
         try:
-            for sample in iter_tar_samples(f, path):
+            for sample in iter_tar_samples(f, path, max_member_bytes=self.max_member_bytes):
                 sample[URL_COLUMN] = path
                 rows.append(sample)
                 if len(rows) >= self.rows_per_block:
@@ -286,6 +315,7 @@ def read_shards(
     max_tasks: int | None = None,
     override_num_blocks: int | None = None,
     rows_per_block: int = 128,
+    max_member_bytes: int | None = None,
 ) -> ray.data.Dataset:
     """Read webdataset shards into a Ray Dataset of raw bytes, tolerating broken tars.
 
@@ -297,13 +327,17 @@ def read_shards(
         max_tasks: most read tasks at once (default: as many as the CPUs allow).
         override_num_blocks: read tasks (default: Ray decides, at most one per file).
         rows_per_block: samples per block.
+        max_member_bytes: largest tar member read; a sample with a larger one becomes a
+            ``member_too_large`` row without being read (None: no cap).
 
     Returns:
         A lazy Dataset with columns ``__key__``, ``__url__``, ``__error__`` and one binary
         column per entry extension (see the module docstring).
     """
     paths = expand_shards(paths_or_glob_or_dir)
-    source = TolerantWebDatasetDatasource(paths, rows_per_block=rows_per_block)
+    source = TolerantWebDatasetDatasource(
+        paths, rows_per_block=rows_per_block, max_member_bytes=max_member_bytes
+    )
     return ray.data.read_datasource(
         source,
         num_cpus=num_cpus,

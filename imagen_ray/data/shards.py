@@ -25,6 +25,13 @@ from typing import Any
 
 from PIL import Image
 
+from imagen_ray.data.hygiene import (
+    DEFAULT_MAX_PIXELS,
+    formats_for,
+    open_checked,
+    oriented_size,
+    to_rgb,
+)
 from imagen_ray.data.writer import (
     MAX_LISTED_SKIPS,
     SHARD_FORMAT,
@@ -51,6 +58,7 @@ __all__ = [
     "SKIP_REASONS",
     "SUMMARY_NAME",
     "TABLE_SUFFIXES",
+    "ImageRejected",
     "RawSample",
     "ShardSample",
     "ShardWriteSummary",
@@ -70,6 +78,17 @@ MAX_KEY_CHARS = 80
 # Folder images are recognised by suffix; jpg/png/webp keep their bytes, the rest become png.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _KEEP_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
+_SOURCE_FORMATS = formats_for([s.lstrip(".") for s in IMAGE_SUFFIXES])
+
+
+class ImageRejected(ValueError):
+    """Bytes that are not a usable image; ``reason`` is a writer skip reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 
 # ---------------------------------------------------------------------------- helpers
@@ -92,37 +111,48 @@ def sanitize_key(text: str) -> str:
     return key
 
 
-def prepare_image(data: bytes) -> tuple[bytes, str, int, int]:
+def prepare_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[bytes, str, int, int]:
     """Check that encoded bytes are a complete image and choose what to store.
 
-    ``Image.verify()`` catches broken structure; a second open + ``load()`` decodes every
-    pixel and so catches truncated files that verify() lets through.
+    The header goes through the training pipeline's checks first
+    (:func:`imagen_ray.data.hygiene.open_checked`: formats of :data:`IMAGE_SUFFIXES`,
+    ``max_pixels``), so nothing is decoded that training would refuse. Then
+    ``Image.verify()`` catches broken structure and a second open + ``load()`` decodes every
+    pixel, catching truncated files that verify() lets through.
 
     Args:
         data: the encoded file content.
+        max_pixels: most ``width * height`` accepted (from the header).
 
     Returns:
         ``(bytes, ext, width, height)``: the original bytes for JPEG/PNG/WebP (ext ``jpg``,
-        ``png``, ``webp``), otherwise the first frame re-encoded as PNG (ext ``png``).
+        ``png``, ``webp``), otherwise the first frame as 8-bit RGB(A), upright, re-encoded
+        as PNG (ext ``png``). Width and height are those after the EXIF orientation.
 
     Raises:
-        ValueError: the bytes are not a decodable image (message names PIL's error).
+        ImageRejected: ``corrupt_image``, ``wrong_format`` or ``too_many_pixels``.
     """
+    checked = open_checked(data, formats=_SOURCE_FORMATS, max_pixels=max_pixels)
+    if isinstance(checked, str):
+        reason = "corrupt_image" if checked == "decode_error" else checked
+        raise ImageRejected(reason, "refused from the header, not decoded")
+    checked.close()
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=list(_SOURCE_FORMATS)) as im:
             fmt = im.format or ""
             im.verify()
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=list(_SOURCE_FORMATS)) as im:
             im.load()
-            width, height = im.size
+            width, height = oriented_size(im)
             if fmt in _KEEP_FORMATS:
                 return data, _KEEP_FORMATS[fmt], width, height
-            alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
             buf = io.BytesIO()
-            im.convert("RGBA" if alpha else "RGB").save(buf, format="PNG")
+            to_rgb(im, keep_alpha=True).save(buf, format="PNG")
             return buf.getvalue(), "png", width, height
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb...
-        raise ValueError(f"{type(e).__name__}: {e}") from e
+        raise ImageRejected("corrupt_image", f"{type(e).__name__}: {e}") from e
 
 
 def image_sample(
@@ -133,6 +163,7 @@ def image_sample(
     source: str,
     meta: Mapping[str, Any] | None = None,
     min_size: int = 0,
+    data: bytes | None = None,
 ) -> ShardSample | SkippedItem:
     """Read and check one image file; a :class:`SkippedItem` says why it cannot be used.
 
@@ -143,22 +174,25 @@ def image_sample(
         source: what the summary names the item by (relative path or row id).
         meta: extra json fields (``width``/``height``/``source`` are always set by the writer).
         min_size: skip images whose short side is below this (0: off).
+        data: the image bytes, when they do not come from a file (``path`` then only
+            names it).
 
     Returns:
         A sample to write or the reason it was skipped.
     """
     if not caption:
         return SkippedItem(source, "empty_caption", "caption is empty")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return SkippedItem(source, "missing_image", f"no such file: {path}")
-    except OSError as e:
-        return SkippedItem(source, "corrupt_image", f"cannot read {path}: {e}")
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return SkippedItem(source, "missing_image", f"no such file: {path}")
+        except OSError as e:
+            return SkippedItem(source, "corrupt_image", f"cannot read {path}: {e}")
     try:
         data, ext, width, height = prepare_image(data)
-    except ValueError as e:
-        return SkippedItem(source, "corrupt_image", str(e))
+    except ImageRejected as e:
+        return SkippedItem(source, e.reason, str(e))
     if min(width, height) < min_size:
         return SkippedItem(source, "too_small", f"{width}x{height} < min_size {min_size}")
     return ShardSample(key, data, ext, caption, width, height, source, dict(meta or {}))

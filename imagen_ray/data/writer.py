@@ -50,6 +50,8 @@ TAR_MTIME = 0  # fixed tar member mtime: identical input -> byte-identical shard
 
 SKIP_REASONS = (
     "corrupt_image",  # not decodable by PIL (random bytes, truncated file, unreadable file)
+    "wrong_format",  # an image format outside the accepted suffixes (PPM, PSD, ...)
+    "too_many_pixels",  # width x height above max_pixels (read from the header, not decoded)
     "missing_image",  # table row without image value / file; folder caption without image
     "missing_caption",  # folder image without a same-stem .txt file
     "empty_caption",  # caption empty after stripping (or null in a table)

@@ -1,0 +1,189 @@
+"""Image hygiene: the one way encoded bytes from the wild become an RGB image, or a reason.
+
+Used by the training pipeline (:mod:`imagen_ray.data.decode`) and by the shard writers
+(:mod:`imagen_ray.data.shards`, :mod:`imagen_ray.data.hf`), so a file that one accepts the
+other accepts too.
+
+Two steps:
+
+1. :func:`open_checked`: size cap on the encoded bytes (``member_too_large``), the decoder
+   restricted to the formats of the allowed extensions (``wrong_format``: a TIFF or a
+   BMP in a ``jpg`` entry is never handed to its parser), and ``width * height`` from the
+   header against ``max_pixels`` (``too_many_pixels``). ``Image.open`` reads only the
+   header, so a decompression bomb is refused before one pixel is decoded.
+2. :func:`to_rgb`: EXIF orientation applied, then every mode to 8-bit RGB: 16/32-bit
+   greyscale (``I;16*``, ``I``) scaled by 255/65535 (``convert("L")`` clips, which turned a
+   16-bit PNG almost entirely white), float (``F``) clipped to [0, 1] and scaled, CMYK and
+   YCbCr through PIL's conversions, and anything with alpha (``RGBA``, ``LA``, ``PA``,
+   palette or greyscale with a ``transparency`` entry) composited on a background colour,
+   white by default, not on whatever colour the transparent pixels happen to hide.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Skip reasons (names shared by the pipeline's counters and the shard writers' summaries).
+DECODE_ERROR = "decode_error"
+WRONG_FORMAT = "wrong_format"
+TOO_MANY_PIXELS = "too_many_pixels"
+MEMBER_TOO_LARGE = "member_too_large"
+
+# 64 MP (8192 x 8192, far above any stage's size); DataConfig.max_pixels has the same default.
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+WHITE = (255, 255, 255)
+
+# Extensions -> PIL format names (the decoders allowed for that entry).
+_EXT_FORMATS: dict[str, tuple[str, ...]] = {
+    "jpg": ("JPEG",),  # MPO (camera multi-picture) files open through the JPEG decoder
+    "jpeg": ("JPEG",),
+    "png": ("PNG",),
+    "webp": ("WEBP",),
+    "gif": ("GIF",),
+    "bmp": ("BMP",),
+    "tif": ("TIFF",),
+    "tiff": ("TIFF",),
+}
+# Magic numbers of formats PIL could parse: what tells wrong_format from decode_error.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"icns", "ICNS"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG2000"),
+    (b"\xff\x4f\xff\x51", "JPEG2000"),
+    (b"P1", "PPM"),
+    (b"P2", "PPM"),
+    (b"P3", "PPM"),
+    (b"P4", "PPM"),
+    (b"P5", "PPM"),
+    (b"P6", "PPM"),
+    (b"%!PS", "EPS"),
+    (b"SIMPLE  =", "FITS"),
+    (b"DDS ", "DDS"),
+    (b"qoif", "QOI"),
+)
+
+
+def formats_for(extensions: Sequence[str]) -> tuple[str, ...]:
+    """PIL format names allowed for entry extensions (``("jpg", "png")`` -> JPEG, PNG).
+
+    Raises:
+        ValueError: an extension with no known image format (names the known ones).
+    """
+    out: list[str] = []
+    for ext in extensions:
+        fmts = _EXT_FORMATS.get(ext.lower().lstrip("."))
+        if fmts is None:
+            raise ValueError(
+                f"image extension {ext!r} names no known image format; use some of "
+                f"{sorted(_EXT_FORMATS)}"
+            )
+        out += [f for f in fmts if f not in out]
+    return tuple(out)
+
+
+def sniff_format(raw: bytes) -> str | None:
+    """The image format the leading bytes announce (``RIFF....WEBP`` too), or None."""
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return "WEBP"
+    for magic, name in _MAGIC:
+        if raw.startswith(magic):
+            return name
+    return None
+
+
+def open_checked(
+    raw: bytes,
+    *,
+    formats: Sequence[str],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = None,
+) -> Image.Image | str:
+    """Open encoded bytes (header only) if they pass the checks; else the skip reason.
+
+    Args:
+        raw: the encoded file content.
+        formats: PIL format names the decoder may use (:func:`formats_for`).
+        max_pixels: most ``width * height`` (from the header) accepted.
+        max_bytes: most encoded bytes accepted (None: no cap).
+
+    Returns:
+        A lazily loaded PIL image (no pixel decoded yet), or ``member_too_large``,
+        ``wrong_format``, ``too_many_pixels`` or ``decode_error``.
+    """
+    if max_bytes is not None and len(raw) > max_bytes:
+        return MEMBER_TOO_LARGE
+    try:
+        img = Image.open(io.BytesIO(raw), formats=list(formats))
+    except Image.DecompressionBombError:  # PIL's own limit (2x MAX_IMAGE_PIXELS), from the header
+        return TOO_MANY_PIXELS
+    except Image.UnidentifiedImageError:
+        found = sniff_format(raw)
+        return WRONG_FORMAT if found is not None and found not in formats else DECODE_ERROR
+    except Exception:  # PIL raises many types for bad headers
+        return DECODE_ERROR
+    w, h = img.size
+    if w * h > max_pixels:
+        return TOO_MANY_PIXELS
+    return img
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) after the EXIF orientation is applied (tags 5-8 swap the sides)."""
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:
+        return w, h
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _high_bit_grey_to_l(img: Image.Image) -> Image.Image:
+    """16/32-bit integer or float greyscale -> 8-bit ``L``, scaled, never clipped to white."""
+    a = np.asarray(img)
+    if img.mode == "F":
+        scaled = np.clip(a, 0.0, 1.0) * 255.0
+    else:  # I;16, I;16B, I;16L, I (16-bit PNG/TIFF samples arrive in 0..65535)
+        scaled = np.clip(a.astype(np.float64), 0, 65535) * (255.0 / 65535.0)
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+
+
+def has_alpha(img: Image.Image) -> bool:
+    """An alpha channel or a transparency entry (palette or single-colour key)."""
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+def to_rgb(
+    img: Image.Image, background: tuple[int, int, int] = WHITE, *, keep_alpha: bool = False
+) -> Image.Image:
+    """Any PIL image -> 8-bit RGB, upright (see the module docstring for each mode).
+
+    Args:
+        img: an opened image (loaded here if it is not yet).
+        background: RGB colour that transparent pixels are composited on.
+        keep_alpha: return ``RGBA`` for images with transparency instead of compositing
+            (the shard writers re-encode such images and leave the choice to training).
+
+    Returns:
+        An ``RGB`` (or with ``keep_alpha``, possibly ``RGBA``) image, EXIF orientation applied.
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _high_bit_grey_to_l(img)
+    if has_alpha(img) and keep_alpha:
+        return img.convert("RGBA")
+    if has_alpha(img):
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    return img.convert("RGB")
