@@ -59,15 +59,16 @@ def test_a_lone_call_waits_for_company_only_while_idle() -> None:
     asyncio.run(main())
 
 
-def test_an_error_reaches_every_caller_of_its_batch_and_the_loop_lives_on() -> None:
+def test_a_failed_batch_is_retried_call_by_call_so_only_the_bad_call_fails() -> None:
     async def main() -> None:
         b, calls, release, _ = _batcher()
         release.set()
         await b(0, "warm")  # first batch (the one that would block) is done
-        bad = await asyncio.gather(b(-1, "p"), b(3, "q"), return_exceptions=True)
-        assert all(isinstance(e, ValueError) for e in bad)
-        assert await b(4, "r") == "r40"
-        assert calls == [[0], [-1, 3], [4]]
+        got = await asyncio.gather(b(5, "p"), b(-1, "q"), b(3, "r"), return_exceptions=True)
+        assert got[0] == "p50" and got[2] == "r30"
+        assert isinstance(got[1], ValueError) and "[-1]" in str(got[1])
+        assert await b(4, "s") == "s40"  # the loop lives on
+        assert calls == [[0], [5, -1, 3], [5], [-1], [3], [4]]
 
     asyncio.run(main())
 
