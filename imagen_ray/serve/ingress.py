@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -237,7 +238,9 @@ class Ingress:
             # serve.request_timeout_s) or a prompt failed: drop the work still queued or
             # running for this request's other calls.
             for r in pending:
-                r.cancel()
+                # cancel() re-raises the error of a call that never ran (BackPressureError)
+                with contextlib.suppress(Exception):
+                    r.cancel()
             answer = self._problem(e)
             if answer is e:
                 raise
