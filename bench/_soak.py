@@ -74,7 +74,10 @@ def serve_rss_mb() -> dict[str, float]:
             continue
         for key in ("ServeController", "ProxyActor", "ServeReplica"):
             if key in title:
+                # "ray::ProxyActor.receive_asgi_messages" -> "ProxyActor" (the title names
+                # the method running now)
                 name = title.split("ray::", 1)[-1].split()[0] if "ray::" in title else key
+                name = name.split(".")[0]
                 out[name] += rss / 2**20
     return {k: round(v, 1) for k, v in sorted(out.items())}
 
