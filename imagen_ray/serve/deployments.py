@@ -52,6 +52,8 @@ class FreeBatcher:
     the model never sees the requests that arrived while it was busy. Here one loop takes
     the first waiting call, waits at most ``wait_s`` for more when the queue is empty (the
     idle case), takes everything else queued, and runs ``fn`` on the replica's model thread.
+    When a batch raises, its calls are run again one by one, so only a call that fails on its
+    own gets the error (one bad prompt never fails the prompts it was batched with).
 
     Args:
         fn: ``fn(*columns) -> results``: one list per call argument, one result per call.
