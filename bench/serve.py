@@ -15,7 +15,9 @@ the summary gives the ratios on/off and the targets (batching on at concurrency 
 Output: one JSON object per line on stdout (one per measurement, then the summary, always
 last); progress on stderr. Before serving, it measures in-process what batching can give at
 most on this machine (``batching_ceiling_in_process``: per-image time of each stage at batch 1
-vs batch max-concurrency, one torch thread). ``--quick`` is a smoke run (numbers not meaningful).
+vs batch max-concurrency, one torch thread). ``--quick`` is a smoke run (numbers not
+meaningful). ``--soak`` runs the soak instead (:mod:`bench._soak`: 32 clients, valid and
+invalid requests, status counts, latency, memory).
 """
 
 from __future__ import annotations
@@ -81,6 +83,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the in-process measurement of what batching can give at most",
     )
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, concurrency 1 4")
+    p.add_argument(
+        "--soak",
+        action="store_true",
+        help="instead of the batching benchmark: the soak (bench/_soak.py): valid requests "
+        "mixed with every kind of invalid one, auth on; 0 x 5xx for valid, a 4xx for each "
+        "invalid, p50/p99 latency, Serve processes' RSS at start vs end",
+    )
+    p.add_argument("--soak-requests", type=int, default=640, help="requests in the soak")
+    p.add_argument("--soak-clients", type=int, default=32, help="concurrent soak clients")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.concurrency, args.requests_per_client = 1, [1, 4], 1
@@ -310,9 +321,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def soak(args: argparse.Namespace) -> dict[str, Any]:
+    """The soak (``--soak``) on the given or a random tiny cascade."""
+    try:
+        from bench._soak import run_soak
+    except ImportError:  # pragma: no cover - script mode
+        from _soak import run_soak
+
+    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
+        cascade = args.cascade or str(make_cascade(Path(tmp) / "tiny"))
+        out = run_soak(
+            cascade,
+            args.config,
+            list(args.overrides),
+            args.port,
+            args.soak_requests,
+            args.soak_clients,
+            args.num_cpus,
+            log,
+        )
+    return {"machine": machine_info(), **out}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    emit(run(args))  # always the last line on stdout
+    emit(soak(args) if args.soak else run(args))  # always the last line on stdout
     return 0
 
 

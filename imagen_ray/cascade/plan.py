@@ -79,13 +79,20 @@ def prompt_seeds(n: int, seed: int | Sequence[int] | None) -> list[int]:
     """One seed per prompt: ``seed + i`` for an int, a list as given, random ``+ i`` for None.
 
     Raises:
-        PlanError: a seed outside [0, 2**32 - 1], or a list whose length is not ``n``.
+        PlanError: a seed outside [0, 2**32 - 1] (for an int: ``seed + n - 1`` too), or a
+            list whose length is not ``n``.
     """
     if seed is None:
-        seed = secrets.randbelow(SEED_MAX + 1)
+        seed = secrets.randbelow(SEED_MAX + 2 - max(n, 1))  # seed + n - 1 stays a seed
     if isinstance(seed, (int, np.integer)):
         if not 0 <= int(seed) <= SEED_MAX:
             raise PlanError("seed", f"{seed} is outside [0, {SEED_MAX}]")
+        if int(seed) + n - 1 > SEED_MAX:  # every returned seed must be a valid seed again
+            raise PlanError(
+                "seed",
+                f"{seed} + {n} prompts - 1 is past the largest seed {SEED_MAX}: prompt i "
+                f"uses seed + i, so with {n} prompts send a seed of at most {SEED_MAX - n + 1}",
+            )
         return [int(seed) + i for i in range(n)]
     seeds = [int(s) for s in seed]
     if len(seeds) != n:

@@ -16,7 +16,9 @@ examples:
   imagen-ray init --config configs/tiny/cascade.yaml --out runs/tiny-random
   imagen-ray serve --config configs/tiny/serve.yaml --cascade runs/tiny-random
   imagen-ray serve --config configs/tiny/serve.yaml --set serve.port=8080 \\
-      --set serve.auth.enabled=true          # token from $IMAGEN_RAY_TOKEN
+      --set serve.auth.enabled=true          # token (>= 32 chars) from $IMAGEN_RAY_TOKEN
+  IMAGEN_RAY_TOKEN=$(openssl rand -hex 32) imagen-ray serve -c configs/tiny/serve.yaml \
+      --set serve.host=0.0.0.0 --set serve.auth.enabled=true   # exposed: auth required
   imagen-ray serve --config configs/tiny/serve.yaml --cascade /shared/cascade \\
       --write-serve-config serve_app.yaml    # then: serve deploy serve_app.yaml
 
@@ -83,10 +85,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import yaml
 
     from imagen_ray.fs import atomic_write_text
-    from imagen_ray.serve.app import check_cascade_dir, load_serve_config, serve_deploy_config
+    from imagen_ray.serve.app import (
+        check_cascade_dir,
+        check_exposure,
+        load_serve_config,
+        serve_deploy_config,
+    )
+    from imagen_ray.serve.auth import read_token
 
     cfg = load_serve_config(args.config, args.overrides, args.cascade)
     dirs = check_cascade_dir(cfg)
+    warning = check_exposure(cfg)  # an exposed host without auth stops here
     if args.write_serve_config:
         out = Path(args.write_serve_config)
         head = (
@@ -104,6 +113,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from imagen_ray.runtime import init_ray, logs_hint
     from imagen_ray.serve.app import build_application, port_in_use
 
+    if cfg.auth.enabled:
+        read_token(cfg.auth.token_env, cfg.auth.token_file)  # a missing or short token stops
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not address and port_in_use(cfg.host, cfg.port):
         raise ValueError(

@@ -46,6 +46,12 @@ class ServeDeploymentConfig(Strict):
     max_ongoing_requests: int = Field(
         32, ge=1, description="requests a replica accepts at once (>= max_batch_size to batch)"
     )
+    max_queued_requests: int = Field(
+        256,
+        ge=-1,
+        description="calls (one per prompt) waiting at each caller for a replica; more are "
+        "answered 503 with Retry-After (-1: unbounded)",
+    )
     max_batch_size: int = Field(
         8, ge=1, description="dynamic batching: most requests per forward pass (1: no batching)"
     )
@@ -75,7 +81,8 @@ class ServeStageDeploymentConfig(ServeDeploymentConfig):
 
 
 class ServeAuthConfig(Strict):
-    """Optional bearer-token auth of ``POST /v1/generate`` (401 without the token)."""
+    """Bearer-token auth of every API route (401 without the token); the token has at least
+    32 characters (``openssl rand -hex 32``)."""
 
     enabled: bool = Field(False, description="require `Authorization: Bearer <token>`")
     token_env: str = Field(
@@ -92,7 +99,15 @@ class ServeConfig(Strict):
     cascade: str = Field(
         "", description="saved/exported cascade directory to serve (`--cascade` overrides)"
     )
-    host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 exposes it)")
+    host: str = Field(
+        "127.0.0.1",
+        description="HTTP bind address; one other than loopback (0.0.0.0 exposes it) needs "
+        "serve.auth.enabled (or serve.allow_unauthenticated)",
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="serve a non-loopback host without auth anyway (logged as a warning)",
+    )
     port: int = Field(8000, ge=1, le=65535, description="HTTP port")
     app_name: str = Field(
         "imagen", pattern=r"^[A-Za-z0-9_-]+$", description="Ray Serve application name"
@@ -107,6 +122,15 @@ class ServeConfig(Strict):
     )
     max_body_bytes: int = Field(65536, ge=1024, description="larger request bodies get 413")
     default_format: ImageFormat = Field("png", description="image format when a request has none")
+    max_queued_requests: int = Field(
+        64,
+        ge=-1,
+        description="HTTP requests waiting for an ingress replica; more are answered 503 "
+        "with Retry-After (-1: unbounded)",
+    )
+    retry_after_s: float = Field(
+        2.0, ge=0.0, description="Retry-After (seconds) of the 503 answered under overload"
+    )
     request_timeout_s: float = Field(
         600.0, gt=0.0, description="HTTP requests running longer are cancelled (Serve proxy)"
     )

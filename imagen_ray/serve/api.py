@@ -1,28 +1,41 @@
 """The HTTP API (FastAPI), built per ingress replica around its config and handles.
 
-Routes: ``POST /v1/generate``, ``GET /healthz``, ``GET /v1/models``, ``GET /v1/stats``, the web
-page at ``/``, OpenAPI docs at ``/docs``. Bad input is answered with a 4xx whose ``detail``
-names the field, the value and the limit: 400 for a body that is not JSON, 401 without the
-bearer token (when auth is on), 406 for an image ``Accept`` with several prompts, 413 for a
-body over ``serve.max_body_bytes``, 422 for values out of range or unknown fields.
-"""
+Routes: ``POST /v1/generate``, ``POST /v1/images/generations`` (the OpenAI Images API,
+:mod:`imagen_ray.serve.openai_images`), ``GET /healthz``, ``GET /v1/models``,
+``GET /v1/stats``, the web page at ``/``, OpenAPI docs at ``/docs``. With auth on, every route
+but ``/healthz`` and the page needs the bearer token (``/docs`` and ``/openapi.json`` too).
+Bad input is answered with a 4xx whose ``detail`` names the field, the value and the limit:
+400 for a body that is not JSON, 401 without the bearer token, 406 for an image ``Accept``
+with several prompts, 413 for a body over ``serve.max_body_bytes``, 422 for values out of
+range, unknown fields or text that is not valid Unicode; 503 with ``Retry-After`` when a
+queue is full. A request that fails on the server gets a 500 of its own."""
 
 from __future__ import annotations
 
 import json
-import secrets
+import logging
 from importlib import resources
 from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from imagen_ray.serve.auth import token_matches
+from imagen_ray.serve.openai_images import ROUTE as OPENAI_ROUTE
+from imagen_ray.serve.openai_images import (
+    ImagesRequest,
+    openai_error,
+    to_generate_request,
+    to_images_response,
+)
 from imagen_ray.serve.problems import RequestProblem
 from imagen_ray.serve.schemas import MEDIA_TYPES, GenerateRequest, GenerateResponse, Problem
 
 ASGIApp = Any
+log = logging.getLogger("ray.serve")
 
 
 class Backend(Protocol):
@@ -30,13 +43,16 @@ class Backend(Protocol):
 
     Attributes:
         names: the cascade's stage names, base first.
-        token: the bearer token requests must send, or None when auth is off.
+        token_digest: SHA-256 (hex) of the bearer token requests must send, or None when
+            auth is off.
         max_body_bytes: the largest request body accepted (``serve.max_body_bytes``).
+        stage_sizes: (name, output size) per stage, base first.
     """
 
     names: list[str]
-    token: str | None
+    token_digest: str | None
     max_body_bytes: int
+    stage_sizes: list[tuple[str, int]]
 
     def models(self) -> dict[str, Any]: ...
 
@@ -125,45 +141,89 @@ def _readable(errors: list[dict[str, Any]]) -> str:
     return "; ".join(lines)
 
 
+def _safe(text: str) -> str:
+    """``text`` that encodes as UTF-8 (a lone surrogate from the request shown escaped)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def create_app(ingress: Backend) -> FastAPI:
-    """The FastAPI application of one ingress replica."""
+    """The FastAPI application of one ingress replica.
+
+    With auth on, every API route, ``/docs`` and ``/openapi.json`` need the bearer token;
+    ``/healthz`` (liveness probes) and the web page (which asks for the token) stay open.
+    """
+    auth_on = ingress.token_digest is not None
     app = FastAPI(
         title="imagen-ray",
         description="Text-to-image generation with an Imagen cascade served by Ray Serve. "
         "`POST /v1/generate` takes prompts and per-stage settings and returns base64 images "
-        "(or, with `Accept: image/png` and one prompt, the image itself).",
+        "(or, with `Accept: image/png` and one prompt, the image itself); "
+        "`POST /v1/images/generations` speaks the OpenAI Images API.",
         version="1",
+        docs_url=None if auth_on else "/docs",
+        openapi_url=None if auth_on else "/openapi.json",
     )
     app.add_middleware(BodyLimit, limit=ingress.max_body_bytes)
     bearer = HTTPBearer(auto_error=False, description="serve.auth: the server's token")
     page = resources.files("imagen_ray.serve").joinpath("page.html").read_text()
 
+    def is_openai(request: Request) -> bool:
+        return request.url.path.endswith(OPENAI_ROUTE)
+
+    def answer(
+        request: Request, message: str, status: int, headers: dict[str, str] | None = None
+    ) -> JSONResponse:
+        message = _safe(message)
+        if is_openai(request):
+            # OpenAI answers invalid requests with 400 (the client's BadRequestError).
+            status = 400 if status in (406, 422) else status
+            return JSONResponse(openai_error(message, status), status, headers=headers)
+        return JSONResponse({"detail": message}, status, headers=headers)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
-            return JSONResponse(
-                {"detail": f"request body is not valid JSON: {_readable(errors)}"}, 400
-            )
-        return JSONResponse({"detail": _readable(errors)}, 422)
+            return answer(request, f"request body is not valid JSON: {_readable(errors)}", 400)
+        return answer(request, _readable(errors), 422)
 
     @app.exception_handler(RequestProblem)
     async def problem(request: Request, exc: RequestProblem) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, exc.status)
+        return answer(request, str(exc), exc.status, exc.headers or None)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        log.error("request %s failed: %r", request.url.path, exc)
+        return answer(
+            request,
+            f"generation failed on the server ({type(exc).__name__}); other requests are "
+            "unaffected; the server log has the details",
+            500,
+        )
 
     # FastAPI's default-argument form: an Annotated[...] naming the local `bearer` would be a
     # string here (postponed annotations) that FastAPI cannot resolve.
     def authorize(
         creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> None:
-        if ingress.token is None:
+        if ingress.token_digest is None:
             return
-        if creds is None or not secrets.compare_digest(
-            creds.credentials.encode(), ingress.token.encode()
-        ):
+        if not token_matches(None if creds is None else creds.credentials, ingress.token_digest):
             raise RequestProblem(
                 "missing or wrong bearer token: send `Authorization: Bearer <token>`", 401
             )
+
+    guarded = [Depends(authorize)]
+
+    if auth_on:  # the docs follow the same switch as the API
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
+        async def openapi() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", include_in_schema=False, dependencies=guarded)
+        async def docs() -> HTMLResponse:
+            return get_swagger_ui_html(openapi_url="openapi.json", title="imagen-ray")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(request: Request) -> HTMLResponse:
@@ -174,11 +234,19 @@ def create_app(ingress: Backend) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "stages": ingress.names}
 
-    @app.get("/v1/models", summary="stages, sizes, text encoder, sampling defaults, limits")
+    @app.get(
+        "/v1/models",
+        summary="stages, sizes, text encoder, sampling defaults, limits",
+        dependencies=guarded,
+    )
     async def models() -> dict[str, Any]:
         return ingress.models()
 
-    @app.get("/v1/stats", summary="batch sizes formed by the encoder and stage replicas")
+    @app.get(
+        "/v1/stats",
+        summary="batch sizes formed by the encoder and stage replicas",
+        dependencies=guarded,
+    )
     async def stats() -> dict[str, Any]:
         return await ingress.stats()
 
@@ -193,8 +261,9 @@ def create_app(ingress: Backend) -> FastAPI:
             406: {"model": Problem, "description": "image Accept with several prompts"},
             413: {"model": Problem, "description": "body over serve.max_body_bytes"},
             422: {"model": Problem, "description": "a value out of range or an unknown field"},
+            503: {"model": Problem, "description": "overloaded: retry after Retry-After s"},
         },
-        dependencies=[Depends(authorize)],
+        dependencies=guarded,
     )
     async def generate(req: GenerateRequest, request: Request) -> Any:
         accept = request.headers.get("accept", "").split(",")[0].split(";")[0].strip().lower()
@@ -225,5 +294,21 @@ def create_app(ingress: Backend) -> FastAPI:
                 "X-Imagen-Settings": json.dumps(out.settings, separators=(",", ":")),
             },
         )
+
+    @app.post(
+        OPENAI_ROUTE,
+        summary="OpenAI Images API: n images of one prompt, size = a stage's output size",
+        dependencies=guarded,
+    )
+    async def images_generations(req: ImagesRequest) -> dict[str, Any]:
+        gen = to_generate_request(req, ingress.stage_sizes)
+        try:
+            out = await ingress.generate(gen)
+        except RequestProblem as e:  # name the Images API's fields, not /v1/generate's
+            msg = str(e)
+            for ours, theirs in (("prompts[", "prompt["), ("prompts:", "n:"), ("until", "size")):
+                msg = msg.replace(ours, theirs)
+            raise RequestProblem(msg, e.status, e.headers) from None
+        return to_images_response(out)
 
     return app

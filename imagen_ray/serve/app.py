@@ -10,6 +10,7 @@ The cascade directory must be readable at the same path on every node that runs 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from imagen_ray.config import (
 )
 
 IMPORT_PATH = "imagen_ray.serve.app:build_app"
+log = logging.getLogger(__name__)
 
 
 def check_cascade_dir(cfg: ServeConfig) -> list[Path]:
@@ -68,10 +70,43 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def deployment_options(d: ServeDeploymentConfig) -> dict[str, Any]:
+def check_exposure(cfg: ServeConfig) -> str | None:
+    """Refuse to serve a non-loopback host without auth unless told so explicitly.
+
+    Returns:
+        A warning to log when ``serve.allow_unauthenticated`` lets an open server through,
+        else None.
+
+    Raises:
+        ConfigError: ``serve.host`` is not loopback, auth is off and not explicitly allowed.
+    """
+    from imagen_ray.serve.auth import is_loopback
+
+    if cfg.auth.enabled or is_loopback(cfg.host):
+        return None
+    if not cfg.allow_unauthenticated:
+        raise ConfigError(
+            f"serve.host={cfg.host!r} exposes the server beyond this machine with auth off: "
+            "set serve.auth.enabled=true (token from $IMAGEN_RAY_TOKEN or "
+            "serve.auth.token_file), or, to serve without auth on purpose, "
+            "serve.allow_unauthenticated=true"
+        )
+    return (
+        f"serving on {cfg.host} WITHOUT auth (serve.allow_unauthenticated=true): anyone who "
+        "reaches this port can generate images; set serve.auth.enabled=true to require a token"
+    )
+
+
+def _backpressure(retry_after_s: float) -> dict[str, Any]:
+    return {"status_code": 503, "retry_after_s": retry_after_s}
+
+
+def deployment_options(d: ServeDeploymentConfig, retry_after_s: float = 2.0) -> dict[str, Any]:
     """``Deployment.options(...)`` for one deployment's settings."""
     opts: dict[str, Any] = {
         "max_ongoing_requests": d.max_ongoing_requests,
+        "max_queued_requests": d.max_queued_requests,
+        "backpressure_config": _backpressure(retry_after_s),
         "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
     }
     if d.autoscaling is not None:
@@ -84,7 +119,7 @@ def deployment_options(d: ServeDeploymentConfig) -> dict[str, Any]:
 def build_application(cfg: ServeConfig) -> Any:
     """Bind the deployments: ``Ingress(TextEncoder, [Stage(base), Stage(sr), ...])``."""
     from imagen_ray.cascade.io import read_stage_meta
-    from imagen_ray.serve.auth import read_token
+    from imagen_ray.serve.auth import read_token, token_digest
     from imagen_ray.serve.deployments import StageDeployment, TextEncoderDeployment
     from imagen_ray.serve.ingress import Ingress
 
@@ -94,25 +129,34 @@ def build_application(cfg: ServeConfig) -> Any:
     unknown = sorted({s.name for s in cfg.stages} - set(names))
     if unknown:
         raise ConfigError(f"serve.stages names {unknown} are not stages of the cascade {names}")
-    if cfg.auth.enabled:
-        read_token(cfg.auth.token_env, cfg.auth.token_file)  # fail here, not in a replica
+    warning = check_exposure(cfg)
+    if warning:
+        log.warning(warning)
+    # Read once here, in the driver; the ingress replicas get only the digest.
+    digest = (
+        token_digest(read_token(cfg.auth.token_env, cfg.auth.token_file))
+        if cfg.auth.enabled
+        else None
+    )
     encoder = TextEncoderDeployment.options(  # type: ignore[attr-defined]
-        **deployment_options(cfg.encoder)
+        **deployment_options(cfg.encoder, cfg.retry_after_s)
     ).bind(metas[0]["text"], cfg.encoder.model_dump())
     stages = []
     for i, (d, name) in enumerate(zip(dirs, names, strict=True)):
         dep = cfg.stage_deployment(name)
         stages.append(
             StageDeployment.options(  # type: ignore[attr-defined]
-                name=f"Stage-{name}", **deployment_options(dep)
+                name=f"Stage-{name}", **deployment_options(dep, cfg.retry_after_s)
             ).bind(str(Path(d).resolve()), i, dep.model_dump())
         )
     ing = cfg.ingress
     return Ingress.options(  # type: ignore[attr-defined]
         num_replicas=ing.num_replicas,
         max_ongoing_requests=ing.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+        backpressure_config=_backpressure(cfg.retry_after_s),
         ray_actor_options={"num_cpus": ing.num_cpus},
-    ).bind(encoder, stages, cfg.model_dump(mode="json"), str(Path(cfg.cascade).resolve()))
+    ).bind(encoder, stages, cfg.model_dump(mode="json"), str(Path(cfg.cascade).resolve()), digest)
 
 
 def build_app(args: dict[str, Any]) -> Any:

@@ -52,6 +52,8 @@ class FreeBatcher:
     the model never sees the requests that arrived while it was busy. Here one loop takes
     the first waiting call, waits at most ``wait_s`` for more when the queue is empty (the
     idle case), takes everything else queued, and runs ``fn`` on the replica's model thread.
+    When a batch raises, its calls are run again one by one, so only a call that fails on its
+    own gets the error (one bad prompt never fails the prompts it was batched with).
 
     Args:
         fn: ``fn(*columns) -> results``: one list per call argument, one result per call.
@@ -98,7 +100,6 @@ class FreeBatcher:
         return [(a, f) for a, f in items if not f.done()]  # a cancelled caller is dropped
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             items = await self._next_batch()
             if not items:
@@ -106,17 +107,40 @@ class FreeBatcher:
             self.stats.batches[len(items)] += 1
             columns = [list(col) for col in zip(*(a for a, _ in items), strict=True)]
             try:
-                results = await loop.run_in_executor(self.pool, self.fn, *columns)
-                if len(results) != len(items):
-                    raise RuntimeError(f"{len(results)} results for a batch of {len(items)}")
-            except Exception as e:  # every caller of the batch gets the error, the loop lives
-                for _, f in items:
-                    if not f.done():
-                        f.set_exception(e)
+                results = await self._call(columns, len(items))
+            except Exception as e:
+                if len(items) == 1:
+                    if not items[0][1].done():
+                        items[0][1].set_exception(e)
+                    continue
+                # One bad item must not fail its batch-mates: retry each call alone, so
+                # only the calls that fail by themselves get an error. The loop lives on.
+                log.warning(
+                    "a batch of %d failed (%r); retrying its calls one by one", len(items), e
+                )
+                for args, f in items:
+                    if f.done():
+                        continue
+                    try:
+                        one = await self._call([[a] for a in args], 1)
+                    except Exception as e1:
+                        if not f.done():
+                            f.set_exception(e1)
+                    else:
+                        if not f.done():
+                            f.set_result(one[0])
                 continue
             for (_, f), r in zip(items, results, strict=True):
                 if not f.done():
                     f.set_result(r)
+
+    async def _call(self, columns: list[list[Any]], n: int) -> list[Any]:
+        """``fn(*columns)`` on the model thread; ``n`` results or an error."""
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self.pool, self.fn, *columns)
+        if len(results) != n:
+            raise RuntimeError(f"{len(results)} results for a batch of {n}")
+        return results
 
 
 def _compute_thread(threads: int) -> ThreadPoolExecutor:
@@ -165,6 +189,31 @@ class TextEncoderDeployment:
         return await self.batcher(prompt, negative_prompt)
 
     def _encode(self, prompts: list[str], negatives: list[str | None]) -> list[dict[str, Any]]:
+        try:
+            return self._encode_batch(prompts, negatives)
+        except Exception as e:
+            if len(prompts) == 1:  # alone (the batcher retries a failed batch call by call)
+                self._blame_input(prompts[0], negatives[0], e)
+            raise
+
+    def _blame_input(self, prompt: str, negative: str | None, e: Exception) -> None:
+        """Raise a 422 :class:`RequestProblem` when the tokenizer rejects the prompt itself."""
+        from imagen_ray.serve.problems import RequestProblem
+
+        for field, text in (("prompts", prompt), ("negative_prompt", negative)):
+            if text is None:
+                continue
+            try:
+                self.encoder.tokenizer([text])
+            except Exception as tok_error:
+                raise RequestProblem(
+                    f"{field}: the text encoder's tokenizer rejected the text "
+                    f"({type(tok_error).__name__}: {str(tok_error)[:200]}); send plain text"
+                ) from e
+
+    def _encode_batch(
+        self, prompts: list[str], negatives: list[str | None]
+    ) -> list[dict[str, Any]]:
         enc = self.encoder.encode(prompts)
         self.stats.forward_passes[len(prompts)] += 1
         with_neg = [i for i, n in enumerate(negatives) if n is not None]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +26,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from imagen_ray.serve.auth import read_token
-from imagen_ray.serve.problems import RequestProblem
+from imagen_ray.serve.problems import RequestProblem, unicode_problem
 from imagen_ray.serve.schemas import GeneratedImage, GenerateRequest, GenerateResponse
 
 if TYPE_CHECKING:
@@ -44,6 +46,8 @@ class Ingress:
         stages: handles of the stage deployments, base first.
         serve_cfg: ``ServeConfig.model_dump()``.
         cascade_dir: the saved cascade (read for stage names, sizes and defaults).
+        token_digest: SHA-256 (hex) of the bearer token, or None when auth is off; the
+            driver read the token, so no replica reads the environment or a token file.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class Ingress:
         stages: list[DeploymentHandle],
         serve_cfg: dict[str, Any],
         cascade_dir: str,
+        token_digest: str | None = None,
     ) -> None:
         from imagen_ray.cascade.io import read_cascade_manifest, read_stage_meta
         from imagen_ray.config import ServeConfig, StageConfig, TextEncoderConfig, validate
@@ -63,11 +68,13 @@ class Ingress:
         self.stage_cfgs = [validate(StageConfig, m["stage"], "stage") for m in metas]
         self.text = validate(TextEncoderConfig, metas[0]["text"], "text")
         self.names = [s.name for s in self.stage_cfgs]
+        self.stage_sizes = [(s.name, s.size) for s in self.stage_cfgs]
         if len(stages) != len(self.names):
             raise ValueError(f"{len(stages)} stage deployments for stages {self.names}")
         self.cascade_dir = cascade_dir
-        auth = self.cfg.auth
-        self.token = read_token(auth.token_env, auth.token_file) if auth.enabled else None
+        if self.cfg.auth.enabled and token_digest is None:
+            raise ValueError("serve.auth.enabled is true but the ingress got no token digest")
+        self.token_digest = token_digest if self.cfg.auth.enabled else None
         self.max_body_bytes = self.cfg.max_body_bytes
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -104,7 +111,7 @@ class Ingress:
             },
             "formats": list(IMAGE_FORMATS),
             "default_format": self.cfg.default_format,
-            "auth": self.token is not None,
+            "auth": self.token_digest is not None,
         }
 
     async def stats(self) -> dict[str, Any]:
@@ -138,6 +145,9 @@ class Ingress:
                 "per request; split them over several requests"
             )
         for i, p in enumerate(prompts):
+            bad = unicode_problem(f"prompts[{i}]", p)
+            if bad:
+                raise RequestProblem(bad)
             if not p.strip():
                 raise RequestProblem(f"prompts[{i}]: the prompt is empty")
             if len(p) > cfg.max_prompt_chars:
@@ -145,6 +155,9 @@ class Ingress:
                     f"prompts[{i}]: {len(p)} characters, at most "
                     f"serve.max_prompt_chars={cfg.max_prompt_chars}"
                 )
+        bad = unicode_problem("negative_prompt", req.negative_prompt or "")
+        if bad:
+            raise RequestProblem(bad)
         if req.negative_prompt is not None and len(req.negative_prompt) > cfg.max_prompt_chars:
             raise RequestProblem(
                 f"negative_prompt: {len(req.negative_prompt)} characters, at most "
@@ -173,6 +186,25 @@ class Ingress:
                 )
         return plan
 
+    def _problem(self, e: BaseException) -> BaseException:
+        """The answer for an error from a deployment call: a 4xx the deployment blamed on
+        the request's input, a 503 with Retry-After when a stage's queue is full, else ``e``
+        (a 500 for this request alone)."""
+        from ray.serve.exceptions import BackPressureError
+
+        cause = getattr(e, "cause", None) or e  # a RayTaskError carries the replica's error
+        if isinstance(cause, RequestProblem):
+            return RequestProblem(cause.message, cause.status, cause.headers)
+        if isinstance(cause, BackPressureError) or isinstance(e, BackPressureError):
+            wait = self.cfg.retry_after_s
+            return RequestProblem(
+                "the server is overloaded: a stage's queue is full "
+                f"(serve.stage_defaults.max_queued_requests); retry in {wait:g} s",
+                503,
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        return e
+
     async def generate(self, req: GenerateRequest) -> GenerateResponse:
         """Run a checked request through the deployments; one chain of calls per prompt."""
         import numpy as np
@@ -184,23 +216,41 @@ class Ingress:
         sampling = plan.sampling_json()
         fmt = req.format or self.cfg.default_format
 
+        pending: list[Any] = []  # every DeploymentResponse of this request
+
         async def one(prompt: str, seed: int) -> tuple[np.ndarray, bool]:
             cond = self.encoder.encode.remote(prompt, plan.negative_prompt)
+            pending.append(cond)
             x: Any = None
             for i in range(plan.last + 1):
                 x = self.stages[i].generate.remote(cond, x, sampling[i], seed)
+                pending.append(x)
             image = await x  # (3, H, W) in [-1, 1]
             enc = await cond
             return model_to_uint8(image), bool(enc["truncated"])  # (H, W, 3) uint8
 
-        results = await asyncio.gather(
-            *(one(p, s) for p, s in zip(plan.prompts, plan.seeds, strict=True))
-        )
+        try:
+            results = await asyncio.gather(
+                *(one(p, s) for p, s in zip(plan.prompts, plan.seeds, strict=True))
+            )
+        except BaseException as e:
+            # The client went away (the proxy cancels this task on disconnect or after
+            # serve.request_timeout_s) or a prompt failed: drop the work still queued or
+            # running for this request's other calls.
+            for r in pending:
+                # cancel() re-raises the error of a call that never ran (BackPressureError)
+                with contextlib.suppress(Exception):
+                    r.cancel()
+            answer = self._problem(e)
+            if answer is e:
+                raise
+            raise answer from None
         images, warnings = [], []
         for i, (prompt, seed, (pixels, truncated)) in enumerate(
             zip(plan.prompts, plan.seeds, results, strict=True)
         ):
-            data = encode_image(pixels, fmt)
+            # PNG/WebP of a large image takes seconds: off the event loop.
+            data = await asyncio.to_thread(encode_image, pixels, fmt)
             images.append(
                 GeneratedImage(
                     prompt=prompt,

@@ -10,15 +10,17 @@ import yaml
 from pydantic import Field
 
 from imagen_ray.cli import main
-from imagen_ray.config import ConfigError, SamplingConfig
+from imagen_ray.config import ConfigError, SamplingConfig, ServeConfig
 from imagen_ray.serve.app import (
     IMPORT_PATH,
     build_app,
     check_cascade_dir,
+    check_exposure,
+    deployment_options,
     load_serve_config,
     serve_deploy_config,
 )
-from imagen_ray.serve.auth import read_token
+from imagen_ray.serve.auth import read_token, token_digest, token_matches
 from imagen_ray.serve.schemas import GenerateRequest, StageSettings, optional_fields
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,18 +94,78 @@ def test_serve_command_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None
     assert "is not a directory" in capsys.readouterr().err
 
 
+FILE_TOKEN = "from-file-" + "f" * 30
+ENV_TOKEN = "from-env-" + "e" * 30
+
+
 def test_token_from_env_first_then_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     f = tmp_path / "token"
-    f.write_text("from-file\n")
+    f.write_text(FILE_TOKEN + "\n")
     monkeypatch.delenv("IMAGEN_TEST_TOKEN", raising=False)
-    assert read_token("IMAGEN_TEST_TOKEN", str(f)) == "from-file"
-    monkeypatch.setenv("IMAGEN_TEST_TOKEN", "from-env")
-    assert read_token("IMAGEN_TEST_TOKEN", str(f)) == "from-env"
+    assert read_token("IMAGEN_TEST_TOKEN", str(f)) == FILE_TOKEN
+    monkeypatch.setenv("IMAGEN_TEST_TOKEN", ENV_TOKEN)
+    assert read_token("IMAGEN_TEST_TOKEN", str(f)) == ENV_TOKEN
     monkeypatch.delenv("IMAGEN_TEST_TOKEN")
     with pytest.raises(ValueError, match="IMAGEN_TEST_TOKEN"):
         read_token("IMAGEN_TEST_TOKEN", None)
     with pytest.raises(ValueError, match="does not exist"):
         read_token("IMAGEN_TEST_TOKEN", str(tmp_path / "missing"))
+
+
+def test_tokens_shorter_than_32_characters_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGEN_TEST_TOKEN", "x" * 31)
+    with pytest.raises(ValueError, match=r"31 characters, fewer than 32.*openssl rand"):
+        read_token("IMAGEN_TEST_TOKEN", None)
+    monkeypatch.setenv("IMAGEN_TEST_TOKEN", "x" * 32)
+    assert read_token("IMAGEN_TEST_TOKEN", None) == "x" * 32
+
+
+def test_the_ingress_compares_token_digests() -> None:
+    digest = token_digest(ENV_TOKEN)
+    assert len(digest) == 64 and ENV_TOKEN not in digest
+    assert token_matches(ENV_TOKEN, digest)
+    assert not token_matches(ENV_TOKEN + "x", digest) and not token_matches(None, digest)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "example.org"])
+def test_an_exposed_host_without_auth_is_refused(host: str) -> None:
+    cfg = ServeConfig(host=host)
+    with pytest.raises(ConfigError, match=r"serve\.auth\.enabled=true.*allow_unauthenticated"):
+        check_exposure(cfg)
+    warning = check_exposure(ServeConfig(host=host, allow_unauthenticated=True))
+    assert warning is not None and "WITHOUT auth" in warning
+    assert check_exposure(ServeConfig(host=host, auth={"enabled": True})) is None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+def test_loopback_hosts_need_no_auth(host: str) -> None:
+    assert check_exposure(ServeConfig(host=host)) is None
+
+
+def test_serve_command_refuses_an_exposed_host_before_starting_ray(
+    cascade_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["serve", "-c", str(SERVE_YAML), "--cascade", str(cascade_dir)]
+    assert main([*argv, "--set", "serve.host=0.0.0.0"]) == 2
+    assert "serve.auth.enabled" in capsys.readouterr().err
+
+
+def test_build_application_sets_bounded_queues(cascade_dir: Path) -> None:
+    dep = ServeConfig().stage_defaults.model_copy(update={"max_queued_requests": 7})
+    opts = deployment_options(dep, retry_after_s=3.0)
+    assert opts["max_queued_requests"] == 7
+    assert opts["backpressure_config"] == {"status_code": 503, "retry_after_s": 3.0}
+    app = build_app(
+        {
+            "config": str(SERVE_YAML),
+            "cascade": str(cascade_dir),
+            "set": ["serve.max_queued_requests=5"],
+        }
+    )
+    ingress = app._bound_deployment  # the ingress deployment, bound
+    assert ingress._deployment_config.max_queued_requests == 5
 
 
 def test_auth_on_without_a_token_fails_before_deploying(
@@ -166,3 +228,39 @@ def test_page_ships_with_the_package() -> None:
         and 'id="generate"' in page
         and "http" not in page.split("<script>")[1].replace("http.", "")
     )  # no CDN or external URL in the page's script
+
+
+def test_every_returned_seed_is_a_valid_seed_again() -> None:
+    from imagen_ray.cascade.plan import SEED_MAX, PlanError, prompt_seeds
+
+    assert prompt_seeds(2, SEED_MAX - 1) == [SEED_MAX - 1, SEED_MAX]
+    with pytest.raises(PlanError, match=f"seed of at most {SEED_MAX - 1}") as e:
+        prompt_seeds(2, SEED_MAX)
+    assert e.value.field == "seed"
+    assert all(s <= SEED_MAX for _ in range(50) for s in prompt_seeds(256, None))
+
+
+def test_text_that_is_not_valid_unicode_is_named_without_echoing_it() -> None:
+    from imagen_ray.serve.problems import unicode_problem
+
+    msg = unicode_problem("prompts[1]", "red \ud800 circle")
+    assert msg is not None and "prompts[1]" in msg and "U+D800 at character 4" in msg
+    msg.encode("utf-8")  # the answer itself encodes
+    assert unicode_problem("prompts[0]", "a red circle 🙂") is None
+
+
+def test_openai_images_request_maps_size_to_the_last_stage_with_that_size() -> None:
+    from imagen_ray.serve.openai_images import ImagesRequest, to_generate_request
+    from imagen_ray.serve.problems import RequestProblem
+
+    stages = [("base", 32), ("sr64", 64)]
+    req = ImagesRequest(prompt="a red circle", n=2, size="32x32", seed=5, steps=3)
+    gen = to_generate_request(req, stages)
+    assert gen.prompt_list() == ["a red circle"] * 2 and gen.until == "base"
+    assert gen.seed == 5 and gen.stages["base"].steps == 3 and set(gen.stages) == {"base"}
+    assert to_generate_request(ImagesRequest(prompt="a"), stages).until == "sr64"
+    with pytest.raises(RequestProblem, match=r"'1024x1024'.*\['32x32', '64x64'\]") as e:
+        to_generate_request(ImagesRequest(prompt="a", size="1024x1024"), stages)
+    assert e.value.status == 400
+    with pytest.raises(RequestProblem, match="b64_json"):
+        to_generate_request(ImagesRequest(prompt="a", response_format="url"), stages)

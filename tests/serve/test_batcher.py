@@ -59,15 +59,16 @@ def test_a_lone_call_waits_for_company_only_while_idle() -> None:
     asyncio.run(main())
 
 
-def test_an_error_reaches_every_caller_of_its_batch_and_the_loop_lives_on() -> None:
+def test_a_failed_batch_is_retried_call_by_call_so_only_the_bad_call_fails() -> None:
     async def main() -> None:
         b, calls, release, _ = _batcher()
         release.set()
         await b(0, "warm")  # first batch (the one that would block) is done
-        bad = await asyncio.gather(b(-1, "p"), b(3, "q"), return_exceptions=True)
-        assert all(isinstance(e, ValueError) for e in bad)
-        assert await b(4, "r") == "r40"
-        assert calls == [[0], [-1, 3], [4]]
+        got = await asyncio.gather(b(5, "p"), b(-1, "q"), b(3, "r"), return_exceptions=True)
+        assert got[0] == "p50" and got[2] == "r30"
+        assert isinstance(got[1], ValueError) and "[-1]" in str(got[1])
+        assert await b(4, "s") == "s40"  # the loop lives on
+        assert calls == [[0], [5, -1, 3], [5], [-1], [3], [4]]
 
     asyncio.run(main())
 
@@ -88,3 +89,41 @@ def test_a_cancelled_caller_is_left_out_of_the_batch() -> None:
         assert calls == [[1], [3]]
 
     asyncio.run(main())
+
+
+def test_a_prompt_the_tokenizer_rejects_fails_its_own_call_with_a_422() -> None:
+    """The encoder deployment's batch function with a fake encoder: the batch fails, the
+    batcher retries call by call, and the rejected prompt's error is a RequestProblem."""
+    import torch
+
+    from imagen_ray.serve.deployments import TextEncoderDeployment
+    from imagen_ray.serve.problems import RequestProblem
+
+    class Encoding:
+        def __init__(self, n: int) -> None:
+            self.emb, self.mask = torch.zeros(n, 2, 4), torch.ones(n, 2)
+            self.truncated = [False] * n
+
+    class FakeEncoder:
+        def tokenizer(self, texts: list[str]) -> None:
+            if any("BAD" in t for t in texts):
+                raise TypeError("TextEncodeInput must be Union[TextInputSequence, ...]")
+
+        def encode(self, texts: list[str]) -> Encoding:
+            self.tokenizer(texts)
+            return Encoding(len(texts))
+
+    cls = TextEncoderDeployment.func_or_class
+    dep = cls.__new__(cls)
+    dep.encoder, dep.stats = FakeEncoder(), BatchStats()
+    dep.batcher = FreeBatcher(dep._encode, ThreadPoolExecutor(max_workers=1), 8, 0.05, dep.stats)
+
+    async def main() -> list[object]:
+        calls = [dep.encode(p, None) for p in ("a red circle", "BAD", "a blue square")]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    good, bad, other = asyncio.run(main())
+    assert isinstance(good, dict) and isinstance(other, dict) and good["emb"].shape == (2, 4)
+    assert isinstance(bad, RequestProblem) and bad.status == 422
+    assert "prompts: the text encoder's tokenizer rejected the text" in str(bad)
+    assert dep.stats.as_dict()["batches"] == {"3": 1}  # one batch, then retried alone

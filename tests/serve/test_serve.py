@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 8000
-TOKEN = "test-token-1234"
+TOKEN = "test-token-" + "0123456789abcdef" * 2  # >= 32 characters
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FAST = {"base": {"steps": 2}, "sr64": {"steps": 1}}  # a few sampler steps keep tests quick
 
@@ -60,6 +61,9 @@ def server(cascade_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
             f"serve.auth.token_file={token_file}",
             "serve.stage_defaults.num_cpus=0.2",
             "serve.stage_defaults.batch_wait_timeout_s=0.05",
+            # sr64 takes 2 calls at a time and queues 2 more: a burst overloads it
+            'serve.stages=[{"name": "sr64", "max_ongoing_requests": 2, "max_queued_requests": 2}]',
+            "serve.retry_after_s=3",
             f"serve.port={port}",
         ],
         cascade=str(cascade_dir),
@@ -76,9 +80,10 @@ def post(
     url: str, body: Any, headers: dict[str, str] | None = None, **kw: Any
 ) -> requests.Response:
     h = {**AUTH, **(headers or {})}
+    kw.setdefault("timeout", 120)
     if not isinstance(body, (dict, list)):  # raw bytes, text, or a chunk generator
-        return requests.post(f"{url}/v1/generate", data=body, headers=h, timeout=120, **kw)
-    return requests.post(f"{url}/v1/generate", json=body, headers=h, timeout=120, **kw)
+        return requests.post(f"{url}/v1/generate", data=body, headers=h, **kw)
+    return requests.post(f"{url}/v1/generate", json=body, headers=h, **kw)
 
 
 def pixels(b64_or_bytes: str | bytes) -> np.ndarray:
@@ -91,13 +96,21 @@ def test_health_models_docs(server: str) -> None:
         "status": "ok",
         "stages": ["base", "sr64"],
     }
-    models = requests.get(f"{server}/v1/models", timeout=10).json()
+    # With auth on, every API route and the docs need the token; health and the page do not.
+    for path in ("/v1/models", "/v1/stats", "/docs", "/openapi.json"):
+        r = requests.get(f"{server}{path}", timeout=10)
+        assert r.status_code == 401, (path, r.text)
+        wrong = {"Authorization": "Bearer " + "x" * len(TOKEN)}
+        assert requests.get(f"{server}{path}", headers=wrong, timeout=10).status_code == 401
+    r = requests.post(f"{server}/v1/images/generations", json={"prompt": "a"}, timeout=10)
+    assert r.status_code == 401
+    models = requests.get(f"{server}/v1/models", headers=AUTH, timeout=10).json()
     assert [(s["name"], s["size"]) for s in models["stages"]] == [("base", 32), ("sr64", 64)]
     assert models["encoder"]["name"] == "minilm" and models["auth"] is True
     assert models["limits"]["max_prompts"] == 4
-    assert "swagger" in requests.get(f"{server}/docs", timeout=10).text.lower()
-    spec = requests.get(f"{server}/openapi.json", timeout=10).json()
-    assert "/v1/generate" in spec["paths"]
+    assert "swagger" in requests.get(f"{server}/docs", headers=AUTH, timeout=10).text.lower()
+    spec = requests.get(f"{server}/openapi.json", headers=AUTH, timeout=10).json()
+    assert "/v1/generate" in spec["paths"] and "/v1/images/generations" in spec["paths"]
     page = requests.get(f"{server}/", timeout=10)
     assert page.headers["content-type"].startswith("text/html") and 'id="generate"' in page.text
 
@@ -170,7 +183,7 @@ def test_concurrent_requests_are_batched_and_batch_independent(server: str) -> N
     assert [r.status_code for r in got] == [200] * 32
     for i in (0, 1):
         np.testing.assert_array_equal(pixels(got[i].json()["images"][0]["image"]), pixels(alone[i]))
-    stats = requests.get(f"{server}/v1/stats", timeout=10).json()
+    stats = requests.get(f"{server}/v1/stats", headers=AUTH, timeout=10).json()
     assert stats["stages"]["base"]["max_batch"] > 1, stats
     assert stats["encoder"]["max_batch"] > 1, stats
     # Different step counts in one batch were split into separate forward passes.
@@ -179,6 +192,7 @@ def test_concurrent_requests_are_batched_and_batch_independent(server: str) -> N
 
 
 BIG = json.dumps({"prompts": "x" * 5000})
+JSON = {"Content-Type": "application/json"}
 BAD: list[tuple[str, Any, dict[str, str], int, str]] = [
     ("empty list", {"prompts": []}, {}, 422, "empty"),
     ("blank prompt", {"prompts": ["ok", "  "]}, {}, 422, "prompts[1]"),
@@ -195,6 +209,14 @@ BAD: list[tuple[str, Any, dict[str, str], int, str]] = [
     ("bad until", {"prompts": "a", "until": "nope"}, {}, 422, "until"),
     ("bad format", {"prompts": "a", "format": "gif"}, {}, 422, "format"),
     ("not json", "{prompts: a", {"Content-Type": "application/json"}, 400, "not valid JSON"),
+    ("surrogate", {"prompts": ["ok", "\ud800 red"]}, {}, 422, "prompts[1]: not valid Unicode"),
+    ("neg surrogate", {"prompts": "a", "negative_prompt": "x\udfff"}, {}, 422, "negative_prompt"),
+    ("surrogate key", '{"prompts": "a", "\\ud800": 1}', JSON, 422, "unicode"),
+    ("seed overflow", {"prompts": ["a", "b"], "seed": 2**32 - 1}, {}, 422, "seed of at most"),
+    ("wrong type", {"prompts": 5}, {}, 422, "prompts"),
+    ("NaN", '{"prompts": "a", "stages": {"base": {"guidance_scale": NaN}}}', JSON, 422, "guid"),
+    ("huge steps", {"prompts": "a", "stages": {"base": {"steps": 10**30}}}, {}, 422, "steps"),
+    ("huge seed", '{"prompts": "a", "seed": 1e400}', JSON, 422, "seed"),
     ("too big", BIG, {"Content-Type": "application/json"}, 413, "max_body_bytes"),
 ]
 
@@ -244,6 +266,7 @@ def test_web_page_in_headless_chromium(server: str) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     opts = webdriver.ChromeOptions()
@@ -263,12 +286,14 @@ def test_web_page_in_headless_chromium(server: str) -> None:
     try:
         driver.get(f"{server}/")
         wait = WebDriverWait(driver, 60)
+        # Auth is on: the page asks for the token before it can load the stages.
+        wait.until(lambda d: "needs a token" in d.find_element(By.ID, "model").text)
+        driver.find_element(By.ID, "token").send_keys(TOKEN + Keys.TAB)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-stage=sr64]"))
         driver.find_element(By.ID, "prompt").send_keys("a red circle on the left")
         for el in driver.find_elements(By.CSS_SELECTOR, "[data-key=steps]"):
             el.clear()
             el.send_keys("2")
-        driver.find_element(By.ID, "token").send_keys(TOKEN)
         driver.find_element(By.ID, "generate").click()
         img = wait.until(
             lambda d: next(
@@ -289,3 +314,79 @@ def test_web_page_in_headless_chromium(server: str) -> None:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_a_bad_prompt_among_concurrent_ones_fails_only_its_own_request(server: str) -> None:
+    """The issue's case: four valid requests at the same moment as one with a lone surrogate
+    (they would share the encoder's batch): the four get images, the bad one a 422."""
+    bodies = [{"prompts": f"valid {i}", "until": "base", "stages": FAST} for i in range(4)]
+    bodies.insert(2, {"prompts": ["\ud800 red"], "until": "base", "stages": FAST})
+    with ThreadPoolExecutor(5) as pool:
+        got = list(pool.map(lambda b: post(server, b), bodies))
+    assert [r.status_code for r in got] == [200, 200, 422, 200, 200], [r.text for r in got]
+
+
+def test_overload_answers_503_with_retry_after_and_the_server_recovers(server: str) -> None:
+    """sr64 runs 2 calls and queues 2 more per caller here: while one request's 4 slow
+    super-resolution calls fill that, the next requests get 503 with Retry-After at once."""
+    slow = {"prompts": ["p"] * 4, "stages": {"base": {"steps": 2}, "sr64": {"steps": 40}}}
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(post, server, slow)
+        time.sleep(1.5)  # its 4 calls now hold sr64's 2 running + 2 queued places
+        later = [pool.submit(post, server, {**slow, "prompts": ["q"]}) for _ in range(2)]
+        got = [f.result() for f in later]
+        assert first.result().status_code == 200, first.result().text
+    assert [r.status_code for r in got] == [503, 503], [r.text for r in got]
+    assert got[0].headers["Retry-After"] == "3", got[0].headers
+    assert "overloaded" in got[0].json()["detail"], got[0].text
+    assert post(server, {"prompts": "after", "stages": FAST}).status_code == 200
+
+
+def test_a_client_that_goes_away_cancels_its_pending_stage_work(server: str) -> None:
+    def examples(stage: str) -> int:
+        stats = requests.get(f"{server}/v1/stats", headers=AUTH, timeout=10).json()
+        return sum(int(k) * v for k, v in stats["stages"][stage]["forward_passes"].items())
+
+    before = examples("sr64")
+    slow = {"prompts": ["gone"] * 2, "stages": {"base": {"steps": 50}, "sr64": {"steps": 1}}}
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        post(server, slow, timeout=0.5)  # the client times out and closes the connection
+    # The base batch may finish, but the super-resolution calls never run.
+    ok = post(server, {"prompts": "after", "stages": FAST})
+    assert ok.status_code == 200
+    assert examples("sr64") - before == 1, "only the later request reached sr64"
+
+
+def test_the_official_openai_client_speaks_to_the_images_route(server: str) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=TOKEN, max_retries=0, timeout=120)
+    out = client.images.generate(
+        prompt="a red circle",
+        n=2,
+        size="32x32",  # type: ignore[arg-type]  # the base stage's output size
+        response_format="b64_json",
+        extra_body={"seed": 9, "steps": 2},
+    )
+    assert out.data is not None and len(out.data) == 2
+    assert all(pixels(d.b64_json or "").shape == (32, 32, 3) for d in out.data)
+    assert [getattr(d, "seed", None) for d in out.data] == [9, 10]
+    # The same seed through /v1/generate gives the same pixels.
+    same = post(server, {"prompts": "a red circle", "seed": 9, "until": "base", "stages": FAST})
+    assert same.json()["images"][0]["image"] == out.data[0].b64_json
+
+    with pytest.raises(openai.BadRequestError, match=r"'1024x1024' is not an output size"):
+        client.images.generate(prompt="a", size="1024x1024")
+    with pytest.raises(openai.BadRequestError, match="b64_json"):
+        client.images.generate(prompt="a", size="32x32", response_format="url")
+    with pytest.raises(openai.BadRequestError, match=r"n: 9 prompts, at most serve\.max_prompts"):
+        client.images.generate(prompt="a", size="32x32", n=9)
+    wrong = openai.OpenAI(base_url=f"{server}/v1", api_key="x" * 40, max_retries=0)
+    with pytest.raises(openai.AuthenticationError, match="bearer token") as e:
+        wrong.images.generate(prompt="a", size="32x32")
+    assert e.value.body == {  # OpenAI's error shape (the client unwraps "error")
+        "message": "missing or wrong bearer token: send `Authorization: Bearer <token>`",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_api_key",
+    }
