@@ -57,8 +57,8 @@ from imagen_ray.data.writer import (
     SHARD_FORMAT,
     SHARD_FORMAT_VERSION,
     SUMMARY_NAME,
-    TAR_MTIME,
     SkippedItem,
+    tar_writer,
 )
 
 __all__ = [
@@ -185,7 +185,6 @@ def encode_one_shard(
     Returns:
         The progress record: ``name``, ``samples``, ``with_embeddings``, ``skipped`` items.
     """
-    import webdataset as wds
 
     encoder = encoders[index % len(encoders)]
     name = _output_name(in_path)
@@ -198,9 +197,7 @@ def encode_one_shard(
         return result
 
     with out.fs.open_output_stream(tmp) as stream:
-        writer = wds.TarWriter(
-            stream, encoder=False, mtime=TAR_MTIME, user="imagen-ray", group="imagen-ray"
-        )
+        writer = tar_writer(stream)
         try:
             with _open_input(in_path) as f:
                 for s in _samples_with_embeddings(iter_tar_samples(f, in_path), encode, batch_size):

@@ -267,6 +267,24 @@ def write_shards(
     return summary
 
 
+# How every shard tar is written, by ``data shards``/``synthetic`` (ShardWriter) and by
+# ``data encode`` (one TarWriter per output shard): entries are bytes already, and a fixed
+# mtime and owner make identical input give byte-identical tars.
+TAR_OPTIONS: dict[str, Any] = {
+    "encoder": False,
+    "mtime": TAR_MTIME,
+    "user": "imagen-ray",
+    "group": "imagen-ray",
+}
+
+
+def tar_writer(stream: Any) -> Any:
+    """A ``webdataset.TarWriter`` on an open binary stream, with :data:`TAR_OPTIONS`."""
+    import webdataset as wds  # imports torch: keep it off the import path of this module
+
+    return wds.TarWriter(stream, **TAR_OPTIONS)
+
+
 def _write_tar_files(
     samples: Iterable[Item],
     tmp: Path,
@@ -289,10 +307,7 @@ def _write_tar_files(
         maxcount=samples_per_shard,
         maxsize=float("inf"),  # split by count only
         verbose=0,
-        encoder=False,  # every entry is bytes already
-        mtime=TAR_MTIME,
-        user="imagen-ray",
-        group="imagen-ray",
+        **TAR_OPTIONS,
     )
     try:
         for item in samples:
