@@ -24,10 +24,11 @@ def image_seed(seed: int, prompt_index: int, image_index: int) -> int:
 
 
 def stage_configs(cascade: Sequence[str | Path]) -> list[StageConfig]:
-    """The stage configs of a saved cascade, read without loading any weights."""
-    from imagen_ray.cascade.io import check_chain, read_cascade_manifest, read_stage_meta
+    """The stage configs of a saved cascade (or a stage directory, or stage directories in
+    order), read without loading any weights."""
+    from imagen_ray.cascade.io import check_chain, read_stage_meta, stage_dirs
 
-    dirs = read_cascade_manifest(cascade[0]) if len(cascade) == 1 else [Path(c) for c in cascade]
+    dirs = stage_dirs(cascade)
     metas = [read_stage_meta(d) for d in dirs]
     stages = [
         validate(StageConfig, m["stage"], f"{d}/config.json")

@@ -91,6 +91,7 @@ def generate(
                 "out": str(out.resolve()),
                 "until": cfg.until,
                 "use_gpu": cfg.num_gpus > 0,
+                "dtype": cfg.dtype,
             },
             batch_size=cfg.batch_size,
             compute=ray.data.ActorPoolStrategy(size=cfg.replicas),

@@ -15,9 +15,9 @@ from imagen_ray.cascade.io import (
     CheckpointError,
     check_chain,
     load_stage,
-    read_cascade_manifest,
     save_cascade_manifest,
     save_stage,
+    stage_dirs,
 )
 from imagen_ray.cascade.plan import (
     SamplingOverrides,
@@ -238,16 +238,22 @@ class Cascade(nn.Module):
         *,
         device: torch.device | str = "cpu",
         encoder: TextEncoder | None = None,
+        dtype: str = "float32",
     ) -> Cascade:
-        """Load a saved cascade directory, or a list of stage directories in order.
+        """Load a saved cascade directory, a single stage directory (a one-stage cascade), or
+        a list of stage directories in order.
 
         Every stage must expect the same text encoder config; sizes must chain.
+
+        Args:
+            path: see above.
+            device: where the stages go.
+            encoder: a loaded text encoder to reuse (default: built on first use).
+            dtype: inference dtype of the U-Nets (``auto``: bfloat16 on CUDA, float32
+                elsewhere; see :meth:`Stage.to_inference`). The default keeps the saved
+                float32 weights exactly.
         """
-        dirs = (
-            read_cascade_manifest(path)
-            if isinstance(path, (str, Path))
-            else [Path(p) for p in path]
-        )
+        dirs = stage_dirs(path)
         loaded = [load_stage(d, device=device) for d in dirs]
         texts = {t.model_dump_json() for _, t in loaded}
         if len(texts) > 1:
@@ -255,4 +261,20 @@ class Cascade(nn.Module):
                 f"the stages {[str(d) for d in dirs]} were trained with different text encoders "
                 f"({sorted(texts)}); a cascade needs one"
             )
-        return cls(loaded[0][1], [s for s, _ in loaded], encoder)
+        return cls(loaded[0][1], [s for s, _ in loaded], encoder).to_inference(dtype, device)
+
+    def to_inference(
+        self, dtype: str = "auto", device: torch.device | str | None = None
+    ) -> Cascade:
+        """Every stage to ``device`` and ``dtype`` (:meth:`Stage.to_inference`); returns self.
+
+        The text encoder keeps its own ``text.dtype``.
+        """
+        for stage in self.stage_list:
+            stage.to_inference(dtype, device)
+        return self
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        """Per stage name, the dtype its U-Net runs in (``"bfloat16"``, ...)."""
+        return {s.cfg.name: str(s.dtype).removeprefix("torch.") for s in self.stage_list}

@@ -31,7 +31,8 @@ def check_cascade_dir(cfg: ServeConfig) -> list[Path]:
     if not cfg.cascade:
         raise ConfigError(
             "no cascade to serve: set serve.cascade in the config or pass --cascade DIR (a "
-            "directory written by `imagen-ray init` or `Cascade.save`)"
+            "directory written by `imagen-ray init`, `imagen-ray cascade assemble` or "
+            "`Cascade.save`, or one exported stage directory)"
         )
     if not Path(cfg.cascade).is_dir():
         raise ConfigError(
