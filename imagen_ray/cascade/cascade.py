@@ -226,7 +226,7 @@ class Cascade(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         names = []
         for stage in self.stage_list:
-            save_stage(stage, self.text, out / stage.cfg.name)
+            save_stage(stage, self.text, out / stage.cfg.name, extra=stage.extra)
             names.append(stage.cfg.name)
         save_cascade_manifest(out, names, self.text)
         return out
@@ -262,6 +262,57 @@ class Cascade(nn.Module):
                 f"({sorted(texts)}); a cascade needs one"
             )
         return cls(loaded[0][1], [s for s, _ in loaded], encoder).to_inference(dtype, device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        dir_or_repo_id: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: str = "auto",
+        encoder: TextEncoder | None = None,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> Cascade:
+        """Load a cascade from a local directory or a Hugging Face Hub repo (``org/name``).
+
+        A repo is downloaded into the Hugging Face cache, or read from it alone when offline
+        (``HF_HUB_OFFLINE=1``); see :func:`imagen_ray.cascade.hub.resolve_pretrained`.
+
+        Args:
+            dir_or_repo_id: a cascade or stage directory, or a repo id.
+            device: where the stages go.
+            dtype: the U-Nets' inference dtype (default ``auto``: bfloat16 on CUDA).
+            encoder: a loaded text encoder to reuse.
+            revision: branch, tag or commit of the repo.
+            cache_dir: the Hub cache (default ``HF_HUB_CACHE``).
+        """
+        from imagen_ray.cascade.hub import resolve_pretrained
+
+        path = resolve_pretrained(dir_or_repo_id, revision=revision, cache_dir=cache_dir)
+        return cls.load(path, device=device, encoder=encoder, dtype=dtype)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str | None = None,
+        api: Any = None,
+    ) -> Any:
+        """Upload the cascade (safetensors + configs + a generated model card ``README.md``)
+        to the Hub repo ``repo_id``, created if missing; see
+        :func:`imagen_ray.cascade.hub.push_cascade`. Returns the commit info.
+
+        The weights are uploaded in the dtype they are in: load in float32 (the default of
+        :meth:`load`) to share full-precision weights.
+        """
+        from imagen_ray.cascade.hub import push_cascade
+
+        return push_cascade(
+            self, repo_id, private=private, token=token, commit_message=commit_message, api=api
+        )
 
     def to_inference(
         self, dtype: str = "auto", device: torch.device | str | None = None

@@ -142,6 +142,7 @@ def load_stage(
     state = load_file(str(weights_path), device="cpu")
     _check_weights(stage, state, str(stage_dir))
     stage.unet.load_state_dict(state, strict=True, assign=True)
+    stage.extra = dict(meta.get("extra") or {})
     return stage.to(device).eval(), text
 
 

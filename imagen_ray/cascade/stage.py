@@ -6,6 +6,8 @@ noise-conditioning augmentation of the low-res input is implemented once, here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -38,6 +40,9 @@ class Stage(nn.Module):
         self.text_dim = text_dim
         self.unet = EfficientUNet(cfg.unet, text_dim=text_dim, lowres=cfg.is_sr)
         self.log_snr_fn = get_log_snr_fn(cfg.diffusion.schedule, cfg.diffusion.schedule_shift)
+        # What its saved config.json keeps under "extra" (training step, data, metrics): read
+        # by load_stage and written back by Cascade.save, so a re-saved stage keeps its record.
+        self.extra: dict[str, Any] = {}
 
     @property
     def device(self) -> torch.device:

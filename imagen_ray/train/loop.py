@@ -223,7 +223,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _log_samples(ema, batch, state.step, wandb_run, grids)
         if due_ckpt:
             with tempfile.TemporaryDirectory(prefix="imagen-ray-ckpt-") as tmp:
-                _save(Path(tmp), engine, ema, gen, state, cfg, args.text_dim, rank, world)
+                _save(Path(tmp), engine, ema, gen, state, cfg, args.text_dim, rank, world, metrics)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -322,8 +322,10 @@ def _save(
     text_dim: int,
     rank: int,
     world: int,
+    metrics: dict[str, Any] | None = None,
 ) -> None:
-    """Write this rank's part of a checkpoint; the complete marker goes last."""
+    """Write this rank's part of a checkpoint; the complete marker goes last. The latest
+    reported metrics go into its config (exports carry them into the model card)."""
     engine.save_checkpoint(str(d), tag=ckpt_io.DS_TAG)
     ckpt_io.save_rank_files(
         d,
@@ -340,6 +342,8 @@ def _save(
             world_size=world,
             zero_stage=cfg.train.zero_stage,
             step=state.step,
+            samples=state.samples,
+            metrics={k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
         )
     ckpt_io.mark_complete(d, rank)
 
