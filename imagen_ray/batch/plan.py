@@ -47,6 +47,13 @@ def resolved_sampling(stages: list[StageConfig], cfg: GenerateConfig) -> dict[st
     return {name: s.model_dump(mode="json") for name, s in planned.items()}
 
 
+def run_dtype(cfg: GenerateConfig) -> str:
+    """The U-Nets' dtype in this run's replicas (``auto`` resolved: bfloat16 with GPUs)."""
+    from imagen_ray.cascade.precision import resolve_dtype
+
+    return resolve_dtype(cfg.dtype, "cuda" if cfg.num_gpus > 0 else "cpu")
+
+
 def plan_records(
     prompts: Sequence[Prompt], cfg: GenerateConfig, sampling: dict[str, Any]
 ) -> list[dict[str, Any]]:
@@ -65,6 +72,7 @@ def plan_records(
                     "negative_prompt": cfg.negative_prompt,
                     "stages": list(sampling),
                     "sampling": sampling,
+                    "dtype": run_dtype(cfg),
                     "meta": prompt.meta,
                 }
             )
