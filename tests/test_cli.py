@@ -139,7 +139,9 @@ def test_stage_directories_sample_and_assemble_into_a_cascade(tmp_path: Path, ca
     backwards = ["cascade", "assemble", "--stage", str(out / "sr64"), "--stage", str(out / "base")]
     assert main([*backwards, "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
-    assert "imagen-ray cascade: error: stage 'sr64'" in err and "must be a base stage" in err
+    assert (
+        "imagen-ray cascade: error: stage 'sr64'" in err and "must start with a base stage" in err
+    )
     assert not (tmp_path / "b").exists()
 
 

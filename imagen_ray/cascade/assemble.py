@@ -91,7 +91,8 @@ def check_stages(dirs: Sequence[Path]) -> tuple[TextEncoderConfig, list[StageCon
     if cfgs[0].is_sr:
         raise CheckpointError(
             f"stage {cfgs[0].name!r} ({dirs[0]}) is super-resolution "
-            f"({cfgs[0].lowres_size} -> {cfgs[0].size} px); the first --stage must be a base stage"
+            f"({cfgs[0].lowres_size} -> {cfgs[0].size} px); a cascade must start with a base "
+            "stage (the first --stage)"
         )
     seen: dict[str, Path] = {}
     for prev, (d, cfg) in zip(cfgs, list(zip(dirs, cfgs, strict=True))[1:], strict=False):

@@ -26,6 +26,7 @@ IMPORT_PATH = "imagen_ray.serve.app:build_app"
 
 def check_cascade_dir(cfg: ServeConfig) -> list[Path]:
     """The stage directories of ``cfg.cascade``; a clear error when it is unset or unusable."""
+    from imagen_ray.cascade.assemble import check_stages
     from imagen_ray.cascade.io import read_cascade_manifest
 
     if not cfg.cascade:
@@ -40,7 +41,9 @@ def check_cascade_dir(cfg: ServeConfig) -> list[Path]:
             "`imagen-ray init --config configs/tiny/cascade.yaml --out DIR` or point at an "
             "exported cascade"
         )
-    return read_cascade_manifest(cfg.cascade)
+    dirs = read_cascade_manifest(cfg.cascade)  # a single stage directory is a 1-stage cascade
+    check_stages(dirs)  # one text encoder, sizes chain: fail here, not in a replica
+    return dirs
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -38,11 +38,18 @@ def images(c: Cascade) -> np.ndarray:
 
 def test_a_stage_directory_is_a_one_stage_cascade(saved: Path) -> None:
     from imagen_ray.batch.plan import stage_configs
+    from imagen_ray.config import ServeConfig
+    from imagen_ray.serve.app import check_cascade_dir
 
     one = Cascade.load(saved / "base", encoder=FakeEncoder())
     assert [s.cfg.name for s in one.stage_list] == ["base"]
     assert one.stage_list[0].extra["step"] == 1200  # the record survives a load
     assert [s.name for s in stage_configs([str(saved / "base")])] == ["base"]
+    assert check_cascade_dir(ServeConfig(cascade=str(saved / "base"))) == [saved / "base"]
+    with pytest.raises(CheckpointError, match=r"stage 'sr' .* is super-resolution"):
+        check_cascade_dir(ServeConfig(cascade=str(saved / "sr")))  # no base stage to serve
+    with pytest.raises(CheckpointError, match=r"not a stage directory either"):
+        Cascade.load(saved.parent)
     full = Cascade.load(saved, encoder=FakeEncoder())
     np.testing.assert_array_equal(images(one), full.generate(PROMPTS, seed=5).uint8(0))
 
