@@ -118,8 +118,8 @@ def model_card(cascade: str | Path, *, title: str | None = None) -> str:
             "## Text encoder",
             "",
             f"`{text['name']}`, {text['max_length']} tokens per prompt, embeddings of width "
-            f"{metas[0]['text_dim']}; loaded from the Hugging Face Hub (or its local cache) "
-            "when the cascade generates. It is not stored in this directory.",
+            f"{metas[0]['text_dim']}; loaded by that name when the cascade generates (it is "
+            "not stored in this directory).",
             "",
             "## Training",
             "",
@@ -129,7 +129,7 @@ def model_card(cascade: str | Path, *, title: str | None = None) -> str:
             "",
             "```bash",
             'imagen-ray sample --cascade DIR --prompt "a red circle on the left" --out out/',
-            "imagen-ray serve --cascade DIR",
+            "imagen-ray serve -c configs/tiny/serve.yaml --cascade DIR",
             "```",
             "",
             "```python",

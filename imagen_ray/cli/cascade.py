@@ -10,7 +10,7 @@ examples:
   imagen-ray export --checkpoint runs/base --out export/base
   imagen-ray export --checkpoint runs/sr64 --out export/sr64
   imagen-ray cascade assemble --stage export/base --stage export/sr64 --out export/cascade
-  imagen-ray serve --cascade export/cascade
+  imagen-ray serve -c configs/tiny/serve.yaml --cascade export/cascade
   imagen-ray cascade push --cascade export/cascade --repo my-org/imagen-tiny
 """
 

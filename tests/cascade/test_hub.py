@@ -112,3 +112,19 @@ def test_push_to_hub_uploads_weights_configs_and_a_model_card(
         (tmp_path / "up" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "up" / name).write_bytes(data)
     same_images(Cascade.from_pretrained(tmp_path / "up", encoder=FakeEncoder()), cascade)
+
+
+def test_cascade_push_command_uploads_through_hfapi(
+    cascade: Cascade, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import huggingface_hub
+
+    from imagen_ray.cli import main
+
+    api = RecordingApi()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: api)
+    cascade.save(tmp_path / "c")
+    assert main(["cascade", "push", "--cascade", str(tmp_path / "c"), "--repo", "org/x"]) == 0
+    assert api.created == [("org/x", False)]
+    assert {"README.md", "base/model.safetensors", "sr/model.safetensors"} <= set(api.files)
+    assert "pushed" in capsys.readouterr().out
