@@ -25,7 +25,7 @@ def test_help_lists_every_command(capsys) -> None:
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("config", "params", "init", "sample"):
+    for cmd in ("config", "params", "init", "sample", "cascade"):
         assert f"    {cmd}" in out
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
@@ -68,9 +68,9 @@ def test_params_counts_paper_configs_without_weights(capsys) -> None:
     assert rows[-1]["total_params"] == sum(by_stage.values())
 
 
-def test_init_then_sample_writes_images_grid_and_settings(tmp_path: Path, capsys) -> None:
+def tiny_cascade_config(tmp_path: Path) -> Path:
+    """The tiny cascade config with its text encoder pointed at the tiny T5 (fast to load)."""
     t5 = build_tiny_t5(tmp_path / "t5")
-    # One text encoder for the whole cascade: point it at the tiny T5 (fast to load).
     cfg = yaml.safe_load((TINY / "cascade.yaml").read_text())
     cfg["text"]["name"] = str(t5)
     cfg["stages"] = []
@@ -78,9 +78,12 @@ def test_init_then_sample_writes_images_grid_and_settings(tmp_path: Path, capsys
         run = yaml.safe_load((TINY / stage_file).read_text())
         cfg["stages"].append(run["stage"])
     (tmp_path / "cascade.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / "cascade.yaml"
 
+
+def test_init_then_sample_writes_images_grid_and_settings(tmp_path: Path, capsys) -> None:
     out = tmp_path / "cascade"
-    assert main(["init", "-c", str(tmp_path / "cascade.yaml"), "--out", str(out)]) == 0
+    assert main(["init", "-c", str(tiny_cascade_config(tmp_path)), "--out", str(out)]) == 0
     assert (out / "cascade.json").is_file() and (out / "sr64" / "model.safetensors").is_file()
 
     args = ["sample", "--cascade", str(out), "-p", "a red circle", "-p", "two blue squares"]
@@ -110,6 +113,36 @@ def test_init_then_sample_writes_images_grid_and_settings(tmp_path: Path, capsys
     assert "dpmpp_2m" in capsys.readouterr().err
     assert main([*bad, "--sampling", "steps=3"]) == 2
     assert "STAGE.KEY=VALUE" in capsys.readouterr().err
+
+
+def test_stage_directories_sample_and_assemble_into_a_cascade(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cascade"
+    assert main(["init", "-c", str(tiny_cascade_config(tmp_path)), "--out", str(out)]) == 0
+    # an exported stage directory is a one-stage cascade for --cascade
+    args = ["sample", "-p", "a red circle", "--sampling", "base.steps=1", "--no-progress"]
+    assert main([*args, "--cascade", str(out / "base"), "--out", str(tmp_path / "s")]) == 0
+    settings = json.loads((tmp_path / "s" / "settings.json").read_text())
+    assert settings["stages"] == ["base"] and settings["dtype"] == {"base": "float32"}
+    assert Image.open(tmp_path / "s" / "0000.png").size == (32, 32)
+    capsys.readouterr()
+
+    cmd = ["cascade", "assemble", "--stage", str(out / "base"), "--stage", str(out / "sr64")]
+    assert main([*cmd, "--out", str(tmp_path / "a")]) == 0
+    assert "weights: base hardlink, sr64 hardlink" in capsys.readouterr().out
+    assert (tmp_path / "a" / "README.md").is_file()
+    sampled = [*args, "--sampling", "sr64.steps=1", "--dtype", "bfloat16"]
+    assert main([*sampled, "--cascade", str(tmp_path / "a"), "--out", str(tmp_path / "s2")]) == 0
+    settings = json.loads((tmp_path / "s2" / "settings.json").read_text())
+    assert settings["dtype"] == {"base": "bfloat16", "sr64": "bfloat16"}
+    assert Image.open(tmp_path / "s2" / "0000.png").size == (64, 64)
+
+    backwards = ["cascade", "assemble", "--stage", str(out / "sr64"), "--stage", str(out / "base")]
+    assert main([*backwards, "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "imagen-ray cascade: error: stage 'sr64'" in err and "must start with a base stage" in err
+    )
+    assert not (tmp_path / "b").exists()
 
 
 def test_sample_without_prompts_or_cascade_fails_clearly(tmp_path: Path, capsys) -> None:

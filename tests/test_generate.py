@@ -102,6 +102,23 @@ def test_image_seeds_depend_only_on_seed_prompt_and_image() -> None:
     assert all(by_file[r["file"]] == r["seed"] for r in two)
 
 
+def test_records_carry_the_resolved_dtype_and_resume_checks_it(tmp_path: Path) -> None:
+    from imagen_ray.batch.resume import sidecar, split_done
+
+    cpu = plan_records([Prompt("a")], GenerateConfig(), {})
+    assert cpu[0]["dtype"] == "float32"  # auto on CPU replicas
+    gpu = plan_records([Prompt("a")], GenerateConfig(num_gpus=1), {})
+    assert gpu[0]["dtype"] == "bfloat16"  # auto with GPUs
+    r = cpu[0]
+    (tmp_path / r["file"]).parent.mkdir(parents=True)
+    (tmp_path / r["file"]).write_bytes(b"png")
+    old = {k: v for k, v in r.items() if k != "dtype"}  # a record from before dtype existed
+    sidecar(tmp_path, r).write_text(json.dumps(old))
+    assert split_done(tmp_path, cpu) == ([old], [])  # it ran in float32: still done
+    with pytest.raises(ValueError, match="dtype: 'float32' there, 'bfloat16' now"):
+        split_done(tmp_path, gpu)
+
+
 def test_jpg_is_accepted_and_names_jpg_files() -> None:
     cfg = load_generate_config(None, {"format": "jpg"}, [])
     assert cfg.format == "jpeg"

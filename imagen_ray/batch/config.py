@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
 
+from imagen_ray.cascade.precision import InferenceDType
 from imagen_ray.config import Strict, apply_overrides, read_yaml, validate
 from imagen_ray.images import ImageFormat, image_format
 
@@ -35,6 +36,9 @@ class GenerateConfig(Strict):
     replicas: int = Field(1, ge=1, description="actors in the pool, each holding the cascade")
     num_cpus: float = Field(1.0, gt=0.0, description="CPUs reserved per replica")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs per replica (fractions share one)")
+    dtype: InferenceDType = Field(
+        "auto", description="U-Net inference dtype (auto: bfloat16 on a GPU, float32 on CPU)"
+    )
 
 
 def load_generate_config(

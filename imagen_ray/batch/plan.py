@@ -24,10 +24,11 @@ def image_seed(seed: int, prompt_index: int, image_index: int) -> int:
 
 
 def stage_configs(cascade: Sequence[str | Path]) -> list[StageConfig]:
-    """The stage configs of a saved cascade, read without loading any weights."""
-    from imagen_ray.cascade.io import check_chain, read_cascade_manifest, read_stage_meta
+    """The stage configs of a saved cascade (or a stage directory, or stage directories in
+    order), read without loading any weights."""
+    from imagen_ray.cascade.io import check_chain, read_stage_meta, stage_dirs
 
-    dirs = read_cascade_manifest(cascade[0]) if len(cascade) == 1 else [Path(c) for c in cascade]
+    dirs = stage_dirs(cascade)
     metas = [read_stage_meta(d) for d in dirs]
     stages = [
         validate(StageConfig, m["stage"], f"{d}/config.json")
@@ -44,6 +45,13 @@ def resolved_sampling(stages: list[StageConfig], cfg: GenerateConfig) -> dict[st
 
     planned = plan_sampling(stages, until=cfg.until, sampling=cfg.sampling)
     return {name: s.model_dump(mode="json") for name, s in planned.items()}
+
+
+def run_dtype(cfg: GenerateConfig) -> str:
+    """The U-Nets' dtype in this run's replicas (``auto`` resolved: bfloat16 with GPUs)."""
+    from imagen_ray.cascade.precision import resolve_dtype
+
+    return resolve_dtype(cfg.dtype, "cuda" if cfg.num_gpus > 0 else "cpu")
 
 
 def plan_records(
@@ -64,6 +72,7 @@ def plan_records(
                     "negative_prompt": cfg.negative_prompt,
                     "stages": list(sampling),
                     "sampling": sampling,
+                    "dtype": run_dtype(cfg),
                     "meta": prompt.meta,
                 }
             )

@@ -10,7 +10,9 @@ from imagen_ray.fs import atomic_write_text
 
 MANIFEST = "manifest.jsonl"
 # Fields that must match for an existing image to count as this run's image.
-_SAME = ("prompt", "seed", "negative_prompt", "stages", "sampling")
+_SAME = ("prompt", "seed", "negative_prompt", "stages", "sampling", "dtype")
+# Records written before a field existed: what that run used.
+_BEFORE = {"dtype": "float32"}
 
 
 def sidecar(out: Path, record: dict[str, Any]) -> Path:
@@ -35,7 +37,7 @@ def split_done(out: Path, records: list[dict[str, Any]]) -> tuple[list[dict], li
         except (json.JSONDecodeError, UnicodeDecodeError):
             todo.append(r)  # a torn write from an older crash: make it again
             continue
-        was = _flatten({k: old.get(k) for k in _SAME})
+        was = _flatten({k: old.get(k, _BEFORE.get(k)) for k in _SAME})
         now = _flatten({k: r[k] for k in _SAME})
         diff = [
             f"{k}: {was.get(k)!r} there, {now.get(k)!r} now" for k in now if was.get(k) != now[k]

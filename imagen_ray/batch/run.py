@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from imagen_ray.batch.config import GenerateConfig
-from imagen_ray.batch.plan import IMAGES, plan_records, resolved_sampling, stage_configs
+from imagen_ray.batch.plan import (
+    IMAGES,
+    plan_records,
+    resolved_sampling,
+    run_dtype,
+    stage_configs,
+)
 from imagen_ray.batch.resume import split_done, write_manifest
 from imagen_ray.batch.worker import CascadeWorker, check_cluster
 from imagen_ray.prompts import Prompt
@@ -91,6 +97,7 @@ def generate(
                 "out": str(out.resolve()),
                 "until": cfg.until,
                 "use_gpu": cfg.num_gpus > 0,
+                "dtype": run_dtype(cfg),
             },
             batch_size=cfg.batch_size,
             compute=ray.data.ActorPoolStrategy(size=cfg.replicas),

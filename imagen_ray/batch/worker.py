@@ -17,14 +17,15 @@ class CascadeWorker:
     """One replica of the actor pool: loads the cascade once, then turns batches of
     planned records into images and records on disk."""
 
-    def __init__(self, cascade: list[str], out: str, until: str | None, use_gpu: bool) -> None:
+    def __init__(
+        self, cascade: list[str], out: str, until: str | None, use_gpu: bool, dtype: str = "auto"
+    ) -> None:
         import torch
 
         from imagen_ray.cascade import Cascade
 
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        path: str | list[str] = cascade[0] if len(cascade) == 1 else cascade
-        self.cascade = Cascade.load(path, device=device)
+        self.cascade = Cascade.load(cascade, device=device, dtype=dtype)
         _ = self.cascade.encoder  # load the text encoder before the first batch
         self.out = Path(out)
         self.until = until

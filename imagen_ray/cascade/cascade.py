@@ -15,9 +15,9 @@ from imagen_ray.cascade.io import (
     CheckpointError,
     check_chain,
     load_stage,
-    read_cascade_manifest,
     save_cascade_manifest,
     save_stage,
+    stage_dirs,
 )
 from imagen_ray.cascade.plan import (
     SamplingOverrides,
@@ -226,7 +226,7 @@ class Cascade(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         names = []
         for stage in self.stage_list:
-            save_stage(stage, self.text, out / stage.cfg.name)
+            save_stage(stage, self.text, out / stage.cfg.name, extra=stage.extra)
             names.append(stage.cfg.name)
         save_cascade_manifest(out, names, self.text)
         return out
@@ -238,16 +238,22 @@ class Cascade(nn.Module):
         *,
         device: torch.device | str = "cpu",
         encoder: TextEncoder | None = None,
+        dtype: str = "float32",
     ) -> Cascade:
-        """Load a saved cascade directory, or a list of stage directories in order.
+        """Load a saved cascade directory, a single stage directory (a one-stage cascade), or
+        a list of stage directories in order.
 
         Every stage must expect the same text encoder config; sizes must chain.
+
+        Args:
+            path: see above.
+            device: where the stages go.
+            encoder: a loaded text encoder to reuse (default: built on first use).
+            dtype: inference dtype of the U-Nets (``auto``: bfloat16 on CUDA, float32
+                elsewhere; see :meth:`Stage.to_inference`). The default keeps the saved
+                float32 weights exactly.
         """
-        dirs = (
-            read_cascade_manifest(path)
-            if isinstance(path, (str, Path))
-            else [Path(p) for p in path]
-        )
+        dirs = stage_dirs(path)
         loaded = [load_stage(d, device=device) for d in dirs]
         texts = {t.model_dump_json() for _, t in loaded}
         if len(texts) > 1:
@@ -255,4 +261,71 @@ class Cascade(nn.Module):
                 f"the stages {[str(d) for d in dirs]} were trained with different text encoders "
                 f"({sorted(texts)}); a cascade needs one"
             )
-        return cls(loaded[0][1], [s for s, _ in loaded], encoder)
+        return cls(loaded[0][1], [s for s, _ in loaded], encoder).to_inference(dtype, device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        dir_or_repo_id: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: str = "auto",
+        encoder: TextEncoder | None = None,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> Cascade:
+        """Load a cascade from a local directory or a Hugging Face Hub repo (``org/name``).
+
+        A repo is downloaded into the Hugging Face cache, or read from it alone when offline
+        (``HF_HUB_OFFLINE=1``); see :func:`imagen_ray.cascade.hub.resolve_pretrained`.
+
+        Args:
+            dir_or_repo_id: a cascade or stage directory, or a repo id.
+            device: where the stages go.
+            dtype: the U-Nets' inference dtype (default ``auto``: bfloat16 on CUDA).
+            encoder: a loaded text encoder to reuse.
+            revision: branch, tag or commit of the repo.
+            cache_dir: the Hub cache (default ``HF_HUB_CACHE``).
+        """
+        from imagen_ray.cascade.hub import resolve_pretrained
+
+        path = resolve_pretrained(dir_or_repo_id, revision=revision, cache_dir=cache_dir)
+        return cls.load(path, device=device, encoder=encoder, dtype=dtype)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str | None = None,
+        api: Any = None,
+    ) -> Any:
+        """Upload the cascade (safetensors + configs + a generated model card ``README.md``)
+        to the Hub repo ``repo_id``, created if missing; see
+        :func:`imagen_ray.cascade.hub.push_cascade`. Returns the commit info.
+
+        The weights are uploaded in the dtype they are in: load in float32 (the default of
+        :meth:`load`) to share full-precision weights.
+        """
+        from imagen_ray.cascade.hub import push_cascade
+
+        return push_cascade(
+            self, repo_id, private=private, token=token, commit_message=commit_message, api=api
+        )
+
+    def to_inference(
+        self, dtype: str = "auto", device: torch.device | str | None = None
+    ) -> Cascade:
+        """Every stage to ``device`` and ``dtype`` (:meth:`Stage.to_inference`); returns self.
+
+        The text encoder keeps its own ``text.dtype``.
+        """
+        for stage in self.stage_list:
+            stage.to_inference(dtype, device)
+        return self
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        """Per stage name, the dtype its U-Net runs in (``"bfloat16"``, ...)."""
+        return {s.cfg.name: str(s.dtype).removeprefix("torch.") for s in self.stage_list}

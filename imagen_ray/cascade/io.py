@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,7 @@ def load_stage(
     state = load_file(str(weights_path), device="cpu")
     _check_weights(stage, state, str(stage_dir))
     stage.unet.load_state_dict(state, strict=True, assign=True)
+    stage.extra = dict(meta.get("extra") or {})
     return stage.to(device).eval(), text
 
 
@@ -180,12 +182,20 @@ def save_cascade_manifest(out_dir: Path, names: list[str], text: TextEncoderConf
 
 
 def read_cascade_manifest(path: str | Path) -> list[Path]:
-    """Stage directories of a saved cascade, in order; checks format and version."""
+    """Stage directories of a saved cascade, in order; checks format and version.
+
+    A single stage directory (``config.json`` + weights, what ``imagen-ray export`` writes)
+    is a one-stage cascade: ``[path]``.
+    """
     p = Path(path) / MANIFEST
+    if not p.is_file() and (Path(path) / CONFIG).is_file():
+        read_stage_meta(path)  # a stage directory: check its format here, with its name
+        return [Path(path)]
     meta = _read_json(
         p,
-        f"{path} is not a saved cascade: {MANIFEST} is missing (a single stage directory "
-        "holds config.json instead)",
+        f"{path} is not a saved cascade: {MANIFEST} is missing, and it is not a stage "
+        f"directory either ({CONFIG} is missing too); pass a directory written by "
+        "`imagen-ray init`, `imagen-ray export` or `imagen-ray cascade assemble`",
     )
     if meta.get("format") != CASCADE_FORMAT or meta.get("version") != FORMAT_VERSION:
         raise CheckpointError(
@@ -193,6 +203,24 @@ def read_cascade_manifest(path: str | Path) -> list[Path]:
             f"{CASCADE_FORMAT!r} version {FORMAT_VERSION}"
         )
     return [Path(path) / name for name in meta["stages"]]
+
+
+def stage_dirs(path: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The stage directories ``--cascade`` names, base first.
+
+    Args:
+        path: a saved cascade directory, a single stage directory, or stage directories in
+            order (a list of one is read like the directory alone).
+
+    Returns:
+        The stage directories, in cascade order.
+    """
+    if isinstance(path, (str, Path)):
+        return read_cascade_manifest(path)
+    paths = [Path(p) for p in path]
+    if len(paths) == 1:
+        return read_cascade_manifest(paths[0])
+    return paths
 
 
 def check_chain(text: TextEncoderConfig, stages: list[StageConfig]) -> CascadeConfig:

@@ -6,9 +6,12 @@ noise-conditioning augmentation of the low-res input is implemented once, here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
+from imagen_ray.cascade.precision import resolve_dtype
 from imagen_ray.config import SamplingConfig, StageConfig
 from imagen_ray.diffusion import (
     Callback,
@@ -37,10 +40,40 @@ class Stage(nn.Module):
         self.text_dim = text_dim
         self.unet = EfficientUNet(cfg.unet, text_dim=text_dim, lowres=cfg.is_sr)
         self.log_snr_fn = get_log_snr_fn(cfg.diffusion.schedule, cfg.diffusion.schedule_shift)
+        # What its saved config.json keeps under "extra" (training step, data, metrics): read
+        # by load_stage and written back by Cascade.save, so a re-saved stage keeps its record.
+        self.extra: dict[str, Any] = {}
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the U-Net's weights (its forward pass runs in it)."""
+        return next(self.unet.parameters()).dtype
+
+    def to_inference(self, dtype: str = "auto", device: torch.device | str | None = None) -> Stage:
+        """Move the stage to ``device`` in eval mode with its weights in ``dtype``.
+
+        The one place inference precision is set (Serve, ``generate``, ``sample``, training
+        sample grids). ``auto`` is bfloat16 on CUDA, float32 elsewhere
+        (:func:`imagen_ray.cascade.precision.resolve_dtype`). On CUDA the weights also go
+        channels_last, which cuDNN's convolutions (and their tensor-core paths) prefer.
+
+        Args:
+            dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16`` (CUDA only).
+            device: target device (default: where the stage is).
+
+        Returns:
+            ``self``.
+        """
+        dev = torch.device(device) if device is not None else self.device
+        name = resolve_dtype(dtype, dev.type)
+        self.to(device=dev, dtype=getattr(torch, name)).eval()
+        if dev.type == "cuda":
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return self
 
     # ------------------------------------------------------------------ low-res input
 
@@ -178,8 +211,16 @@ class Stage(nn.Module):
             lowres2 = None if lowres_in is None else torch.cat([lowres_in, lowres_in])
             aug2 = None if aug is None else torch.cat([aug, aug])
 
-        dtype = next(self.unet.parameters()).dtype
+        dtype = self.dtype
 
+        # Precision: only the U-Net's forward runs in the weights' dtype (bf16/fp16 after
+        # to_inference). Its input is cast down here and its output back to float32, so the
+        # sampler's state x_t and its update arithmetic (small differences of large terms near
+        # t = 0), the eps/v -> x0 conversion (divides by alpha, large at t ~ 1), the guidance
+        # combination uncond + w (cond - uncond) (w up to ~10 amplifies rounding) and dynamic
+        # thresholding's per-example quantile (bf16 has 8 bits of mantissa: the 99.5th
+        # percentile would snap to a coarse grid) all stay float32. Time t stays float32 too:
+        # bf16 cannot tell t = 0.999 from t = 1.
         def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
             x_t, t = x_t.to(dtype), t.to(dev, torch.float32)
             if guided and x_t.shape[0] == 2 * b:
@@ -196,7 +237,7 @@ class Stage(nn.Module):
             threshold=s.threshold,
             percentile=s.percentile,
         )
-        noise = randn((b, 3, self.cfg.size, self.cfg.size), generator, dev)
+        noise = randn((b, 3, self.cfg.size, self.cfg.size), generator, dev)  # float32 state
         x0 = sample(
             denoise,
             noise,

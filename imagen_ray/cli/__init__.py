@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 # Command-group modules of imagen_ray.cli, in the order `imagen-ray --help` lists them.
-COMMANDS = ("model", "train", "serve", "generate", "demo", "data", "eval")
+COMMANDS = ("model", "train", "cascade", "serve", "generate", "demo", "data", "eval")
 
 EXAMPLES = """\
 examples:
@@ -47,6 +47,8 @@ examples:
   imagen-ray data shards --from-folder photos/ --out data/photos
   imagen-ray train --config configs/tiny/base.yaml --set data.shards=data/synthetic
   imagen-ray export --checkpoint runs/base --out runs/export/base
+  imagen-ray cascade assemble --stage runs/export/base --stage runs/export/sr64 \
+      --out runs/export/cascade
   imagen-ray generate --cascade runs/tiny-random --prompts prompts.txt --out outputs/batch
   imagen-ray eval probe --cascade runs/tiny-random --out eval/probe   (see `eval --help`)
 """

@@ -44,13 +44,28 @@ def add_config_arguments(p: argparse.ArgumentParser, what: str, *, required: boo
 
 
 def add_cascade_argument(p: argparse.ArgumentParser) -> None:
-    """``--cascade DIR [DIR ...]``: a saved cascade, or stage directories base first."""
+    """``--cascade DIR [DIR ...]``: a saved cascade, a stage directory, or stage directories
+    base first."""
     p.add_argument(
         "--cascade",
         required=True,
         nargs="+",
         metavar="DIR",
-        help="saved cascade directory, or stage directories base first",
+        help="saved cascade directory, one exported stage directory (a one-stage cascade), "
+        "or stage directories base first",
+    )
+
+
+def add_dtype_argument(p: argparse.ArgumentParser, *, default: str | None = "auto") -> None:
+    """``--dtype``: the U-Nets' inference dtype (:mod:`imagen_ray.cascade.precision`)."""
+    from imagen_ray.cascade.precision import INFERENCE_DTYPES
+
+    p.add_argument(
+        "--dtype",
+        choices=INFERENCE_DTYPES,
+        default=default,
+        help="U-Net inference dtype; auto (default): bfloat16 on CUDA, float32 on CPU. "
+        "Sampler state, guidance and thresholding stay float32; float16 needs CUDA",
     )
 
 

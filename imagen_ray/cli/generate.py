@@ -7,6 +7,7 @@ from typing import Any
 
 from imagen_ray.cli.args import (
     add_cascade_argument,
+    add_dtype_argument,
     add_overrides_argument,
     add_sampling_argument,
     add_verbose_argument,
@@ -39,7 +40,7 @@ def register(sub: Any) -> None:
         "(prompt, seed, settings, file). Re-running skips finished images.\n"
         "Settings: --config YAML (optional), then the flags below, then --set KEY=VALUE\n"
         "(keys: seed, images_per_prompt, negative_prompt, until, sampling.STAGE.KEY,\n"
-        "format, batch_size, replicas, num_cpus, num_gpus).",
+        "format, batch_size, replicas, num_cpus, num_gpus, dtype).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -88,6 +89,7 @@ def register(sub: Any) -> None:
         metavar="X",
         help="logical CPUs of a LOCAL Ray cluster started for this run (ignored with RAY_ADDRESS)",
     )
+    add_dtype_argument(p, default=None)
     add_verbose_argument(p)
     p.add_argument("--overwrite", action="store_true", help="make every image again")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -113,6 +115,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "replicas": args.replicas,
         "num_cpus": args.num_cpus,
         "num_gpus": args.num_gpus,
+        "dtype": args.dtype,
     }
     cfg = load_generate_config(args.config, flags, args.overrides)
     prompts = read_prompt_file(args.prompts, args.prompt_column)

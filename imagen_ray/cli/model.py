@@ -12,6 +12,7 @@ from typing import Any
 from imagen_ray.cli.args import (
     add_cascade_argument,
     add_config_arguments,
+    add_dtype_argument,
     add_sampling_argument,
     cascade_path,
     parse_sampling_overrides,
@@ -62,10 +63,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "sample",
         help="generate images from a saved cascade in this process",
-        description="Load a saved cascade (a directory with cascade.json, or stage "
-        "directories in order) and generate images for prompts. Writes one PNG per prompt "
-        "for the last stage run, a grid.png with every stage side by side, and "
-        "settings.json with everything needed to reproduce the images.",
+        description="Load a saved cascade (a directory with cascade.json, one exported stage "
+        "directory, or stage directories in order) and generate images for prompts. "
+        "Writes one PNG per prompt for the last stage run, a grid.png with every stage "
+        "side by side, and settings.json with everything needed to reproduce the images.",
     )
     add_cascade_argument(p)
     p.add_argument("--prompt", "-p", action="append", default=[], help="a prompt (repeatable)")
@@ -80,6 +81,7 @@ def register(sub: Any) -> None:
     p.add_argument("--until", metavar="STAGE", help="last stage to run (default: all)")
     add_sampling_argument(p)
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_dtype_argument(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_sample)
@@ -157,7 +159,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args.prompt, args.prompts_file)
     sampling = parse_sampling_overrides(args.sampling)
-    cascade = Cascade.load(cascade_path(args.cascade), device=args.device)
+    cascade = Cascade.load(cascade_path(args.cascade), device=args.device, dtype=args.dtype)
     planned = plan_sampling(
         [s.cfg for s in cascade.stage_list], until=args.until, sampling=sampling
     )  # checked before the encoder loads
@@ -196,6 +198,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "truncated": out.truncated,
         "files": files,
         "cascade": [str(p) for p in args.cascade],
+        "dtype": cascade.dtypes,
         "seconds": round(seconds, 3),
     }
     atomic_write_json(out_dir / "settings.json", settings)

@@ -95,6 +95,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = export_checkpoint(args.checkpoint, args.out, weights=args.weights)
     print(f"exported {args.weights} weights of {args.checkpoint} to {out}")
+    print(
+        f"next: `--cascade {out}` samples or serves it alone; `imagen-ray cascade assemble "
+        f"--stage {out} --stage <sr stage>… --out <dir>` makes a cascade of stages"
+    )
     return 0
 
 

@@ -66,6 +66,7 @@ from imagen_ray.config.serve import (
     ServeDeploymentConfig,
     ServeFileConfig,
     ServeIngressConfig,
+    ServeStageDefaultsConfig,
     ServeStageDeploymentConfig,
 )
 
@@ -94,6 +95,7 @@ __all__ = [
     "ServeDeploymentConfig",
     "ServeFileConfig",
     "ServeIngressConfig",
+    "ServeStageDefaultsConfig",
     "ServeStageDeploymentConfig",
     "StageConfig",
     "Strict",

@@ -31,7 +31,12 @@ from imagen_ray.config.model import (
     UNetConfig,
 )
 from imagen_ray.config.run import RunConfig
-from imagen_ray.config.serve import ServeConfig, ServeDeploymentConfig, ServeFileConfig
+from imagen_ray.config.serve import (
+    ServeConfig,
+    ServeDeploymentConfig,
+    ServeFileConfig,
+    ServeStageDefaultsConfig,
+)
 
 M = TypeVar("M", bound=BaseModel)
 FileKind = Literal["run", "cascade", "serve"]
@@ -98,6 +103,7 @@ _MODELS: dict[str, type[BaseModel]] = {
         SamplingConfig,
         ServeConfig,
         ServeDeploymentConfig,
+        ServeStageDefaultsConfig,
     )
 }
 

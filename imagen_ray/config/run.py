@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from imagen_ray.cascade.precision import InferenceDType
 from imagen_ray.config.base import CONFIG_FORMAT_VERSION, Strict, check_version
 from imagen_ray.config.model import StageConfig, TextEncoderConfig
 
@@ -187,6 +188,9 @@ class TrainConfig(Strict):
     sample_prompts: tuple[str, ...] = Field(
         ("a red circle on the left", "a blue square at the top", "two green triangles"),
         description="fixed prompts of the sample grid",
+    )
+    sample_dtype: InferenceDType = Field(
+        "auto", description="U-Net dtype of the sample grids (sampled on the CPU: auto = float32)"
     )
     checkpoint_every: int = Field(100, ge=1, description="checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept by Ray Train")

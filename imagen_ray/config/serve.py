@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
+from imagen_ray.cascade.precision import InferenceDType, resolve_dtype
 from imagen_ray.config.base import CONFIG_FORMAT_VERSION, Strict, check_version
 from imagen_ray.images import ImageFormat
 
@@ -74,7 +75,17 @@ class ServeIngressConfig(Strict):
     )
 
 
-class ServeStageDeploymentConfig(ServeDeploymentConfig):
+class ServeStageDefaultsConfig(ServeDeploymentConfig):
+    """A stage deployment: replicas, resources, batching, and the U-Net's inference dtype."""
+
+    dtype: InferenceDType = Field(
+        "auto",
+        description="U-Net inference dtype (auto: bfloat16 with num_gpus > 0, float32 on CPU); "
+        "sampler state, guidance and thresholding stay float32",
+    )
+
+
+class ServeStageDeploymentConfig(ServeStageDefaultsConfig):
     """Per-stage deployment settings; fields set here replace ``serve.stage_defaults``."""
 
     name: str = Field(description="the cascade stage these settings are for")
@@ -139,8 +150,8 @@ class ServeConfig(Strict):
     encoder: ServeDeploymentConfig = Field(
         default_factory=ServeDeploymentConfig, description="the text-encoder deployment"
     )
-    stage_defaults: ServeDeploymentConfig = Field(
-        default_factory=ServeDeploymentConfig, description="every stage deployment"
+    stage_defaults: ServeStageDefaultsConfig = Field(
+        default_factory=ServeStageDefaultsConfig, description="every stage deployment"
     )
     stages: tuple[ServeStageDeploymentConfig, ...] = Field(
         (), description="per-stage settings by name, over `stage_defaults`"
@@ -153,13 +164,18 @@ class ServeConfig(Strict):
             raise ValueError(f"serve.stages names must be unique, got {names}")
         return self
 
-    def stage_deployment(self, name: str) -> ServeDeploymentConfig:
+    def stage_deployment(self, name: str) -> ServeStageDefaultsConfig:
         """The deployment settings of stage ``name``: ``stage_defaults`` + its entry."""
         for s in self.stages:
             if s.name == name:
                 update = {k: getattr(s, k) for k in s.model_fields_set - {"name"}}
                 return self.stage_defaults.model_copy(update=update)
         return self.stage_defaults
+
+    def stage_dtype(self, name: str) -> str:
+        """The dtype stage ``name``'s replicas run in (``auto`` resolved: bfloat16 on a GPU)."""
+        d = self.stage_deployment(name)
+        return resolve_dtype(d.dtype, "cuda" if d.num_gpus > 0 else "cpu")
 
 
 class ServeFileConfig(Strict):

@@ -219,11 +219,14 @@ def run_demo(
             stage_dirs = _train(cfgs, out)
 
         cascade_dir = out / "cascade"
-        with timer.step("export", "EMA weights -> one cascade directory (safetensors)"):
-            from imagen_ray.cascade import Cascade
+        with timer.step(
+            "export", "EMA weights -> stage directories -> `imagen-ray cascade assemble`"
+        ):
+            from imagen_ray.cascade.assemble import assemble_cascade
 
-            Cascade.load(stage_dirs).save(cascade_dir)
-            print(f"cascade: {cascade_dir}")
+            # what `imagen-ray cascade assemble --stage ... --out ...` runs
+            assemble_cascade(stage_dirs, cascade_dir)
+            print(f"cascade: {cascade_dir} (with a model card, README.md)")
 
         from imagen_ray.data.synthetic import heldout_prompts
 

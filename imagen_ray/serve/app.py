@@ -28,12 +28,14 @@ log = logging.getLogger(__name__)
 
 def check_cascade_dir(cfg: ServeConfig) -> list[Path]:
     """The stage directories of ``cfg.cascade``; a clear error when it is unset or unusable."""
+    from imagen_ray.cascade.assemble import check_stages
     from imagen_ray.cascade.io import read_cascade_manifest
 
     if not cfg.cascade:
         raise ConfigError(
             "no cascade to serve: set serve.cascade in the config or pass --cascade DIR (a "
-            "directory written by `imagen-ray init` or `Cascade.save`)"
+            "directory written by `imagen-ray init`, `imagen-ray cascade assemble` or "
+            "`Cascade.save`, or one exported stage directory)"
         )
     if not Path(cfg.cascade).is_dir():
         raise ConfigError(
@@ -41,7 +43,9 @@ def check_cascade_dir(cfg: ServeConfig) -> list[Path]:
             "`imagen-ray init --config configs/tiny/cascade.yaml --out DIR` or point at an "
             "exported cascade"
         )
-    return read_cascade_manifest(cfg.cascade)
+    dirs = read_cascade_manifest(cfg.cascade)  # a single stage directory is a 1-stage cascade
+    check_stages(dirs)  # one text encoder, sizes chain: fail here, not in a replica
+    return dirs
 
 
 def port_in_use(host: str, port: int) -> bool:

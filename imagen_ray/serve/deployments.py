@@ -251,19 +251,21 @@ class StageDeployment:
         index: the stage's position in the cascade, mixed into each prompt's seed by the
             generation plan's ``stage_generators`` (as in ``Cascade.generate``, so served
             images equal in-process ones).
-        settings: the deployment's ``ServeDeploymentConfig.model_dump()``.
+        settings: the deployment's ``ServeStageDefaultsConfig.model_dump()`` (with its
+            inference ``dtype``).
     """
 
     def __init__(self, stage_dir: str, index: int, settings: dict[str, Any]) -> None:
         import torch
 
         from imagen_ray.cascade import load_stage
-        from imagen_ray.config import ServeDeploymentConfig, validate
+        from imagen_ray.config import ServeStageDefaultsConfig, validate
 
-        cfg = validate(ServeDeploymentConfig, settings, "serve.stages")
+        cfg = validate(ServeStageDefaultsConfig, settings, "serve.stages")
         torch.set_num_threads(cfg.torch_threads)
         self.device = torch.device("cuda" if cfg.num_gpus > 0 else "cpu")
-        self.stage, _ = load_stage(stage_dir, device=self.device)
+        stage, _ = load_stage(stage_dir, device=self.device)
+        self.stage = stage.to_inference(cfg.dtype, self.device)  # bf16 on a GPU by default
         self.index = index
         self.stats = BatchStats()
         self.batcher = FreeBatcher(
@@ -274,7 +276,11 @@ class StageDeployment:
             self.stats,
         )
         log.info(
-            "stage %s (%d px) ready on %s", self.stage.cfg.name, self.stage.cfg.size, self.device
+            "stage %s (%d px) ready on %s in %s",
+            self.stage.cfg.name,
+            self.stage.cfg.size,
+            self.device,
+            self.stage.dtype,
         )
 
     async def generate(

@@ -98,6 +98,7 @@ class Ingress:
                     "size": s.size,
                     "lowres_size": s.lowres_size,
                     "sampling": s.sampling.model_dump(mode="json"),
+                    "dtype": self.cfg.stage_dtype(s.name),
                 }
                 for s in self.stage_cfgs
             ],

@@ -46,5 +46,13 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, *, weights: str
         cfg.text,
         out_dir,
         state_dict={k.removeprefix("unet."): v for k, v in state.items()},
-        extra={"step": meta["step"], "weights": weights, "checkpoint": str(d)},
+        extra={
+            "step": meta["step"],
+            "weights": weights,
+            "checkpoint": str(d),
+            # for the model card (imagen_ray.cascade.card): what it was trained on and how far
+            "samples": meta.get("samples"),
+            "metrics": meta.get("metrics") or {},
+            "data": cfg.data.shards,
+        },
     )

@@ -27,6 +27,7 @@ from imagen_ray.train.batches import BatchFactory, WorkerContext, shard_batches
 from imagen_ray.train.deepspeed_config import build_deepspeed_config
 from imagen_ray.train.ema import EMA
 from imagen_ray.train.hooks import StepContext, StepHook
+from imagen_ray.train.tracking import SampleGrids
 
 
 class NonFiniteLoss(RuntimeError):
@@ -137,9 +138,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     is_main = rank == 0
     wandb_run = None
+    grids: SampleGrids | None = None  # rank 0 samples; its encoder loads once, at the 1st grid
     if is_main:
         from imagen_ray.train.tracking import start_wandb
 
+        grids = SampleGrids(cfg, text_dim=args.text_dim, run_dir=args.run_dir)
         wandb_run = start_wandb(cfg, args.run_dir, state.wandb_run_id)
         state.wandb_run_id = wandb_run.id if wandb_run is not None else None
 
@@ -217,12 +220,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 charts = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
                 wandb_run.log(charts, step=state.step)
         if cfg.train.sample_every and state.step % cfg.train.sample_every == 0:
-            _log_samples(
-                cfg, engine.module, ema, batch, state.step, wandb_run, is_main, args.run_dir
-            )
+            _log_samples(ema, batch, state.step, wandb_run, grids)
         if due_ckpt:
             with tempfile.TemporaryDirectory(prefix="imagen-ray-ckpt-") as tmp:
-                _save(Path(tmp), engine, ema, gen, state, cfg, args.text_dim, rank, world)
+                _save(Path(tmp), engine, ema, gen, state, cfg, args.text_dim, rank, world, metrics)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -321,8 +322,10 @@ def _save(
     text_dim: int,
     rank: int,
     world: int,
+    metrics: dict[str, Any] | None = None,
 ) -> None:
-    """Write this rank's part of a checkpoint; the complete marker goes last."""
+    """Write this rank's part of a checkpoint; the complete marker goes last. The latest
+    reported metrics go into its config (exports carry them into the model card)."""
     engine.save_checkpoint(str(d), tag=ckpt_io.DS_TAG)
     ckpt_io.save_rank_files(
         d,
@@ -339,6 +342,8 @@ def _save(
             world_size=world,
             zero_stage=cfg.train.zero_stage,
             step=state.step,
+            samples=state.samples,
+            metrics={k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
         )
     ckpt_io.mark_complete(d, rank)
 
@@ -360,19 +365,14 @@ def _restore(
 
 
 def _log_samples(
-    cfg: RunConfig,
-    module: Any,
     ema: EMA,
     batch: dict[str, Tensor],
     step: int,
     wandb_run: Any,
-    is_main: bool,
-    run_dir: str | None,
+    grids: SampleGrids | None,
 ) -> None:
-    """A sample grid with the EMA weights (every rank joins the ZeRO-3 gather)."""
+    """A sample grid with the EMA weights (every rank joins the ZeRO-3 gather; only rank 0,
+    which holds ``grids``, samples)."""
     weights = ema.full_state_dict()
-    if not is_main:
-        return
-    from imagen_ray.train.tracking import log_sample_grid
-
-    log_sample_grid(cfg, weights, batch, step, wandb_run, text_dim=module.text_dim, run_dir=run_dir)
+    if grids is not None:
+        grids.log(weights, batch, step, wandb_run)

@@ -56,56 +56,85 @@ def start_wandb(cfg: RunConfig, run_dir: str | None, resume_id: str | None) -> A
     )
 
 
-@torch.no_grad()
-def log_sample_grid(
-    cfg: RunConfig,
-    weights: dict[str, Tensor],
-    batch: dict[str, Tensor],
-    step: int,
-    wandb_run: Any,
-    *,
-    text_dim: int,
-    run_dir: str | None = None,
-    count: int = 4,
-) -> Path | None:
-    """Sample with EMA weights on the CPU and log a grid.
+class SampleGrids:
+    """EMA sample grids on rank 0, sampled on the CPU in ``train.sample_dtype``.
 
-    Base stages sample the fixed ``train.sample_prompts``; SR stages upsample the batch's
-    low-res inputs with their captions' embeddings, shown as (low-res, sample, target).
+    The stage and (for base stages) the text encoder are built on the first grid and
+    reused by every later one: loading the encoder per grid cost seconds each time.
+
+    Args:
+        cfg: the run config (stage, text encoder, sample prompts).
+        text_dim: width D of the text embeddings.
+        run_dir: where ``samples/step_*.png`` go (None: not saved).
+        count: most images per grid.
+        encoder: a loaded text encoder (default: built from ``cfg.text`` on first use).
     """
-    from imagen_ray.cascade import Stage
-    from imagen_ray.images import grid, model_to_uint8, save_image, to_pil
 
-    stage = Stage(cfg.stage, text_dim=text_dim)
-    stage.load_state_dict(weights)  # EMA names are the Stage's ("unet.*")
-    stage.eval()
-    gens = [torch.Generator().manual_seed(i) for i in range(count)]
-    if cfg.stage.is_sr:
-        n = min(count, batch["image"].shape[0])
-        out = stage.sample(
-            batch["emb"][:n].float().cpu(),
-            batch["mask"][:n].cpu(),
-            lowres=batch["lowres"][:n].float().cpu(),
-            generator=gens[:n],
-        )
-        cols = [batch["lowres"][:n].float().cpu(), out, batch["image"][:n].float().cpu()]
-        captions = [f"step {step}: low-res | sample | target"] * n
-    else:
-        from imagen_ray.text import FrozenTextEncoder
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        text_dim: int,
+        run_dir: str | None = None,
+        count: int = 4,
+        encoder: Any = None,
+    ) -> None:
+        self.cfg, self.text_dim, self.run_dir, self.count = cfg, text_dim, run_dir, count
+        self.encoder = encoder
+        self.stage: Any = None
 
-        prompts = list(cfg.train.sample_prompts)[:count]
-        enc = FrozenTextEncoder(cfg.text).encode(prompts)
-        out = stage.sample(enc.emb, enc.mask, generator=gens[: len(prompts)])
-        cols = [out]
-        captions = prompts
-    tiles = [to_pil(model_to_uint8(c)) for c in cols]  # per column: B PIL images
-    rows = [[col[i] for col in tiles] for i in range(cols[0].shape[0])]
-    image = grid(rows, cell=cfg.stage.size)
-    path = None
-    if run_dir:
-        path = save_image(image, Path(run_dir) / "samples" / f"step_{step:07d}.png")
-    if wandb_run is not None:
-        import wandb
+    def _encode(self, prompts: list[str]) -> Any:
+        if self.encoder is None:
+            from imagen_ray.text import FrozenTextEncoder
 
-        wandb_run.log({"sample_grid": wandb.Image(image, caption=" / ".join(captions))}, step=step)
-    return path
+            self.encoder = FrozenTextEncoder(self.cfg.text)
+        return self.encoder.encode(prompts)
+
+    @torch.no_grad()
+    def log(
+        self, weights: dict[str, Tensor], batch: dict[str, Tensor], step: int, wandb_run: Any
+    ) -> Path | None:
+        """Sample with the EMA ``weights`` and log a grid (W&B and/or ``run_dir``).
+
+        Base stages sample the fixed ``train.sample_prompts``; SR stages upsample the batch's
+        low-res inputs with their captions' embeddings, shown as (low-res, sample, target).
+        """
+        from imagen_ray.cascade import Stage
+        from imagen_ray.images import grid, model_to_uint8, save_image, to_pil
+
+        cfg, count = self.cfg, self.count
+        if self.stage is None:
+            self.stage = Stage(cfg.stage, text_dim=self.text_dim)
+        stage = self.stage.to(device="cpu", dtype=torch.float32)
+        stage.load_state_dict(weights)  # EMA names are the Stage's ("unet.*")
+        stage.to_inference(cfg.train.sample_dtype, "cpu")
+        gens = [torch.Generator().manual_seed(i) for i in range(count)]
+        if cfg.stage.is_sr:
+            n = min(count, batch["image"].shape[0])
+            out = stage.sample(
+                batch["emb"][:n].float().cpu(),
+                batch["mask"][:n].cpu(),
+                lowres=batch["lowres"][:n].float().cpu(),
+                generator=gens[:n],
+            )
+            cols = [batch["lowres"][:n].float().cpu(), out, batch["image"][:n].float().cpu()]
+            captions = [f"step {step}: low-res | sample | target"] * n
+        else:
+            prompts = list(cfg.train.sample_prompts)[:count]
+            enc = self._encode(prompts)
+            out = stage.sample(enc.emb, enc.mask, generator=gens[: len(prompts)])
+            cols = [out]
+            captions = prompts
+        tiles = [to_pil(model_to_uint8(c)) for c in cols]  # per column: B PIL images
+        rows = [[col[i] for col in tiles] for i in range(cols[0].shape[0])]
+        image = grid(rows, cell=cfg.stage.size)
+        path = None
+        if self.run_dir:
+            path = save_image(image, Path(self.run_dir) / "samples" / f"step_{step:07d}.png")
+        if wandb_run is not None:
+            import wandb
+
+            wandb_run.log(
+                {"sample_grid": wandb.Image(image, caption=" / ".join(captions))}, step=step
+            )
+        return path

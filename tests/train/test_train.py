@@ -74,6 +74,9 @@ def test_export_loads_into_a_cascade_that_generates(runs, tmp_path: Path) -> Non
     out = export_checkpoint(tmp / "zero3", tmp_path / "base")
     meta = json.loads((out / "config.json").read_text())
     assert meta["extra"]["step"] == 10 and meta["extra"]["weights"] == "ema"
+    # what the model card reports: examples seen, data, the last reported metrics
+    assert meta["extra"]["samples"] > 0 and "data" in meta["extra"]  # "" for in-memory data
+    assert meta["extra"]["metrics"]["step"] == 10 and meta["extra"]["metrics"]["loss"] > 0
     cascade = Cascade.load([out])
     images = cascade.generate(["a red circle"], sampling={"base": {"steps": 2}}).images
     assert images[0].shape == (1, 3, 32, 32) and torch.isfinite(images[0]).all()
