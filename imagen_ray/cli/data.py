@@ -342,6 +342,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
             writers=args.writers,
             cache_bytes=int(cfg.data.caption_cache_mb * 2**20),
             overwrite=args.overwrite,
+            caption_key=cfg.data.caption_key,
+            max_member_bytes=cfg.data.max_member_bytes,
         )
     print(json.dumps({k: v for k, v in summary.items() if k != "shards"}))
     return 0

@@ -49,8 +49,11 @@ def load_embedding(raw: bytes, shape: tuple[int, int] | None) -> tuple[np.ndarra
     return emb, mask
 
 
-def encoding_info(text: TextEncoderConfig, dim: int, num_samples: int) -> dict[str, Any]:
-    """The content of ``encoding.json`` for shards encoded with ``text`` (width ``dim``)."""
+def encoding_info(
+    text: TextEncoderConfig, dim: int, num_samples: int, caption_key: str = CAPTION_ENTRY
+) -> dict[str, Any]:
+    """The content of ``encoding.json`` for shards encoded with ``text`` (width ``dim``)
+    from the captions under ``caption_key``."""
     return {
         "format": ENCODING_FORMAT,
         "text": text.model_dump(),
@@ -59,6 +62,7 @@ def encoding_info(text: TextEncoderConfig, dim: int, num_samples: int) -> dict[s
         "emb_dtype": EMB_DTYPE,
         "entry": EMBEDDING_ENTRY,
         "num_samples": num_samples,
+        "caption_key": caption_key,
     }
 
 

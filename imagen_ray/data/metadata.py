@@ -149,6 +149,18 @@ def caption_from_json(meta: Mapping[str, Any], caption_key: str) -> str | None:
     return str(value)
 
 
+def sample_caption(sample: Mapping[str, Any], caption_key: str) -> str | None:
+    """A raw tar sample's caption under ``data.caption_key`` (an entry name, or
+    ``json:FIELD`` of its ``json`` entry), stripped; None when it has none."""
+    if caption_key.startswith(JSON_PREFIX):
+        meta = parse_json_entry(sample.get(JSON_ENTRY))
+        text = None if isinstance(meta, str) else caption_from_json(meta, caption_key)
+    else:
+        raw = sample.get(caption_key)
+        text = None if raw is None else raw.decode("utf-8", errors="replace")
+    return None if text is None else text.strip()
+
+
 def first_failing(filters: tuple[MetadataFilter, ...], meta: Mapping[str, Any]) -> str | None:
     """The reason of the first filter ``meta`` fails, or None when all hold."""
     for f in filters:

@@ -261,11 +261,13 @@ def build_dataset(
         raise ValueError(f"keep={sorted(unknown)}: only '__key__' and 'caption' can be kept")
     paths = expand_shards(data.shards)
     encoding = resolve_encoding(run_cfg, paths) if text else None
-    if encoding is not None and data.caption_key != CAPTION_ENTRY:
+    encoded_key = encoding.get("caption_key", CAPTION_ENTRY) if encoding else None
+    if encoded_key is not None and data.caption_key != encoded_key:
         raise ValueError(
             f"data.caption_key={data.caption_key!r} but the shards hold embeddings of their "
-            f"'{CAPTION_ENTRY}' captions (imagen-ray data encode); set data.precomputed=false "
-            "to encode the chosen captions on the fly, or use caption_key txt"
+            f"{encoded_key!r} captions (imagen-ray data encode); encode them again with this "
+            f"caption_key, set data.precomputed=false to encode on the fly, or use "
+            f"caption_key {encoded_key}"
         )
     if stats is None:
         stats = create_stats()

@@ -50,8 +50,15 @@ from imagen_ray.data.encoding import (
     read_encoding_info,
     resolve_encoding,
 )
+from imagen_ray.data.metadata import sample_caption
 from imagen_ray.data.pipeline import TextEncoderActor
-from imagen_ray.data.reader import ShardFormatError, expand_shards, iter_tar_samples
+from imagen_ray.data.reader import (
+    ERROR_COLUMN,
+    KEY_COLUMN,
+    ShardFormatError,
+    expand_shards,
+    iter_tar_samples,
+)
 from imagen_ray.data.writer import (
     MAX_LISTED_SKIPS,
     SHARD_FORMAT,
@@ -136,17 +143,22 @@ def _open_input(path: str) -> Any:
 
 
 def _samples_with_embeddings(
-    samples: Iterator[dict[str, Any]], encode: Any, batch_size: int
+    samples: Iterator[dict[str, Any]],
+    encode: Any,
+    batch_size: int,
+    caption_key: str = CAPTION_ENTRY,
 ) -> Iterator[dict[str, Any]]:
-    """Samples in input order, each with ``text.npz`` when it has a ``txt`` entry.
+    """Samples in input order, each with ``text.npz`` when it has a caption under
+    ``caption_key`` (``txt``, another entry, or ``json:FIELD``).
 
     A ``text.npz`` already in the input is dropped: the output holds this encoder's only.
     """
     batch: list[dict[str, Any]] = []
 
     def flush() -> Iterator[dict[str, Any]]:
-        captioned = [s for s in batch if CAPTION_ENTRY in s]
-        captions = [s[CAPTION_ENTRY].decode("utf-8", errors="replace").strip() for s in captioned]
+        pairs = [(s, sample_caption(s, caption_key)) for s in batch]
+        captioned = [s for s, c in pairs if c is not None]
+        captions = [c for _, c in pairs if c is not None]
         if captions:
             emb, mask = encode(captions)  # (B, L, D) float16, (B, L) bool
             for i, s in enumerate(captioned):
@@ -167,7 +179,13 @@ def _samples_with_embeddings(
 
 
 def encode_one_shard(
-    in_path: str, out: Location, encoders: list[Any], index: int, batch_size: int
+    in_path: str,
+    out: Location,
+    encoders: list[Any],
+    index: int,
+    batch_size: int,
+    caption_key: str = CAPTION_ENTRY,
+    max_member_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Encode one input shard into ``out/NAME`` (a Ray task: one writer per task).
 
@@ -181,6 +199,8 @@ def encode_one_shard(
         encoders: handles of ``TextEncoderActor`` actors; this shard uses ``index % n``.
         index: the shard's position in the input list.
         batch_size: captions per encoder call.
+        caption_key: where a sample's caption is (``data.caption_key``).
+        max_member_bytes: larger tar members are skipped unread, their sample dropped.
 
     Returns:
         The progress record: ``name``, ``samples``, ``with_embeddings``, ``skipped`` items.
@@ -196,11 +216,24 @@ def encode_one_shard(
         result: tuple[np.ndarray, np.ndarray] = ray.get(encoder.encode_captions.remote(captions))
         return result
 
+    def readable(samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for s in samples:  # a sample with an oversized member was never read: drop it
+            if ERROR_COLUMN in s:
+                where = f"{in_path}#{s[KEY_COLUMN]}"
+                skipped.append(SkippedItem(where, s[ERROR_COLUMN], "a member over the size cap"))
+            else:
+                yield s
+
     with out.fs.open_output_stream(tmp) as stream:
         writer = tar_writer(stream)
         try:
             with _open_input(in_path) as f:
-                for s in _samples_with_embeddings(iter_tar_samples(f, in_path), encode, batch_size):
+                for s in _samples_with_embeddings(
+                    readable(iter_tar_samples(f, in_path, max_member_bytes=max_member_bytes)),
+                    encode,
+                    batch_size,
+                    caption_key,
+                ):
                     writer.write(s)
                     samples += 1
                     with_embeddings += EMBEDDING_ENTRY in s
@@ -293,6 +326,8 @@ def encode_shards(
     writer_num_cpus: float = 0.25,
     cache_bytes: int = 256 * 2**20,
     overwrite: bool = False,
+    caption_key: str = CAPTION_ENTRY,
+    max_member_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Precompute text embeddings once: per input shard, an output shard with ``text.npz``.
 
@@ -312,6 +347,10 @@ def encode_shards(
             the encoders).
         cache_bytes: each encoder actor's caption cache (``data.caption_cache_mb``).
         overwrite: delete the shards and records of an earlier run in ``out_dir`` first.
+        caption_key: which caption is encoded (``data.caption_key``: ``txt``, another
+            entry, or ``json:FIELD``); recorded in ``encoding.json``, and training refuses
+            the shards under another ``data.caption_key``.
+        max_member_bytes: tar members above this are skipped unread (``data.max_member_bytes``).
 
     Returns:
         The content of ``summary.json``: the shard writer's fields (``shards``,
@@ -353,7 +392,11 @@ def encode_shards(
                 ready, pending = ray.wait(pending, num_returns=1)
                 for r in ray.get(ready):
                     records[r["name"]] = r
-            pending.append(task.remote(path, out, encoders, i, encoder_batch_size))
+            pending.append(
+                task.remote(
+                    path, out, encoders, i, encoder_batch_size, caption_key, max_member_bytes
+                )
+            )
         for r in ray.get(pending):
             records[r["name"]] = r
         for e in encoders:
@@ -383,7 +426,7 @@ def encode_shards(
         "text_encoding": ENCODING_FILE,
         "encode": {"written": len(todo), "kept": len(paths) - len(todo), "writers": writers},
     }
-    info = encoding_info(text_cfg, dim, with_embeddings)
+    info = encoding_info(text_cfg, dim, with_embeddings, caption_key)
     out.write_bytes(ENCODING_FILE, (json.dumps(info, indent=2) + "\n").encode())
     out.write_bytes(
         SUMMARY_NAME, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode()

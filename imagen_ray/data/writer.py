@@ -60,6 +60,7 @@ SKIP_REASONS = (
     "duplicate_key",  # a sample with this key was already written (second one skipped)
     "truncated_tar",  # re-written shards: an input tar cut short (samples before it kept)
     "bad_tar",  # re-written shards: an input tar with a broken structure
+    "member_too_large",  # re-written shards: a tar member over data.max_member_bytes (unread)
 )
 
 

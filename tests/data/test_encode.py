@@ -3,6 +3,7 @@ Ray tasks, resuming after an interruption, and float16 refused for T5 encoders."
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,40 @@ def test_parallel_equals_serial_and_a_rerun_resumes(ray_cluster, good_dir, tmp_p
     assert encode_shards(good_dir, par_dir, TEXT)["encode"]["kept"] == 3
     with pytest.raises(ValueError, match="another text config"):
         encode_shards(good_dir, par_dir, TEXT.model_copy(update={"max_length": 4}))
+
+
+def test_encode_takes_the_caption_at_caption_key_and_drops_unread_samples():
+    """``data encode`` embeds the caption ``data.caption_key`` names (here a json field),
+    and a sample whose member was over the size cap is never passed on."""
+    from imagen_ray.data.precompute import _samples_with_embeddings
+
+    samples = [
+        {"__key__": "a", "txt": b"ignored", "json": json.dumps({"alt": " a red circle "}).encode()},
+        {"__key__": "b", "json": b"{}"},  # no caption at json:alt: copied without embedding
+    ]
+    seen: list[list[str]] = []
+
+    def encode(captions):
+        seen.append(list(captions))
+        n = len(captions)
+        return np.zeros((n, 4, 2), np.float16), np.ones((n, 4), bool)
+
+    out = list(_samples_with_embeddings(iter(samples), encode, 8, "json:alt"))
+    assert seen == [["a red circle"]]
+    assert [EMBEDDING_ENTRY in s for s in out] == [True, False]
+
+
+def test_training_refuses_embeddings_of_another_caption_key(tmp_path):
+    """Shards encoded from ``json:alt`` captions cannot train a run that reads ``txt``."""
+    from imagen_ray.config import RunConfig
+    from imagen_ray.data.encoding import ENCODING_FILE, encoding_info
+    from imagen_ray.data.pipeline import build_dataset
+
+    (tmp_path / "shard-000000.tar").write_bytes(b"")
+    cfg = RunConfig.model_validate(
+        {"text": {"dim": 8}, "data": {"shards": str(tmp_path), "precomputed": True}}
+    )
+    info = encoding_info(cfg.text, 8, 1, "json:alt")
+    (tmp_path / ENCODING_FILE).write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"'json:alt' captions.*caption_key"):
+        build_dataset(cfg)
