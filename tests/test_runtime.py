@@ -13,6 +13,7 @@ import pytest
 SCRIPT = textwrap.dedent(
     """
     import sys
+    import time
     import ray
     from imagen_ray.runtime import Console, init_ray, logs_hint
 
@@ -29,6 +30,7 @@ SCRIPT = textwrap.dedent(
 
     sink = console.sink()
     assert console.run([lambda: ray.get(work.remote(sink))], poll_s=0.1) == [7]
+    time.sleep(5)  # Ray forwards worker output asynchronously: give it time to show (or not)
     console.close()
     ray.shutdown()
     """
