@@ -178,7 +178,9 @@ def build_trainer(
             worker_runtime_env={"env_vars": env},
         ),
         datasets=datasets or None,
-        dataset_config=_dataset_config(cfg) if datasets else None,
+        # Only when needed: building it calls Ray's default_ingest_options, which warns
+        # (RayDeprecationWarning) on the console of every run.
+        dataset_config=_dataset_config(cfg) if datasets and cfg.data.preserve_order else None,
     )
 
 
