@@ -77,10 +77,20 @@ def init_ray(
     return logs
 
 
+def _warnings_and_above(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
 def quiet_driver_loggers() -> None:
-    """Show only warnings and errors of Ray's, Serve's and DeepSpeed's driver-side loggers."""
+    """Show only warnings and errors of Ray's, Serve's and DeepSpeed's driver-side loggers.
+
+    A filter as well as the level: ``serve.start`` sets its logger back to INFO.
+    """
     for name in _CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        if _warnings_and_above not in logger.filters:
+            logger.addFilter(_warnings_and_above)
 
 
 def ray_logs_dir() -> Path | None:
