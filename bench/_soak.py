@@ -211,7 +211,7 @@ def run_soak(
         ],
         cascade=cascade,
     )
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_application(cfg), name=cfg.app_name, route_prefix="/")

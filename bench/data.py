@@ -341,7 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         shards = make_shards(tmp / "shards", args.samples, args.per_shard)
         seconds = time.perf_counter() - t0
         log(f"wrote {args.samples} samples in {len(shards)} shards ({seconds:.1f} s)")
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="WARNING")
+        ray.init(
+            address="local",
+            num_cpus=args.num_cpus,
+            include_dashboard=False,
+            logging_level="WARNING",
+        )
         ray.data.DataContext.get_current().enable_progress_bars = False
         if args.encode_only:
             summary = {"bench": "data_encode", **bench_encode(shards, tmp, args.writers)}

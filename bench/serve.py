@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_ceiling:
         reps = 1 if args.quick else 3
         ceiling = batching_ceiling(cascade, steps, max(args.concurrency), reps)
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         from imagen_ray.serve.app import free_port, port_in_use
 

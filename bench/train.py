@@ -390,7 +390,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="imagen-ray-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/torch_extensions"))
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     sections: dict[str, Any] = {}
     try:
         for name, fn in (("zero_memory", zero_memory), ("throughput", throughput), ("gpu", gpu)):

@@ -135,7 +135,9 @@ def test_jpg_is_accepted_and_names_jpg_files() -> None:
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=500 * 1024**2, include_dashboard=False)
+    ray.init(
+        address="local", num_cpus=2, object_store_memory=500 * 1024**2, include_dashboard=False
+    )
     yield
     ray.shutdown()
 

@@ -86,7 +86,9 @@ def test_check_output_rules(good_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False)
+    ray.init(
+        address="local", num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False
+    )
     yield
     ray.shutdown()
 

@@ -194,7 +194,9 @@ def img2dataset_out(img2dataset_bin: Path, served, tmp_path_factory) -> Path:
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False)
+    ray.init(
+        address="local", num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False
+    )
     yield
     ray.shutdown()
 

@@ -304,7 +304,9 @@ def test_encoder_actor_caches_repeated_captions():
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=4, object_store_memory=500 * 1024**2, include_dashboard=False)
+    ray.init(
+        address="local", num_cpus=4, object_store_memory=500 * 1024**2, include_dashboard=False
+    )
     yield
     ray.shutdown()
 

@@ -73,7 +73,9 @@ def run_epochs(shards: Path, seed: int, epochs: int = 2) -> list[list[tuple[int,
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False)
+    ray.init(
+        address="local", num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False
+    )
     yield
     ray.shutdown()
 

@@ -68,7 +68,9 @@ def server(cascade_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
         ],
         cascade=str(cascade_dir),
     )
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2
+    )
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_application(cfg), name=cfg.app_name, route_prefix="/")
     yield f"http://127.0.0.1:{port}"

@@ -26,7 +26,9 @@ def ray_cluster():
     import ray
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/torch_extensions"))
-    ray.init(num_cpus=4, object_store_memory=500 * 1024**2, include_dashboard=False)
+    ray.init(
+        address="local", num_cpus=4, object_store_memory=500 * 1024**2, include_dashboard=False
+    )
     yield
     ray.shutdown()
 
