@@ -417,11 +417,11 @@ def test_task_caps_reach_read_and_decode_and_keep_every_row(encoded):
     capped, _ = build_dataset(run_cfg(out, read_tasks=1, map_tasks=2), keep=("__key__",))
     assert _task_caps(free) == {
         "MapBatches(decode_filter_resize)": None,
-        "ReadTolerantWebDataset": None,
+        "ReadEpochShards": None,
     }
     assert _task_caps(capped) == {
         "MapBatches(decode_filter_resize)": 2,
-        "ReadTolerantWebDataset": 1,
+        "ReadEpochShards": 1,
     }
     a, b = collect(free), collect(capped)
     assert len(b) == 24 and set(a) == set(b)
