@@ -131,6 +131,18 @@ def test_parallel_equals_serial_and_a_rerun_resumes(ray_cluster, good_dir, tmp_p
         encode_shards(good_dir, par_dir, TEXT.model_copy(update={"max_length": 4}))
 
 
+@pytest.mark.slow
+def test_output_given_as_a_uri_goes_through_the_pyarrow_filesystem(ray_cluster, good_dir, tmp_path):
+    """``--out`` as a URI takes the same path an ``s3://`` or ``gs://`` one does (a pyarrow
+    filesystem from the URI); ``file://`` keeps it on this machine."""
+    local = encode_shards(good_dir, tmp_path / "local", TEXT, writers=2)
+    via_uri = encode_shards(good_dir, f"file://{tmp_path / 'uri'}", TEXT, writers=2)
+    assert via_uri["shards"] == local["shards"]
+    assert via_uri["samples_with_embeddings"] == local["samples_with_embeddings"]
+    assert_same_shards(tmp_path / "local", tmp_path / "uri", local["shards"])
+    assert (tmp_path / "uri" / "encoding.json").is_file()
+
+
 def test_encode_takes_the_caption_at_caption_key_and_drops_unread_samples():
     """``data encode`` embeds the caption ``data.caption_key`` names (here a json field),
     and a sample whose member was over the size cap is never passed on."""
