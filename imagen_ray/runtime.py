@@ -64,7 +64,11 @@ def init_ray(
         else:
             # "local": never attach to a stale cluster left in /tmp/ray by `ray start`.
             init.update(address="local", num_cpus=num_cpus, include_dashboard=False)
+        ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         ray.init(**init)
+        for sig, handler in ours.items():  # ray.init installs its own SIGTERM handler
+            if handler is _raise_interrupt:
+                signal.signal(sig, handler)
     if not verbose:
         quiet_driver_loggers()
         # Ray Data run on this driver (encoding, batch generation): one overall progress
