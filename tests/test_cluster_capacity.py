@@ -128,3 +128,27 @@ def test_node_types_are_read_from_a_cluster_launcher_config_with_rays_schema(
         assert t.max_count == min(spec["max_workers"], aws["max_workers"])
     path.write_text("available_node_types: 3\n")  # not a valid Ray cluster config
     assert _types_from_autoscaling_config(path) is None
+
+
+def test_serve_checks_every_deployments_replicas(tmp_path: Path) -> None:
+    from imagen_ray.cli import main
+    from imagen_ray.serve.app import load_serve_config, serve_demands
+
+    assert (
+        main(["init", "-c", str(ROOT / "configs/tiny/cascade.yaml"), "--out", str(tmp_path / "c")])
+        == 0
+    )
+    cfg = load_serve_config(ROOT / "configs/tiny/serve.yaml", [], str(tmp_path / "c"))
+    demands = serve_demands(cfg)
+    assert [d.what.split(" (")[0] for d in demands] == [
+        "serve.ingress",
+        "serve.encoder",
+        "stage 'base' deployment",
+        "stage 'sr64' deployment",
+    ]
+    assert check_demands(Capacity([{"CPU": 2.0}]), demands) is None
+    gpu = load_serve_config(
+        ROOT / "configs/tiny/serve.yaml", ["serve.stage_defaults.num_gpus=1"], str(tmp_path / "c")
+    )
+    with pytest.raises(ClusterTooSmall, match=r"stage 'base' deployment .* needs a node with"):
+        check_demands(AUTOSCALING, serve_demands(gpu))
