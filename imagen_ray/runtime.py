@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,7 +64,11 @@ def init_ray(
         else:
             # "local": never attach to a stale cluster left in /tmp/ray by `ray start`.
             init.update(address="local", num_cpus=num_cpus, include_dashboard=False)
+        ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         ray.init(**init)
+        for sig, handler in ours.items():  # ray.init installs its own SIGTERM handler
+            if handler is _raise_interrupt:
+                signal.signal(sig, handler)
     if not verbose:
         quiet_driver_loggers()
         # Ray Data run on this driver (encoding, batch generation): one overall progress
@@ -75,6 +80,43 @@ def init_ray(
     if logs is not None and run_dir is not None and "://" not in str(run_dir):
         link_logs(Path(run_dir), logs)
     return logs
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_on_signals(exit_code: int = 130) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM stop the command within seconds, Ray with it.
+
+    Inside the block both signals raise ``KeyboardInterrupt`` (SIGINT explicitly: a process
+    started in the background inherits it ignored). On it, Ray is shut down (a local
+    cluster this process started is stopped: GCS, raylet, agents, workers) and the process
+    exits with ``exit_code`` at once, without waiting for threads still blocked in Ray calls
+    (``TorchTrainer.fit`` runs in one). A run on a joined cluster ends with this driver:
+    Ray kills the actors it owns (the Train controller and its workers).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        print("interrupted: stopping Ray…", file=sys.stderr, flush=True)
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def _warnings_and_above(record: logging.LogRecord) -> bool:
@@ -178,15 +220,19 @@ class Console:
         """Run ``calls`` at once in threads, printing worker lines until all return.
 
         Returns their results in order; the first exception raised is raised here (after
-        the others finished and the last lines were printed).
+        the others finished and the last lines were printed). An interrupt (Ctrl-C) is
+        raised at once, without waiting for the calls (see :func:`stop_on_signals`).
         """
-        with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, len(calls)))
+        try:
             futures: list[Future[T]] = [pool.submit(c) for c in calls]
             while not all(f.done() for f in futures):
                 self.drain()
                 time.sleep(poll_s)
             self.drain()
             return [f.result() for f in futures]
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         import ray

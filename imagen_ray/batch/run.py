@@ -82,7 +82,11 @@ def generate(
                 from imagen_ray.runtime import init_ray
 
                 init_ray()
-        check_cluster(cfg, ray.cluster_resources())
+        from imagen_ray.cluster import cluster_capacity
+
+        wait = check_cluster(cfg, cluster_capacity())
+        if wait:
+            log(wait)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress
         # One block per batch, so that every replica gets work and progress moves per batch.

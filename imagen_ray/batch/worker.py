@@ -11,6 +11,7 @@ import numpy as np
 
 from imagen_ray.batch.config import GenerateConfig
 from imagen_ray.batch.resume import sidecar
+from imagen_ray.cluster import Capacity, Demand, check_demands
 
 
 class CascadeWorker:
@@ -54,17 +55,26 @@ class CascadeWorker:
         return {"file": np.array([r["file"] for r in records], dtype=object)}
 
 
-def check_cluster(cfg: GenerateConfig, resources: dict[str, float]) -> None:
-    """Fail before any actor starts when the cluster cannot host the pool."""
-    need_cpu = cfg.replicas * cfg.num_cpus
-    if need_cpu > resources.get("CPU", 0.0):
-        raise ValueError(
-            f"replicas={cfg.replicas} x num_cpus={cfg.num_cpus:g} = {need_cpu:g} CPUs, but the "
-            f"Ray cluster has {resources.get('CPU', 0.0):g}; lower --replicas or --num-cpus"
-        )
-    need_gpu = cfg.replicas * cfg.num_gpus
-    if need_gpu > resources.get("GPU", 0.0):
-        raise ValueError(
-            f"replicas={cfg.replicas} x num_gpus={cfg.num_gpus:g} = {need_gpu:g} GPUs, but the "
-            f"Ray cluster has {resources.get('GPU', 0.0):g}; set --num-gpus 0 or add GPU nodes"
-        )
+def check_cluster(cfg: GenerateConfig, capacity: Capacity) -> str | None:
+    """Fail before any actor starts when the cluster can never host the pool.
+
+    Returns:
+        None, or a line saying the pool starts and waits for the autoscaler.
+
+    Raises:
+        ClusterTooSmall: a replica no node can hold, or more replicas than the cluster can
+            ever run at once.
+    """
+    replica: dict[str, float] = {"CPU": cfg.num_cpus, "GPU": cfg.num_gpus}
+    fix = (
+        "set --num-gpus 0 or add a node type with GPUs"
+        if cfg.num_gpus > 0
+        else "lower --replicas or --num-cpus (or give a local cluster more: --ray-num-cpus N)"
+    )
+    demand = Demand(
+        f"--replicas {cfg.replicas} x (--num-cpus {cfg.num_cpus:g}, --num-gpus {cfg.num_gpus:g})",
+        replica,
+        cfg.replicas,
+        fix=fix,
+    )
+    return check_demands(capacity, [demand])

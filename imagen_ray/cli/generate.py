@@ -87,7 +87,8 @@ def register(sub: Any) -> None:
         "--ray-num-cpus",
         type=float,
         metavar="X",
-        help="logical CPUs of a LOCAL Ray cluster started for this run (ignored with RAY_ADDRESS)",
+        help="logical CPUs of a LOCAL Ray cluster started for this run (ignored with "
+        "RAY_ADDRESS); default: replicas x num_cpus, at least the machine's cores",
     )
     add_dtype_argument(p, default=None)
     add_verbose_argument(p)
@@ -101,7 +102,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """``imagen-ray generate``: settings, prompts, then :func:`imagen_ray.batch.run.generate`."""
     from imagen_ray.batch.config import load_generate_config
     from imagen_ray.batch.run import generate
+    from imagen_ray.cluster import Demand, local_num_cpus
     from imagen_ray.prompts import read_prompt_file
+    from imagen_ray.runtime import stop_on_signals
 
     sampling = parse_sampling_overrides(args.sampling) or None
     flags = {
@@ -123,16 +126,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     def start_ray() -> None:
         from imagen_ray.runtime import init_ray, logs_hint
 
-        logs = init_ray(num_cpus=args.ray_num_cpus, verbose=args.verbose, run_dir=args.out)
+        num_cpus = args.ray_num_cpus
+        if num_cpus is None:  # a local cluster gets the pool's CPUs, at least the cores
+            num_cpus = local_num_cpus([Demand("pool", {"CPU": cfg.num_cpus}, cfg.replicas)])
+        logs = init_ray(num_cpus=num_cpus, verbose=args.verbose, run_dir=args.out)
         print(logs_hint(logs, args.verbose), flush=True)
 
-    generate(
-        args.cascade,
-        prompts,
-        args.out,
-        cfg,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        start_ray=start_ray,
-    )
+    with stop_on_signals():
+        generate(
+            args.cascade,
+            prompts,
+            args.out,
+            cfg,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            start_ray=start_ray,
+        )
     return 0

@@ -62,7 +62,8 @@ def register(sub: Any) -> None:
         "--num-cpus",
         type=int,
         metavar="N",
-        help="logical CPUs of a local Ray (default: the machine's cores)",
+        help="logical CPUs of a local Ray (default: what the replicas reserve, at least the "
+        "machine's cores)",
     )
     add_verbose_argument(p)
     p.add_argument(
@@ -110,8 +111,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from imagen_ray.cluster import ClusterTooSmall, check_demands, cluster_capacity, local_num_cpus
     from imagen_ray.runtime import init_ray, logs_hint
-    from imagen_ray.serve.app import build_application, port_in_use
+    from imagen_ray.serve.app import build_application, port_in_use, serve_demands
 
     if cfg.auth.enabled:
         read_token(cfg.auth.token_env, cfg.auth.token_file)  # a missing or short token stops
@@ -124,8 +126,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "serve?); stop it or choose another port with --set serve.port=PORT"
         )
     print(f"starting Ray ({'joining ' + address if address else 'local'})…", flush=True)
-    logs = init_ray(address=address, num_cpus=args.num_cpus, verbose=args.verbose)
+    demands = serve_demands(cfg)
+    num_cpus = args.num_cpus
+    if num_cpus is None and not address:  # a local cluster gets the replicas' CPUs
+        num_cpus = local_num_cpus(demands)
+    logs = init_ray(address=address, num_cpus=num_cpus, verbose=args.verbose)
     print(logs_hint(logs, args.verbose), flush=True)
+    try:
+        wait = check_demands(cluster_capacity(local=not address), demands)
+    except ClusterTooSmall:
+        ray.shutdown()
+        raise
+    if wait:
+        print(wait, flush=True)
     # Ctrl-C, and SIGTERM (docker stop, systemd), shut down cleanly; SIGINT is set explicitly
     # because a process started in the background inherits it ignored.
     signal.signal(signal.SIGINT, _interrupt)

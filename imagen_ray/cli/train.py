@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +41,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--num-cpus",
         type=float,
-        help="logical CPUs of a LOCAL Ray cluster (ignored with RAY_ADDRESS); more than the "
-        "cores avoids data/train CPU deadlocks on small machines",
+        help="logical CPUs of a LOCAL Ray cluster (ignored with RAY_ADDRESS); default: what "
+        "the runs hold at once (workers x train.cpus_per_worker + one read and one decode "
+        "task + the text-encoder actors), at least the machine's cores",
     )
     add_verbose_argument(p)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``imagen-ray train``: one Ray Train run per --config, all at once."""
+    from imagen_ray.cluster import cluster_capacity, local_num_cpus
     from imagen_ray.config import load_run_config
-    from imagen_ray.runtime import Console, init_ray, link_logs, logs_hint
+    from imagen_ray.runtime import Console, init_ray, link_logs, logs_hint, stop_on_signals
     from imagen_ray.train.batches import random_batches
-    from imagen_ray.train.launcher import build_trainer, run_dir
+    from imagen_ray.train.launcher import build_trainer, check_resources, run_demands, run_dir
 
     cfgs = [load_run_config(path, args.overrides) for path in args.config]
     names = [c.train.name or c.stage.name for c in cfgs]
@@ -63,21 +66,35 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{len(resume)} --resume-from for {len(cfgs)} --config: give one --resume-from "
             "per --config (in the same order), or train the stages in separate commands"
         )
-    logs = init_ray(num_cpus=args.num_cpus, verbose=args.verbose)
-    for cfg in cfgs:
-        if logs is not None and "://" not in run_dir(cfg):
-            link_logs(Path(run_dir(cfg)), logs)
-    print(logs_hint(logs, args.verbose), flush=True)
-    batches = random_batches if args.data == "memory" else None
-    console = Console()
-    try:
-        trainers = [
-            build_trainer(c, batches=batches, resume_from=r, console=console.sink())
-            for c, r in zip(cfgs, resume, strict=True)
-        ]  # all validated against the cluster before any starts
-        results = console.run([t.fit for t in trainers])
-    finally:
-        console.close()
+    pipeline = args.data != "memory"
+    local = not os.environ.get("RAY_ADDRESS")
+    num_cpus = args.num_cpus
+    if local and num_cpus is None:  # size the local cluster for the runs
+        num_cpus = local_num_cpus(
+            d for c in cfgs for d in run_demands(c, pipeline=pipeline, local=True)
+        )
+    with stop_on_signals():
+        logs = init_ray(num_cpus=num_cpus, verbose=args.verbose)
+        for cfg in cfgs:
+            if logs is not None and "://" not in run_dir(cfg):
+                link_logs(Path(run_dir(cfg)), logs)
+        print(logs_hint(logs, args.verbose), flush=True)
+        # all runs checked together, against what the cluster can become, before any starts
+        wait = check_resources(cfgs, cluster_capacity(local=local), pipeline=pipeline, local=local)
+        if wait:
+            print(wait, flush=True)
+        batches = random_batches if args.data == "memory" else None
+        console = Console()
+        try:
+            trainers = [
+                build_trainer(
+                    c, batches=batches, resume_from=r, console=console.sink(), check=False
+                )
+                for c, r in zip(cfgs, resume, strict=True)
+            ]
+            results = console.run([t.fit for t in trainers])
+        finally:
+            console.close()
     for cfg, res in zip(cfgs, results, strict=True):
         summary: dict[str, Any] = {
             "stage": cfg.stage.name,

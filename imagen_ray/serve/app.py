@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from imagen_ray.cluster import Demand
 from imagen_ray.config import (
     ConfigError,
     ServeConfig,
@@ -118,6 +119,34 @@ def deployment_options(d: ServeDeploymentConfig, retry_after_s: float = 2.0) -> 
     else:
         opts["num_replicas"] = d.num_replicas
     return opts
+
+
+def serve_demands(cfg: ServeConfig) -> list[Demand]:
+    """What the application's replicas hold once deployed (autoscaled deployments at their
+    ``min_replicas``), for :func:`imagen_ray.cluster.check_demands`."""
+    from imagen_ray.cascade.io import read_stage_meta
+
+    def demand(what: str, d: ServeDeploymentConfig) -> Demand:
+        n = d.autoscaling.min_replicas if d.autoscaling is not None else d.num_replicas
+        return Demand(
+            f"{what} ({n} x num_cpus {d.num_cpus:g}, num_gpus {d.num_gpus:g})",
+            {"CPU": d.num_cpus, "GPU": d.num_gpus},
+            n,
+            fix=f"lower the {what}'s num_replicas, num_cpus or num_gpus, or add nodes",
+        )
+
+    names = [read_stage_meta(d)["stage"]["name"] for d in check_cascade_dir(cfg)]
+    ing = cfg.ingress
+    return [
+        Demand(
+            f"serve.ingress ({ing.num_replicas} x num_cpus {ing.num_cpus:g})",
+            {"CPU": ing.num_cpus},
+            ing.num_replicas,
+            fix="lower serve.ingress.num_replicas or num_cpus",
+        ),
+        demand("serve.encoder", cfg.encoder),
+        *(demand(f"stage {n!r} deployment", cfg.stage_deployment(n)) for n in names),
+    ]
 
 
 def build_application(cfg: ServeConfig) -> Any:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imagen_ray.cluster import Capacity, ClusterTooSmall, Demand, check_demands
 from imagen_ray.config import RunConfig
 
 if TYPE_CHECKING:  # torch loads with the trainer, not with the resource checks
@@ -24,23 +25,104 @@ class LaunchError(ValueError):
     """The run cannot start on this cluster; the message says what to change."""
 
 
-def check_resources(cfg: RunConfig, resources: dict[str, float]) -> None:
-    """Fail before any worker starts when the cluster cannot host the run."""
-    t = cfg.train
-    gpus = resources.get("GPU", 0.0)
-    if t.use_gpu and gpus < t.num_workers:
-        raise LaunchError(
-            f"train.use_gpu=true with train.num_workers={t.num_workers} needs "
-            f"{t.num_workers} GPUs, but the Ray cluster has {gpus:g}; set train.use_gpu=false "
-            "or add GPU nodes"
+def run_demands(cfg: RunConfig, *, pipeline: bool = True, local: bool = False) -> list[Demand]:
+    """What one stage's run holds at once: its workers and, with ``pipeline``, the least
+    the Ray Data pipeline needs to make progress (one read task, one decode task and the
+    text-encoder actors when embeddings are not precomputed).
+
+    Args:
+        cfg: the run.
+        pipeline: the run reads ``data.shards`` through Ray Data (not ``--data memory``).
+        local: the command starts its own local cluster (the fix is then ``--num-cpus``).
+    """
+    t, d = cfg.train, cfg.data
+    worker: dict[str, float] = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        worker["GPU"] = 1.0
+    fix = (
+        "set train.use_gpu=false or add a node type with GPUs"
+        if t.use_gpu
+        else "lower train.num_workers or train.cpus_per_worker"
+    )
+    demands = [
+        Demand(
+            f"train.num_workers={t.num_workers} x train.cpus_per_worker={t.cpus_per_worker:g}"
+            + (" + 1 GPU" if t.use_gpu else ""),
+            worker,
+            t.num_workers,
+            fix=fix,
         )
-    cpus = resources.get("CPU", 0.0)
-    need = t.num_workers * t.cpus_per_worker
-    if need > cpus:
-        raise LaunchError(
-            f"{t.num_workers} workers x {t.cpus_per_worker:g} CPUs = {need:g} CPUs, but the "
-            f"Ray cluster has {cpus:g}; lower train.num_workers or train.cpus_per_worker"
+    ]
+    if not pipeline:
+        return demands
+    data_fix = (
+        "give the local cluster more logical CPUs (--num-cpus N, above the cores is fine), "
+        if local
+        else ""
+    ) + "lower train.cpus_per_worker, data.read_num_cpus or data.map_num_cpus"
+    demands += [
+        Demand(
+            f"one read task (data.read_num_cpus={d.read_num_cpus:g})",
+            {"CPU": d.read_num_cpus},
+            fix=data_fix,
+        ),
+        Demand(
+            f"one decode task (data.map_num_cpus={d.map_num_cpus:g})",
+            {"CPU": d.map_num_cpus},
+            fix=data_fix,
+        ),
+    ]
+    if d.precomputed is not True:  # null: on the fly unless the shards carry embeddings
+        enc = {"CPU": d.encoder_num_cpus, "GPU": d.encoder_num_gpus}
+        demands.append(
+            Demand(
+                f"data.encoder_concurrency={d.encoder_concurrency} text-encoder actors x "
+                f"data.encoder_num_cpus={d.encoder_num_cpus:g}",
+                enc,
+                d.encoder_concurrency,
+                fix=data_fix + ", or precompute embeddings (imagen-ray data encode) and set "
+                "data.precomputed=true",
+            )
         )
+    return demands
+
+
+def check_resources(
+    cfgs: Sequence[RunConfig],
+    capacity: Capacity,
+    *,
+    pipeline: bool = True,
+    local: bool = False,
+) -> str | None:
+    """Fail before any worker starts when the cluster can never host the runs together.
+
+    Returns:
+        None, or a line saying the runs start and wait for the autoscaler.
+
+    Raises:
+        LaunchError: what can never be scheduled, the numbers and the fix.
+    """
+    demands = [x for c in cfgs for x in run_demands(c, pipeline=pipeline, local=local)]
+    fix = (
+        (
+            "start the local cluster with --num-cpus {need} (more logical CPUs than cores is "
+            "fine), or lower "
+            if local
+            else "add nodes, or lower "
+        )
+        + "train.num_workers or train.cpus_per_worker"
+        + (
+            " (the Ray Data read/decode tasks and text-encoder actors need CPUs beside the "
+            "workers: data.read_num_cpus, data.map_num_cpus, data.encoder_num_cpus, or "
+            "precompute embeddings with `imagen-ray data encode`)"
+            if pipeline
+            else ""
+        )
+    )
+    try:
+        return check_demands(capacity, demands, fix)
+    except ClusterTooSmall as e:
+        raise LaunchError(str(e)) from None
 
 
 def run_dir(cfg: RunConfig) -> str:
@@ -106,6 +188,7 @@ def build_trainer(
     resume_from: str | None = None,
     text_dim: int | None = None,
     console: ConsoleSink | None = None,
+    check: bool = True,
 ) -> Any:
     """A ``TorchTrainer`` for one stage.
 
@@ -122,6 +205,8 @@ def build_trainer(
         text_dim: the text encoder's width (default: resolved from ``cfg.text``).
         console: where rank 0's progress lines go besides its stdout
             (:meth:`imagen_ray.runtime.Console.sink`).
+        check: check the run against the cluster (:func:`check_resources`); False when
+            the caller checked all of its runs together.
     """
     import ray
     import ray.train
@@ -130,7 +215,12 @@ def build_trainer(
     from imagen_ray.train.batches import PipelineCounts, shard_batches
     from imagen_ray.train.loop import WorkerArgs, train_loop_per_worker
 
-    check_resources(cfg, ray.cluster_resources())
+    if check:
+        from imagen_ray.cluster import cluster_capacity
+
+        wait = check_resources([cfg], cluster_capacity(), pipeline=batches is None)
+        if wait:
+            print(f"{cfg.train.name or cfg.stage.name}: {wait}", flush=True)
     if resume_from is not None:
         resume_from = resolve_resume(cfg, resume_from)
     if text_dim is None:
