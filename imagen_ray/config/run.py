@@ -201,6 +201,13 @@ class TrainConfig(Strict):
     storage_path: str = Field("runs", description="checkpoint root: a directory or a URI")
     name: str | None = Field(None, description="run name (default: <stage name>)")
     seed: int = Field(0, description="seed of weights, noise and data order")
+    init_from: str | None = Field(
+        None,
+        description="warm start: an exported stage directory, a checkpoint_* directory or a "
+        "run directory (its latest checkpoint's EMA weights); a new run from step 0 with a "
+        "fresh optimizer and schedule, its EMA starting from these weights; the model keys "
+        "must match (checked before any worker starts)",
+    )
 
     @model_validator(mode="after")
     def _check_zero(self) -> TrainConfig:
