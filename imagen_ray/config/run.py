@@ -196,7 +196,7 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept by Ray Train")
     max_failures: int = Field(1, ge=-1, description="worker-group restarts (-1: unlimited)")
     nan_patience: int = Field(
-        5, ge=1, description="stop after this many non-finite losses in a row"
+        5, ge=1, description="stop after this many non-finite losses or gradients in a row"
     )
     storage_path: str = Field("runs", description="checkpoint root: a directory or a URI")
     name: str | None = Field(None, description="run name (default: <stage name>)")
