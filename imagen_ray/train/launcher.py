@@ -175,12 +175,7 @@ def build_trainer(
 
         text_dim = resolve_dim(cfg.text)
     init_from = None
-    if cfg.train.init_from:
-        if resume_from is not None:
-            raise LaunchError(
-                f"--resume-from {resume_from} continues a run, train.init_from="
-                f"{cfg.train.init_from} starts a new one from its weights: give only one"
-            )
+    if cfg.train.init_from and resume_from is None:  # a resumed fine-tune has its weights
         init_from = resolve_init(cfg, cfg.train.init_from, text_dim)
     datasets: dict[str, Any] = {}
     if batches is None:
