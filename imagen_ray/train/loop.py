@@ -212,7 +212,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             engine.zero_grad()  # a plain torch optimizer (ZeRO 0, fp32) would apply it
         if boundary and (not grads_ok or engine.skipped_steps > skipped_before):
-            if grads_ok:  # fp16 loss-scale overflow: DeepSpeed lowered the scale
+            if grads_ok:  # DeepSpeed skipped by itself: an fp16 loss-scale overflow
                 state.nonfinite_skipped += 1
             else:
                 nan_streak = _skipped(state, nan_streak, cfg, "gradient")
