@@ -9,6 +9,11 @@ Three sections, in ONE process and one local Ray cluster:
   hold (``imagen_ray.train.memory.ModelStateMemory``, a step hook: each storage counted
   once), between ``backward`` and ``step`` of the second optimizer step, and reported with
   its ratio to ZeRO 0.
+* ``optimizer_memory``: per-rank optimizer-state bytes of AdamW vs Adafactor at ZeRO 0, 1,
+  2 and 3 with 2 CPU workers (configs/tiny/base.yaml unless ``--optimizer-config``), from
+  the same hook. Adafactor's saving is its factored second moment (a row and a column
+  vector per matrix); ZeRO 1-3 hand the optimizer flat 1-D partitions, where it cannot
+  factor. Reported as ratios Adafactor / AdamW per ZeRO stage, and to AdamW at ZeRO 0.
 * ``throughput``: training samples/s of the tiny base stage (configs/tiny/base.yaml) with
   2 workers (ZeRO-2, fp32) fed by (a) seeded in-memory tensors (``random_batches``), (b) the
   full Ray Data pipeline reading synthetic webdataset shards with precomputed text
@@ -98,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         action="append",
-        choices=["zero_memory", "throughput", "gpu"],
+        choices=["zero_memory", "optimizer_memory", "throughput", "gpu"],
         help="run only these sections (repeatable; default all)",
     )
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
@@ -112,6 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-config", default=str(MEMORY_CONFIG), help="zero_memory model")
     p.add_argument(
         "--memory-batch", type=int, default=2, help="zero_memory micro batch per worker (2)"
+    )
+    p.add_argument(
+        "--optimizer-config", default=str(THROUGHPUT_CONFIG), help="optimizer_memory model"
     )
     p.add_argument("--throughput-config", default=str(THROUGHPUT_CONFIG), help="model")
     p.add_argument("--steps", type=int, default=None, help="throughput steps (default 40)")
@@ -134,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.gpu_steps = args.gpu_steps or (6 if args.quick else 40)
     if args.steps < 4 or args.steps % 2:
         p.error(f"--steps {args.steps}: need an even number >= 4 (half warm-up, half measured)")
-    args.sections = args.only or ["zero_memory", "throughput", "gpu"]
+    args.sections = args.only or ["zero_memory", "optimizer_memory", "throughput", "gpu"]
     return args
 
 
@@ -231,6 +239,60 @@ def zero_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "expected": f"grads and optimizer fall to ~1/{args.workers} at ZeRO-2, and params "
         "too at ZeRO-3",
         "per_stage": per_stage,
+    }
+
+
+def optimizer_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from imagen_ray.cascade import Stage
+    from imagen_ray.text import text_dim
+
+    runs: dict[str, dict[str, Any]] = {}
+    params = None
+    for opt in ("adamw", "adafactor"):
+        for z in (0, 1, 2, 3):
+            name = f"{opt}_zero{z}"
+            cfg = run_config(
+                args.optimizer_config,
+                args.overrides,
+                [
+                    *common_train(tmp, name, 2, args.workers),
+                    f"train.optimizer={opt}",
+                    f"train.zero_stage={z}",
+                    f"data.batch_size={args.memory_batch}",
+                ],
+            )
+            if params is None:
+                params = sum(
+                    p.numel() for p in Stage(cfg.stage, text_dim=text_dim(cfg.text)).parameters()
+                )
+            log(f"optimizer_memory: {opt}, ZeRO-{z}, {args.workers} workers")
+            m = fit(cfg, batches=random_batches, hooks=[ModelStateMemory()])
+            ranks = m["memory/model_state_bytes"]
+            runs[name] = {
+                "optimizer": max(r["optimizer"] for r in ranks),
+                "master_weights": max(r["master_weights"] for r in ranks),
+                "total": max(sum(r[k] for k in PARTS) for r in ranks),
+            }
+            emit_json({"event": "optimizer_memory", "run": name, **runs[name]})
+            shutil.rmtree(tmp / name, ignore_errors=True)
+    ref = runs["adamw_zero0"]["optimizer"]
+    return {
+        "config": str(args.optimizer_config),
+        "params": params,
+        "param_bytes_fp32": 4 * (params or 0),
+        "workers": args.workers,
+        "precision": "fp32 (CPU)",
+        "measured": "bytes of the inner optimizer's states on the larger rank (Adam's two "
+        "moments; Adafactor's row/column or full second moments), between backward and step "
+        "of optimizer step 2; 'total' adds params, grads and the ZeRO 1/2 fp32 master copy",
+        "runs": runs,
+        "adafactor_over_adamw": {
+            str(z): rnd(
+                runs[f"adafactor_zero{z}"]["optimizer"] / runs[f"adamw_zero{z}"]["optimizer"]
+            )
+            for z in (0, 1, 2, 3)
+        },
+        "ratio_to_adamw_zero0": {k: rnd(v["optimizer"] / ref) for k, v in runs.items()},
     }
 
 
@@ -393,7 +455,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     sections: dict[str, Any] = {}
     try:
-        for name, fn in (("zero_memory", zero_memory), ("throughput", throughput), ("gpu", gpu)):
+        for name, fn in (
+            ("zero_memory", zero_memory),
+            ("optimizer_memory", optimizer_memory),
+            ("throughput", throughput),
+            ("gpu", gpu),
+        ):
             if name in args.sections:
                 sections[name] = fn(args, tmp)
     finally:

@@ -196,11 +196,18 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept by Ray Train")
     max_failures: int = Field(1, ge=-1, description="worker-group restarts (-1: unlimited)")
     nan_patience: int = Field(
-        5, ge=1, description="stop after this many non-finite losses in a row"
+        5, ge=1, description="stop after this many non-finite losses or gradients in a row"
     )
     storage_path: str = Field("runs", description="checkpoint root: a directory or a URI")
     name: str | None = Field(None, description="run name (default: <stage name>)")
     seed: int = Field(0, description="seed of weights, noise and data order")
+    init_from: str | None = Field(
+        None,
+        description="warm start: an exported stage directory, a checkpoint_* directory or a "
+        "run directory (its latest checkpoint's EMA weights); a new run from step 0 with a "
+        "fresh optimizer and schedule, its EMA starting from these weights; the model keys "
+        "must match (checked before any worker starts)",
+    )
 
     @model_validator(mode="after")
     def _check_zero(self) -> TrainConfig:

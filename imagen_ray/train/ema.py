@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 
-def _local(p: nn.Parameter) -> Tensor:
+def local_part(p: nn.Parameter) -> Tensor:
     """The part of a parameter this rank owns: its ZeRO-3 partition, else the whole tensor."""
     ds_tensor = getattr(p, "ds_tensor", None)
     return ds_tensor if ds_tensor is not None else p.data
@@ -47,7 +47,7 @@ class EMA:
         self.warmup_steps = warmup_steps
         self.names = [n for n, _ in module.named_parameters()]
         self.params = [p for _, p in module.named_parameters()]
-        self.shadow = [_local(p).detach().float().clone() for p in self.params]
+        self.shadow = [local_part(p).detach().float().clone() for p in self.params]
         self.num_updates = 0
 
     def current_decay(self) -> float:
@@ -61,7 +61,7 @@ class EMA:
         """shadow <- decay * shadow + (1 - decay) * param, on the local partition."""
         d = self.current_decay()
         for s, p in zip(self.shadow, self.params, strict=True):
-            s.lerp_(_local(p).float(), 1.0 - d)
+            s.lerp_(local_part(p).float(), 1.0 - d)
         self.num_updates += 1
 
     # ------------------------------------------------------------------ persistence
@@ -101,16 +101,16 @@ class EMA:
     @contextmanager
     def swapped_in(self) -> Iterator[None]:
         """Temporarily put the EMA values into the module's (local) parameters."""
-        backups = [_local(p).detach().clone() for p in self.params]
+        backups = [local_part(p).detach().clone() for p in self.params]
         try:
             with torch.no_grad():
                 for s, p in zip(self.shadow, self.params, strict=True):
-                    _local(p).copy_(s.to(_local(p).dtype))
+                    local_part(p).copy_(s.to(local_part(p).dtype))
             yield
         finally:
             with torch.no_grad():
                 for b, p in zip(backups, self.params, strict=True):
-                    _local(p).copy_(b)
+                    local_part(p).copy_(b)
 
     def full_state_dict(self) -> dict[str, Tensor]:
         """Full fp32 EMA weights on the CPU, keyed like ``module.state_dict()``.

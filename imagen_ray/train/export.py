@@ -10,6 +10,29 @@ from imagen_ray.cascade import Stage, save_stage
 from imagen_ray.config import RunConfig
 from imagen_ray.train import checkpoint as ckpt_io
 from imagen_ray.train.ema import consolidate_partitions
+from imagen_ray.train.finite import require_finite
+
+
+def checkpoint_weights(ckpt_dir: Path, weights: str = "ema") -> dict[str, torch.Tensor]:
+    """Full fp32 U-Net weights (``Stage.unet`` keys) of one complete checkpoint.
+
+    Args:
+        ckpt_dir: a ``checkpoint_*`` directory (complete: ``read_config`` checked it).
+        weights: ``ema`` (the EMA weights, read from safetensors, no process group needed)
+            or ``model`` (the raw weights, consolidated from DeepSpeed's ZeRO files with
+            ``zero_to_fp32``; these are torch pickles written by the run itself).
+    """
+    meta = ckpt_io.read_config(ckpt_dir)
+    if weights == "ema":
+        world = int(meta["world_size"])
+        state = consolidate_partitions([ckpt_io.load_ema_state(ckpt_dir, r) for r in range(world)])
+    elif weights == "model":
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=ckpt_io.DS_TAG)
+    else:
+        raise ValueError(f"weights={weights!r}: choose 'ema' or 'model'")
+    return {k.removeprefix("unet."): v for k, v in state.items()}
 
 
 def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, *, weights: str = "ema") -> Path:
@@ -19,33 +42,30 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, *, weights: str
         ckpt_dir: a ``checkpoint_*`` directory, or a run directory (its latest complete
             checkpoint is used).
         out_dir: the stage directory to write (atomically).
-        weights: ``ema`` (default: the EMA weights, read from safetensors, no process group
-            needed) or ``model`` (the raw weights, consolidated from DeepSpeed's ZeRO files
-            with ``zero_to_fp32``; these are torch pickles written by the run itself).
+        weights: ``ema`` (default) or ``model``, see :func:`checkpoint_weights`.
 
     Returns:
         The stage directory, loadable with ``Cascade.load([...])`` / ``load_stage``.
+
+    Raises:
+        NonFiniteWeights: the weights hold NaN/inf (nothing is written).
     """
     d = ckpt_io.latest_checkpoint(ckpt_dir)
     meta = ckpt_io.read_config(d)
     cfg = RunConfig.model_validate(meta["run"])
-    world = int(meta["world_size"])
-    if weights == "ema":
-        state = consolidate_partitions([ckpt_io.load_ema_state(d, r) for r in range(world)])
-    elif weights == "model":
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        state = get_fp32_state_dict_from_zero_checkpoint(str(d), tag=ckpt_io.DS_TAG)
-        state = {k.removeprefix("unet."): v for k, v in state.items()}
-    else:
-        raise ValueError(f"weights={weights!r}: choose 'ema' or 'model'")
+    state = checkpoint_weights(d, weights)
+    require_finite(
+        state,
+        what=f"{d} ({weights} weights, step {meta['step']})",
+        fix="not exported. Export an earlier checkpoint_* directory of the run",
+    )
     with torch.device("meta"):
         stage = Stage(cfg.stage, text_dim=int(meta["text_dim"]))
     return save_stage(
         stage,
         cfg.text,
         out_dir,
-        state_dict={k.removeprefix("unet."): v for k, v in state.items()},
+        state_dict=state,
         extra={
             "step": meta["step"],
             "weights": weights,

@@ -180,6 +180,43 @@ def resolve_resume(cfg: RunConfig, resume_from: str) -> str:
     return str(ckpt)
 
 
+def resolve_init(cfg: RunConfig, init_from: str, text_dim: int) -> str:
+    """The stage or checkpoint directory ``train.init_from`` names, checked against the run.
+
+    Args:
+        cfg: the run that starts from it.
+        init_from: an exported stage directory, a ``checkpoint_*`` directory or a run
+            directory (its latest complete checkpoint).
+        text_dim: this run's text encoder width.
+
+    Returns:
+        The stage or checkpoint directory the workers load.
+
+    Raises:
+        LaunchError: not a stage or checkpoint, or its model differs from the run's (each
+            mismatched key named, see :func:`imagen_ray.train.warmstart.model_mismatches`).
+    """
+    from imagen_ray.train.warmstart import model_mismatches, read_init_source
+
+    if "://" in init_from:
+        raise LaunchError(
+            f"train.init_from={init_from}: a URI; copy the stage or checkpoint to a directory "
+            "every worker can read and pass that"
+        )
+    try:
+        source = read_init_source(init_from)
+    except ValueError as e:
+        raise LaunchError(str(e)) from e
+    problems = model_mismatches(cfg, text_dim, source)
+    if problems:
+        raise LaunchError(
+            f"train.init_from={init_from}: the {source.kind} at {source.path} has another "
+            f"model than this run: {'; '.join(problems)}. Set these keys as the source has "
+            "them (its config.json), or start from a matching stage"
+        )
+    return str(source.path)
+
+
 def build_trainer(
     cfg: RunConfig,
     *,
@@ -227,6 +264,9 @@ def build_trainer(
         from imagen_ray.text import text_dim as resolve_dim
 
         text_dim = resolve_dim(cfg.text)
+    init_from = None
+    if cfg.train.init_from and resume_from is None:  # a resumed fine-tune has its weights
+        init_from = resolve_init(cfg, cfg.train.init_from, text_dim)
     datasets: dict[str, Any] = {}
     if batches is None:
         from imagen_ray.data.pipeline import build_dataset
@@ -240,6 +280,7 @@ def build_trainer(
         text_dim=text_dim,
         run_dir=run_dir(cfg),
         resume_from=resume_from,
+        init_from=init_from,
         batches=batches,
         hooks=tuple(hooks),
         console=console,

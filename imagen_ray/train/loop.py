@@ -25,13 +25,23 @@ from imagen_ray.config import RunConfig
 from imagen_ray.train import checkpoint as ckpt_io
 from imagen_ray.train.batches import BatchFactory, WorkerContext, shard_batches
 from imagen_ray.train.deepspeed_config import build_deepspeed_config
-from imagen_ray.train.ema import EMA
+from imagen_ray.train.ema import EMA, local_part
+from imagen_ray.train.finite import (
+    NonFiniteWeights,
+    all_ranks_true,
+    local_grads_finite,
+    nonfinite_names,
+    optimizer_skips_nonfinite,
+    require_finite,
+)
 from imagen_ray.train.hooks import StepContext, StepHook
 from imagen_ray.train.tracking import SampleGrids
+from imagen_ray.train.warmstart import load_init_weights
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss was NaN/inf for ``train.nan_patience`` steps in a row."""
+    """The loss or the gradients were NaN/inf for ``train.nan_patience`` micro batches in a
+    row."""
 
 
 @dataclass
@@ -57,6 +67,7 @@ class WorkerArgs:
     text_dim: int
     run_dir: str | None = None  # where sample grids and W&B files go
     resume_from: str | None = None  # a checkpoint directory, checked by the launcher
+    init_from: str | None = None  # train.init_from resolved and checked by the launcher
     batches: BatchFactory = shard_batches
     hooks: tuple[StepHook, ...] = ()
     # Where rank 0's progress lines also go: the driver's console (imagen_ray.runtime), so
@@ -69,6 +80,7 @@ class WorkerArgs:
             "text_dim": self.text_dim,
             "run_dir": self.run_dir,
             "resume_from": self.resume_from,
+            "init_from": self.init_from,
             "batches": self.batches,
             "hooks": list(self.hooks),
             "console": self.console,
@@ -81,6 +93,7 @@ class WorkerArgs:
             text_dim=int(d["text_dim"]),
             run_dir=d["run_dir"],
             resume_from=d["resume_from"],
+            init_from=d.get("init_from"),
             batches=d["batches"],
             hooks=tuple(d["hooks"]),
             console=d.get("console"),
@@ -106,6 +119,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # ---------------------------------------------------------------- build
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     stage = Stage(cfg.stage, text_dim=args.text_dim)
+    resume = ray.train.get_checkpoint()  # this run's own latest checkpoint (a restart)
+    if args.init_from and resume is None and args.resume_from is None:
+        # warm start: weights only, before DeepSpeed wraps (and ZeRO-3 partitions) the
+        # module, so the engine, its optimizer and the EMA all start from them
+        stage.unet.load_state_dict(load_init_weights(args.init_from), strict=True)
+        if rank == 0:
+            print(f"initialised {cfg.stage.name} from {args.init_from}", flush=True)
     ds_config = build_deepspeed_config(cfg.train, cfg.data, world_size=world)
     client_opt = None
     if cfg.train.optimizer == "adafactor":
@@ -129,7 +149,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state = RunState()
 
     # ---------------------------------------------------------------- resume
-    resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as d:
             _restore(Path(d), engine, ema, gen, state, rank)
@@ -157,7 +176,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def step_ctx() -> StepContext:
         return StepContext(rank=rank, world_size=world, step=state.step, engine=engine)
 
-    nan_streak = 0
+    nan_streak = 0  # non-finite losses/gradients in a row
     window = _Window()
     t_start = time.perf_counter()
     while state.step < cfg.train.steps:
@@ -170,27 +189,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         lowres = batch["lowres"].to(device, dtype) if "lowres" in batch else None
 
         loss = engine(x0, emb, mask, lowres, generator=gen).float().mean()
-        finite = _all_ranks_finite(loss, device)
+        finite = all_ranks_true(bool(torch.isfinite(loss)), device)
         state.micro_batches += 1
         if not finite:
-            nan_streak += 1
-            state.nonfinite_skipped += 1
             engine.zero_grad()
-            if nan_streak >= cfg.train.nan_patience:
-                raise NonFiniteLoss(
-                    f"the loss was non-finite for {nan_streak} micro batches in a row, the "
-                    f"last at step {state.step + 1}; training stopped. The last good "
-                    "checkpoint is kept: lower train.lr, raise train.warmup_steps or check "
-                    "the data, then rerun with the same name to resume from it."
-                )
+            nan_streak = _skipped(state, nan_streak, cfg, "loss")
             continue
-        nan_streak = 0
         boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
         if boundary:
             for hook in args.hooks:
                 hook.before_step(step_ctx())
-        engine.step()
+        # A finite loss can still give NaN/inf gradients (an overflow in backward): the step
+        # is skipped as for a non-finite loss. fp16 is left to its dynamic loss scale, whose
+        # overflow skips are routine (counted in nonfinite_skipped, not as a streak).
+        grads_ok = True
+        if boundary and cfg.train.resolved_precision != "fp16":
+            grads_ok = all_ranks_true(local_grads_finite(engine), device)
+        skipped_before = engine.skipped_steps
+        if grads_ok or optimizer_skips_nonfinite(engine):
+            engine.step()  # DeepSpeed's ZeRO/bf16 optimizers discard a non-finite step
+        else:
+            engine.zero_grad()  # a plain torch optimizer (ZeRO 0, fp32) would apply it
+        if boundary and (not grads_ok or engine.skipped_steps > skipped_before):
+            if grads_ok:  # DeepSpeed skipped by itself: an fp16 loss-scale overflow
+                state.nonfinite_skipped += 1
+            else:
+                nan_streak = _skipped(state, nan_streak, cfg, "gradient")
+            continue
+        nan_streak = 0
         window.add(loss.item(), x0.shape[0], t_data, time.perf_counter() - t0)
         if not boundary:
             continue
@@ -274,12 +301,19 @@ def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def _all_ranks_finite(loss: Tensor, device: torch.device) -> bool:
-    """Every rank skips the step when any rank's loss is NaN/inf (they must stay in step)."""
-    flag = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(flag)
-    return flag.item() == 0.0
+def _skipped(state: RunState, streak: int, cfg: RunConfig, what: str) -> int:
+    """Count a micro batch skipped for a non-finite ``what``; stop after train.nan_patience
+    in a row. Returns the new streak."""
+    streak += 1
+    state.nonfinite_skipped += 1
+    if streak >= cfg.train.nan_patience:
+        raise NonFiniteLoss(
+            f"the {what} was non-finite for {streak} micro batches in a row, the last at "
+            f"step {state.step + 1}; training stopped. The last good checkpoint is kept: lower "
+            "train.lr, raise train.warmup_steps or check the data, then rerun with the same "
+            "name to resume from it."
+        )
+    return streak
 
 
 def _print_progress(
@@ -325,7 +359,25 @@ def _save(
     metrics: dict[str, Any] | None = None,
 ) -> None:
     """Write this rank's part of a checkpoint; the complete marker goes last. The latest
-    reported metrics go into its config (exports carry them into the model card)."""
+    reported metrics go into its config (exports carry them into the model card).
+
+    Weights or EMA weights with NaN/inf on any rank are refused on every rank before
+    anything is written or reported, so the last good checkpoint stays the latest.
+    """
+    mine = [(f"weights {n}", local_part(p)) for n, p in engine.module.named_parameters()]
+    mine += [(f"EMA {n}", s) for n, s in zip(ema.names, ema.shadow, strict=True)]
+    if not all_ranks_true(not nonfinite_names(mine), engine.device):
+        require_finite(
+            mine,
+            what=f"rank {rank} at step {state.step}",
+            fix="checkpoint not written (another rank holds them if this lists none). The "
+            "last good checkpoint is kept: lower train.lr or check the data, then rerun with "
+            "the same name to resume from it",
+        )
+        raise NonFiniteWeights(
+            f"another rank's weights or EMA hold NaN/inf at step {state.step}; checkpoint "
+            "not written, the last good one is kept"
+        )
     engine.save_checkpoint(str(d), tag=ckpt_io.DS_TAG)
     ckpt_io.save_rank_files(
         d,

@@ -17,7 +17,7 @@ from torch import Tensor
 from imagen_ray.train.hooks import StepContext, StepHook
 
 # Attributes of DeepSpeed's ZeRO optimizers (0.19) that hold this rank's gradient partition.
-_GRAD_ATTRS = (
+GRAD_ATTRS = (
     "averaged_gradients",  # ZeRO 1/2 (dict of lists) and ZeRO-3 (dict of lists)
     "grads_in_partition",  # ZeRO 1/2 with contiguous gradients
     "grad_partitions_flat_buffer",  # ZeRO-3
@@ -85,7 +85,7 @@ def model_state_bytes(engine: Any) -> dict[str, int]:
     opt = engine.optimizer
     inner = getattr(opt, "optimizer", None) or opt  # ZeRO wraps the torch optimizer
     grads = sum(count.add(p.grad) for p in module.parameters())
-    for name in _GRAD_ATTRS:
+    for name in GRAD_ATTRS:
         grads += count.add_all(getattr(opt, name, None))
     for attr, value in vars(opt).items():  # name-mangled ZeRO-3 map of grad partitions
         if attr.endswith("__param_id_to_grad_partition"):

@@ -48,3 +48,36 @@ class NaNBatches:
     def __call__(self, ctx: WorkerContext) -> Iterator[Batch]:
         for i, batch in enumerate(random_batches(ctx), start=1):
             yield {**batch, "image": batch["image"] * float("nan")} if i in self.at else batch
+
+
+@dataclass
+class NaNGrads(StepHook):
+    """Set a gradient of rank ``rank`` to NaN before optimizer step ``step + 1``, ``times``
+    times (a skipped step is retried at the same step): a finite loss, non-finite grads.
+    Needs ZeRO 0, where the gradients are the parameters' ``.grad``."""
+
+    rank: int
+    step: int
+    times: int
+
+    def before_step(self, ctx: StepContext) -> None:
+        if ctx.rank == self.rank and ctx.step == self.step and self.times > 0:
+            self.times -= 1
+            p = next(iter(ctx.engine.module.parameters()))
+            p.grad.view(-1)[0] = float("nan")
+
+
+@dataclass(frozen=True)
+class SaveWeights(StepHook):
+    """Rank 0 saves its module's weights to ``path`` before the first optimizer step (the
+    weights the run starts from; ZeRO 0-2, where rank 0 holds them whole)."""
+
+    path: str
+
+    def before_step(self, ctx: StepContext) -> None:
+        if ctx.rank == 0 and ctx.step == 0 and not Path(self.path).exists():
+            import torch
+
+            state = ctx.engine.module.state_dict()
+            weights = {k: v.detach().cpu().clone() for k, v in state.items()}
+            torch.save(weights, self.path)

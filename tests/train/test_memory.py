@@ -68,3 +68,25 @@ def test_partitioned_model_counts_only_this_ranks_slices_once() -> None:
         p.ds_tensor = p.data.reshape(-1)[: p.numel() // 2].clone()
     got3 = model_state_bytes(SimpleNamespace(module=module, optimizer=wrapper))
     assert got3["params"] == 72 * 4
+
+
+def test_adafactor_factors_matrices_but_not_flat_partitions() -> None:
+    """Why the optimizer_memory figures differ by ZeRO stage: Adafactor keeps a row and a
+    column vector for a matrix, but a full second moment for the flat 1-D partitions that
+    ZeRO 1-3 hand it (AdamW keeps two full moments either way)."""
+
+    def optimizer_bytes(params: list[nn.Parameter], opt_cls: type) -> int:
+        opt = opt_cls(params, lr=1e-3)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+        module = nn.Module()
+        return model_state_bytes(SimpleNamespace(module=module, optimizer=opt))["optimizer"]
+
+    n = 64 * 128
+    matrix = [nn.Parameter(torch.randn(128, 64))]
+    flat = [nn.Parameter(torch.randn(n))]
+    adam_flat = optimizer_bytes(flat, torch.optim.AdamW)
+    assert adam_flat >= 2 * 4 * n
+    assert optimizer_bytes(matrix, torch.optim.Adafactor) < 4 * (128 + 64) + 64
+    assert 4 * n <= optimizer_bytes(flat, torch.optim.Adafactor) < 0.6 * adam_flat

@@ -23,7 +23,7 @@ from tests.train.conftest import (
     tiny_cfg,
     wandb_run_files,
 )
-from tests.train.faults import KillWorker, NaNBatches
+from tests.train.faults import KillWorker, NaNBatches, NaNGrads, SaveWeights
 
 pytestmark = pytest.mark.slow
 
@@ -209,6 +209,40 @@ def test_nonfinite_losses_stop_the_run_with_a_clear_error(ray_cluster, tmp_path:
     from imagen_ray.train.checkpoint import latest_checkpoint, read_config
 
     assert read_config(latest_checkpoint(tmp_path / "nan"))["step"] == 5
+
+
+def test_init_from_an_exported_stage_starts_a_new_run_bit_exactly(runs, tmp_path: Path) -> None:
+    """Run A's exported EMA initialises run B: B's weights before its first step equal the
+    export bit for bit, and B counts its own steps from 0."""
+    tmp, _ = runs
+    src = tmp_path / "exported"
+    want = exported(tmp / "zero2", src)
+    dump = tmp_path / "b0.pt"
+    cfg = tiny_cfg(
+        tmp_path,
+        "b",
+        f"train.init_from={src}",
+        "train.num_workers=1",
+        "train.steps=2",
+        "train.checkpoint_every=2",
+        "train.log_every=2",
+    )
+    res = fit(cfg, hooks=[SaveWeights(str(dump))])
+    assert res.error is None and res.metrics["step"] == 2
+    got = {k.removeprefix("unet."): v for k, v in torch.load(dump).items()}
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_nonfinite_gradients_with_a_finite_loss_skip_the_step(ray_cluster, tmp_path: Path) -> None:
+    """NaN in rank 1's gradients (ZeRO 0: a plain torch optimizer, no DeepSpeed skip) skips
+    the step on both ranks twice; the run still takes its 10 steps and exports finite."""
+    cfg = tiny_cfg(tmp_path, "nangrad", "train.zero_stage=0")
+    res = fit(cfg, hooks=[NaNGrads(rank=1, step=3, times=2)])
+    assert res.error is None
+    assert res.metrics["step"] == 10 and res.metrics["nonfinite_skipped"] == 2
+    weights = exported(tmp_path / "nangrad", tmp_path / "out")  # EMA of the weights
+    assert all(torch.isfinite(v).all() for v in weights.values())
 
 
 def test_invalid_configs_fail_before_any_worker_starts(ray_cluster, tmp_path: Path) -> None:
