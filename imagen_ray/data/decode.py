@@ -220,7 +220,7 @@ def decode_filter_resize(
     stage = StageConfig.model_validate(stage_cfg)
     size, lowres_size = stage.size, stage.lowres_size
     crop = data.train_crop if lowres_size is not None else None
-    random = data.crop == "random" or crop is not None
+    needs_rng = data.crop == "random" or crop is not None
     out_size = crop or size  # SR crop training: images are train_crop px
     out_lowres = crop * lowres_size // size if crop and lowres_size else lowres_size
     n = batch.num_rows
@@ -290,7 +290,7 @@ def decode_filter_resize(
                 continue
         # One RNG per sample, seeded from (data.seed, epoch, key): the square crop draws
         # first, then the training crop.
-        rng = _rng_for(data.seed, keys[i], epochs[i] or 0) if random else None
+        rng = _rng_for(data.seed, keys[i], epochs[i] or 0) if needs_rng else None
         img = _decode_image(raw, data, formats, size, rng)
         if isinstance(img, str):
             counts[img] += 1
