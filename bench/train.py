@@ -21,6 +21,13 @@ Three sections, in ONE process and one local Ray cluster:
   model, batch and steps; figures are the trainer's own metrics (``samples_per_s``,
   ``data_wait_frac``) over the second half of the steps (the first half warms up).
   Reported as ratios to (a).
+* ``sr_crops``: an SR stage trained on random crops (``data.train_crop``) vs at its full
+  size, same model, batch and steps (configs/tiny/sr64.yaml: 32 px crops of the 64 px stage,
+  a quarter of the pixels; with CUDA configs/small/sr256_crops.yaml in bf16: 128 px crops of
+  256 px). Samples/s (the trainer's, last half of the steps) and per-rank peak memory
+  (``imagen_ray.train.memory.PeakMemory``: CUDA allocator peak, or peak RSS of the worker
+  process on CPU, which includes the Python/torch runtime), fed by ``random_batches`` so the
+  data pipeline does not weigh in; reported as crops / full ratios.
 * ``gpu``: only with CUDA: samples/s and model FLOPs utilisation (MFU) of
   configs/small/base.yaml in bf16 on the visible GPUs (one worker per GPU, ``random_batches``).
   FLOPs per sample are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one
@@ -47,7 +54,7 @@ import torch
 
 from imagen_ray.cli import add_overrides_argument
 from imagen_ray.train.batches import random_batches
-from imagen_ray.train.memory import ModelStateMemory
+from imagen_ray.train.memory import ModelStateMemory, PeakMemory
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hugging Face hub
 os.environ.setdefault("WANDB_MODE", "disabled")  # no W&B runs from a benchmark
@@ -70,6 +77,8 @@ def emit_json(obj: dict[str, Any]) -> None:
 MEMORY_CONFIG = ROOT / "configs" / "bench" / "unet27m.yaml"
 THROUGHPUT_CONFIG = ROOT / "configs" / "tiny" / "base.yaml"
 GPU_CONFIG = ROOT / "configs" / "small" / "base.yaml"
+CROPS_CONFIG = ROOT / "configs" / "tiny" / "sr64.yaml"  # on CPU; 32 px crops by default
+CROPS_GPU_CONFIG = ROOT / "configs" / "small" / "sr256_crops.yaml"  # with CUDA (128 px crops)
 PARTS = ("params", "grads", "optimizer", "master_weights")
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by device name
@@ -103,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         action="append",
-        choices=["zero_memory", "optimizer_memory", "throughput", "gpu"],
+        choices=["zero_memory", "optimizer_memory", "throughput", "sr_crops", "gpu"],
         help="run only these sections (repeatable; default all)",
     )
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
@@ -124,6 +133,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--throughput-config", default=str(THROUGHPUT_CONFIG), help="model")
     p.add_argument("--steps", type=int, default=None, help="throughput steps (default 40)")
     p.add_argument("--batch", type=int, default=8, help="throughput batch per worker (8)")
+    p.add_argument(
+        "--crops-config",
+        default=None,
+        help=f"sr_crops: the SR stage (default {CROPS_CONFIG.relative_to(ROOT)}, with CUDA "
+        f"{CROPS_GPU_CONFIG.relative_to(ROOT)})",
+    )
+    p.add_argument(
+        "--crop",
+        type=int,
+        default=None,
+        help="sr_crops: crop side (default the config's data.train_crop, else half the size)",
+    )
+    p.add_argument("--crops-batch", type=int, default=8, help="sr_crops batch per worker (8)")
     p.add_argument("--gpu-config", default=str(GPU_CONFIG), help="gpu section model")
     p.add_argument("--gpu-batch", type=int, default=32, help="gpu batch per worker (32)")
     p.add_argument("--gpu-steps", type=int, default=None, help="gpu steps (default 40)")
@@ -142,7 +164,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.gpu_steps = args.gpu_steps or (6 if args.quick else 40)
     if args.steps < 4 or args.steps % 2:
         p.error(f"--steps {args.steps}: need an even number >= 4 (half warm-up, half measured)")
-    args.sections = args.only or ["zero_memory", "optimizer_memory", "throughput", "gpu"]
+    args.sections = args.only or [
+        "zero_memory",
+        "optimizer_memory",
+        "throughput",
+        "sr_crops",
+        "gpu",
+    ]
     return args
 
 
@@ -407,6 +435,68 @@ def peak_flops(args: argparse.Namespace) -> tuple[float | None, str]:
     return None, f"unknown device {name!r}: pass --peak-tflops"
 
 
+def sr_crops(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Samples/s and per-rank peak memory of an SR stage on crops vs at full size."""
+    cuda = torch.cuda.is_available()
+    path = args.crops_config or str(CROPS_GPU_CONFIG if cuda else CROPS_CONFIG)
+    workers = torch.cuda.device_count() if cuda else args.workers
+    device = ["train.use_gpu=true", "train.precision=bf16"] if cuda else []
+    probe = run_config(path, args.overrides, ["data.train_crop=null"])
+    crop = args.crop or run_config(path, args.overrides, []).data.train_crop
+    crop = crop or probe.stage.size // 2
+    out: dict[str, Any] = {}
+    for name, value in (("full", "null"), ("crops", str(crop))):
+        cfg = run_config(
+            path,
+            args.overrides,
+            [
+                *common_train(tmp, f"sr_{name}", args.steps, workers),
+                *device,
+                "train.zero_stage=2",
+                f"data.batch_size={args.crops_batch}",
+                f"data.train_crop={value}",
+            ],
+        )
+        side = cfg.data.train_crop or cfg.stage.size
+        log(f"sr_crops: {name} ({side} px, {args.steps} steps, {workers} x {args.crops_batch})")
+        m = fit(cfg, batches=random_batches, hooks=[PeakMemory()])
+        peak = m["memory/peak_bytes"]
+        out[name] = {
+            "image_px": side,
+            "lowres_px": side * (cfg.stage.lowres_size or 0) // cfg.stage.size,
+            "samples_per_s": rnd(m["samples_per_s"]),
+            "peak_bytes_per_rank": peak,
+            "peak_bytes_max_rank": max(peak),
+            "wall_s": rnd(m["wall_s"]),
+        }
+        emit_json({"event": "sr_crops", "variant": name, **out[name]})
+        shutil.rmtree(tmp / f"sr_{name}", ignore_errors=True)
+    full, crops = out["full"], out["crops"]
+    return {
+        "config": path,
+        "stage_size": probe.stage.size,
+        "crop": crop,
+        "pixel_ratio": rnd((crop / probe.stage.size) ** 2),
+        "workers": workers,
+        "batch_per_worker": args.crops_batch,
+        "steps": args.steps,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu (fp32)",
+        "variants": out,
+        "ratio_crops_to_full": {
+            "samples_per_s": rnd(crops["samples_per_s"] / full["samples_per_s"]),
+            "peak_bytes_max_rank": rnd(crops["peak_bytes_max_rank"] / full["peak_bytes_max_rank"]),
+        },
+        "statistic": f"samples_per_s over the last {args.steps // 2} steps; peak memory per "
+        "rank: "
+        + (
+            "torch.cuda.max_memory_allocated"
+            if cuda
+            else "peak RSS of each worker process (runtime included: ratios understate the "
+            "activation saving)"
+        ),
+    }
+
+
 def gpu(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device (torch.cuda.is_available() is False)"}
@@ -459,6 +549,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ("zero_memory", zero_memory),
             ("optimizer_memory", optimizer_memory),
             ("throughput", throughput),
+            ("sr_crops", sr_crops),
             ("gpu", gpu),
         ):
             if name in args.sections:

@@ -78,12 +78,23 @@ class Stage(nn.Module):
     # ------------------------------------------------------------------ low-res input
 
     def make_lowres(self, images: Tensor) -> Tensor:
-        """Downsample training targets (B, 3, size, size) to the stage's input resolution."""
+        """Downsample training targets (B, 3, H, H) by the stage's factor size / lowres_size.
+
+        At H = size that is the stage's input resolution; a training crop (``data.train_crop``)
+        of H px gives its own low-res crop, H * lowres_size / size px.
+        """
         if self.cfg.lowres_size is None:
             raise ValueError(f"stage {self.cfg.name!r} is a base stage and has no low-res input")
-        return upsample_to(images, self.cfg.lowres_size)
+        return upsample_to(images, images.shape[-1] * self.cfg.lowres_size // self.cfg.size)
 
-    def augment_lowres(self, lowres: Tensor, aug_level: Tensor, generator: Generators) -> Tensor:
+    def augment_lowres(
+        self,
+        lowres: Tensor,
+        aug_level: Tensor,
+        generator: Generators,
+        *,
+        size: int | None = None,
+    ) -> Tensor:
         """Noise-conditioning augmentation of the low-res input.
 
         Imagen, Sec. 2.5: "we use noise conditioning augmentation for both the super-resolution
@@ -96,11 +107,13 @@ class Stage(nn.Module):
             lowres: (B, 3, h, w) low-resolution image in [-1, 1].
             aug_level: (B,) augmentation level in [0, 1] (0 = clean).
             generator: noise source(s).
+            size: side to upsample to (default ``cfg.size``; a training crop's side when
+                training on crops).
 
         Returns:
             (B, 3, size, size) augmented, upsampled low-res image.
         """
-        up = upsample_to(lowres.float(), self.cfg.size)  # (B, 3, H, W)
+        up = upsample_to(lowres.float(), size or self.cfg.size)  # (B, 3, H, W)
         eps = randn(up.shape, generator, up.device)
         return q_sample(up, self.log_snr_fn(aug_level.float()), eps)
 
@@ -118,10 +131,12 @@ class Stage(nn.Module):
         """Per-example diffusion loss of the stage (mean it for the training loss).
 
         Args:
-            x0: (B, 3, size, size) target images in [-1, 1].
+            x0: (B, 3, size, size) target images in [-1, 1], or for SR stages trained on
+                crops (``data.train_crop``) (B, 3, C, C) crops.
             text_emb: (B, L, D) token embeddings; text_mask: (B, L) bool.
-            lowres: SR only: (B, 3, lowres_size, lowres_size) in [-1, 1]; derived from
-                ``x0`` when omitted.
+            lowres: SR only: (B, 3, lowres_size, lowres_size) in [-1, 1] (with crops: the
+                aligned (B, 3, C * lowres_size / size, ...) crop); derived from ``x0`` when
+                omitted.
             generator: source of t, eps, text dropout and aug levels.
 
         Returns:
@@ -138,7 +153,7 @@ class Stage(nn.Module):
         if self.cfg.is_sr:
             lowres = self.make_lowres(x0) if lowres is None else lowres
             aug = torch.rand(b, generator=generator, device=dev) * self.cfg.noise_aug.train_max
-            lowres_in = self.augment_lowres(lowres, aug, generator)
+            lowres_in = self.augment_lowres(lowres, aug, generator, size=x0.shape[-1])
         pred = self.unet(x_t, t, text_emb, text_mask, lowres_in, aug, drop_text=drop)
         return diffusion_loss(
             pred.float(), x0, eps, log_snr, d.objective, d.loss_weighting, d.min_snr_gamma
@@ -170,6 +185,7 @@ class Stage(nn.Module):
         sampling: SamplingConfig | None = None,
         generator: Generators = None,
         callback: Callback | None = None,
+        size: int | None = None,
     ) -> Tensor:
         """Generate images for a batch of text conditions.
 
@@ -184,11 +200,14 @@ class Stage(nn.Module):
                 stage config's ``sampling``).
             generator: one generator, or one per example (batch-independent results).
             callback: called after every sampler step.
+            size: output side (default ``cfg.size``); a crop-trained SR stage's training
+                sample grids pass the crop side, with the low-res crop as ``lowres``.
 
         Returns:
             (B, 3, size, size) images in [-1, 1].
         """
         s = sampling or self.cfg.sampling
+        side = size or self.cfg.size
         b, dev = text_emb.shape[0], self.device
         text_emb, text_mask = text_emb.to(dev), text_mask.to(dev)
         lowres_in = aug = None
@@ -196,7 +215,7 @@ class Stage(nn.Module):
             if lowres is None:
                 raise ValueError(f"stage {self.cfg.name!r} is super-resolution: pass `lowres`")
             aug = torch.full((b,), s.aug_level, device=dev)
-            lowres_in = self.augment_lowres(lowres.to(dev), aug, generator)
+            lowres_in = self.augment_lowres(lowres.to(dev), aug, generator, size=side)
 
         guided = s.guidance_scale != 1.0
         if guided:
@@ -237,7 +256,7 @@ class Stage(nn.Module):
             threshold=s.threshold,
             percentile=s.percentile,
         )
-        noise = randn((b, 3, self.cfg.size, self.cfg.size), generator, dev)  # float32 state
+        noise = randn((b, 3, side, side), generator, dev)  # float32 state
         x0 = sample(
             denoise,
             noise,

@@ -8,6 +8,7 @@ file (:mod:`imagen_ray.config.serve`).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -36,6 +37,13 @@ class DataConfig(Strict):
     caption_min_chars: int = Field(1, ge=0, description="drop shorter captions")
     caption_max_chars: int = Field(2000, ge=1, description="drop longer captions")
     crop: Crop = Field("center", description="square crop after the short-side resize")
+    train_crop: int | None = Field(
+        None,
+        ge=4,
+        description="SR stages: train on random train_crop px crops of the stage.size image, "
+        "with the aligned crop of the low-res input (Imagen's 256 -> 1024 stage: 256 px "
+        "crops); sampling stays at full size; needs a U-Net without self-attention",
+    )
     caption_key: str = Field(
         "txt",
         description="where captions come from: an entry extension (txt) or json:FIELD, a "
@@ -264,3 +272,65 @@ class RunConfig(Strict):
     @classmethod
     def _version(cls, v: int) -> int:
         return check_version(v)
+
+    @model_validator(mode="after")
+    def _check_train_crop(self) -> RunConfig:
+        if self.data.train_crop is not None:
+            check_train_crop(self.stage, self.data.train_crop)
+        return self
+
+
+def check_train_crop(stage: StageConfig, crop: int) -> None:
+    """Refuse ``data.train_crop`` where a crop-trained stage would not sample at full size.
+
+    A fully convolutional U-Net (text cross-attention only, as Imagen's 256 -> 1024 model)
+    computes the same function on a crop as on the full image away from the borders, so it
+    can train on crops and sample at full size. Self-attention (at a level or in the middle
+    block) mixes every position with every other, so it sees a different context at the two
+    sizes; ``pos_emb`` and ``text_layout`` encode positions relative to the whole map, which
+    a crop stretches. The crop must be a whole number of low-res pixels (``size /
+    lowres_size`` apart) and of U-Net downsampling steps.
+    """
+    key = f"data.train_crop={crop}"
+    if stage.lowres_size is None:
+        raise ValueError(
+            f"{key} is for super-resolution stages, but stage {stage.name!r} is a base stage "
+            "(stage.lowres_size is null); remove data.train_crop"
+        )
+    if crop > stage.size:
+        raise ValueError(
+            f"{key} is larger than stage.size={stage.size}; use a crop <= {stage.size} "
+            "(or remove data.train_crop to train at full size)"
+        )
+    if stage.size % stage.lowres_size:
+        raise ValueError(
+            f"{key} needs stage.size={stage.size} to be a whole multiple of "
+            f"stage.lowres_size={stage.lowres_size}, so that the low-res crop is aligned"
+        )
+    factor = stage.size // stage.lowres_size
+    downs = 2 ** (len(stage.unet.levels) - 1)
+    step = math.lcm(factor, downs)
+    if crop % step:
+        raise ValueError(
+            f"{key} must be a multiple of {step}: of the upsampling factor stage.size / "
+            f"stage.lowres_size = {factor} (the low-res crop is train_crop / {factor} px) and "
+            f"of the U-Net's downsampling 2**{len(stage.unet.levels) - 1} = {downs}; e.g. "
+            f"data.train_crop={max(step, crop // step * step)}"
+        )
+    unet = stage.unet
+    attn = [f"stage.unet.levels[{i}].self_attn" for i, lv in enumerate(unet.levels) if lv.self_attn]
+    if unet.mid_attn and unet.mid_blocks > 0:
+        attn.append("stage.unet.mid_attn")
+    if attn:
+        raise ValueError(
+            f"{key} needs a U-Net without self-attention (global attention sees a different "
+            f"context on a crop than on the full image), but {', '.join(attn)} is on; set "
+            f"{' and '.join(a + '=false' for a in attn)} or remove data.train_crop"
+        )
+    pos = [f"stage.unet.{k}" for k in ("pos_emb", "text_layout") if getattr(unet, k)]
+    if pos:
+        raise ValueError(
+            f"{key} cannot train {', '.join(pos)}: their position features span the whole "
+            f"feature map, which a crop stretches; set {' and '.join(p + '=false' for p in pos)} "
+            "or remove data.train_crop"
+        )

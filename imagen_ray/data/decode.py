@@ -59,6 +59,7 @@ __all__ = [
     "TOO_MANY_PIXELS",
     "TOO_SMALL",
     "WRONG_FORMAT",
+    "aligned_crop",
     "batch_or_empty_block",
     "decode_filter_resize",
     "resize_crop",
@@ -107,13 +108,47 @@ def resize_crop(
     return img.resize((size, size), Image.Resampling.LANCZOS, box=box)
 
 
+def aligned_crop(
+    image: np.ndarray, lowres: np.ndarray, crop: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``crop`` px square of ``image`` and the low-res crop pixel-aligned with it.
+
+    Imagen trains its 256 -> 1024 stage on 256 px crops of the 1024 px image with the
+    matching 64 px crop of the 256 px input. The offset is drawn on the low-res grid and
+    scaled by the factor ``S / s``, so the low-res crop covers exactly the area of the crop.
+
+    Args:
+        image: (S, S, C) full-size image.
+        lowres: (s, s, C) low-res image; ``S`` a multiple of ``s``.
+        crop: crop side in pixels, a multiple of ``S / s`` and <= ``S``.
+        rng: draws the offset (one draw per axis).
+
+    Returns:
+        ``(image[y:y+crop, x:x+crop], lowres[y/f:(y+crop)/f, x/f:(x+crop)/f])`` with
+        ``f = S / s``: (crop, crop, C) and (crop/f, crop/f, C).
+    """
+    size, small = image.shape[0], lowres.shape[0]
+    factor = size // small
+    if factor * small != size or crop % factor or not 0 < crop <= size:
+        raise ValueError(
+            f"crop {crop} of a {size} px image with a {small} px low-res input must be <= "
+            f"{size} and a multiple of {size}/{small}"
+        )
+    c = crop // factor  # low-res crop side
+    top, left = (int(v) for v in rng.integers(0, small - c + 1, size=2))  # low-res grid
+    y, x = top * factor, left * factor
+    return (
+        image[y : y + crop, x : x + crop],
+        lowres[top : top + c, left : left + c],
+    )
+
+
 def _decode_image(
     raw: bytes,
     data: DataConfig,
     formats: tuple[str, ...],
     size: int,
-    key: str,
-    epoch: int = 0,
+    rng: np.random.Generator | None = None,
 ) -> Image.Image | str:
     """Check the header, filter by size/aspect, decode, resize, crop: a square or a reason."""
     opened = open_checked(
@@ -131,7 +166,6 @@ def _decode_image(
         # JPEG: let the decoder downscale by 1/2..1/8 in the DCT (never below `size`).
         img.draft("RGB", (size, size))
         img = to_rgb(img, data.background)
-        rng = _rng_for(data.seed, key, epoch) if data.crop == "random" else None
         return resize_crop(img, size, crop=data.crop, rng=rng)
     except Exception:
         return DECODE_ERROR
@@ -162,7 +196,9 @@ def decode_filter_resize(
     or random with an RNG seeded from ``(data.seed, epoch, key)``: reproducible, and new each
     epoch; ``__epoch__`` is set by :mod:`imagen_ray.data.epochs`, 0 without it). SR stages
     also get the low-res conditioning image: the crop downsampled (bicubic, antialiased) to
-    ``lowres_size``; the U-Net upsamples it itself (``unet.network.upsample_to``).
+    ``lowres_size``; the U-Net upsamples it itself (``unet.network.upsample_to``). With
+    ``data.train_crop`` (SR only) both are then cut to a random ``train_crop`` px crop and
+    its pixel-aligned low-res crop (:func:`aligned_crop`, offset from the same RNG).
 
     Args:
         batch: reader rows (``__key__``, ``__error__``, one binary column per extension,
@@ -176,12 +212,17 @@ def decode_filter_resize(
 
     Returns:
         Columns ``__key__`` (B,) str, ``caption`` (B,) str, ``image`` (B, S, S, 3) uint8,
-        for SR ``lowres`` (B, s, s, 3) uint8, and when precomputed ``emb`` (B, L, D) float16
+        for SR ``lowres`` (B, s, s, 3) uint8 (with ``train_crop`` C: (B, C, C, 3) and
+        (B, C*s/S, C*s/S, 3)), and when precomputed ``emb`` (B, L, D) float16
         and ``mask`` (B, L) bool; an empty Arrow table of that schema when no row survives.
     """
     data = DataConfig.model_validate(data_cfg)
     stage = StageConfig.model_validate(stage_cfg)
     size, lowres_size = stage.size, stage.lowres_size
+    crop = data.train_crop if lowres_size is not None else None
+    needs_rng = data.crop == "random" or crop is not None
+    out_size = crop or size  # SR crop training: images are train_crop px
+    out_lowres = crop * lowres_size // size if crop and lowres_size else lowres_size
     n = batch.num_rows
     cols = set(batch.column_names)
 
@@ -247,17 +288,24 @@ def decode_filter_resize(
             except Exception:
                 counts[BAD_EMBEDDING] += 1
                 continue
-        img = _decode_image(raw, data, formats, size, keys[i], epochs[i] or 0)
+        # One RNG per sample, seeded from (data.seed, epoch, key): the square crop draws
+        # first, then the training crop.
+        rng = _rng_for(data.seed, keys[i], epochs[i] or 0) if needs_rng else None
+        img = _decode_image(raw, data, formats, size, rng)
         if isinstance(img, str):
             counts[img] += 1
             continue
         counts[OK] += 1
         out_keys.append(keys[i])
         out_captions.append(caption)
-        images.append(np.asarray(img, dtype=np.uint8))  # (S, S, 3)
+        pixels = np.asarray(img, dtype=np.uint8)  # (S, S, 3)
         if lowres_size is not None:
             small = img.resize((lowres_size, lowres_size), Image.Resampling.BICUBIC)
-            lowres.append(np.asarray(small, dtype=np.uint8))  # (s, s, 3)
+            small_pixels = np.asarray(small, dtype=np.uint8)  # (s, s, 3)
+            if crop is not None and rng is not None:
+                pixels, small_pixels = aligned_crop(pixels, small_pixels, crop, rng)
+            lowres.append(small_pixels)  # (s, s, 3) or (crop/f, crop/f, 3)
+        images.append(pixels)
         if precomputed:
             embs.append(emb)
             masks.append(mask)
@@ -267,10 +315,10 @@ def decode_filter_resize(
     out: dict[str, np.ndarray] = {
         KEY_COLUMN: np.array(out_keys, dtype=object),
         "caption": np.array(out_captions, dtype=object),
-        "image": _stack(images, (size, size, 3), np.uint8),
+        "image": _stack(images, (out_size, out_size, 3), np.uint8),
     }
-    if lowres_size is not None:
-        out["lowres"] = _stack(lowres, (lowres_size, lowres_size, 3), np.uint8)
+    if out_lowres is not None:
+        out["lowres"] = _stack(lowres, (out_lowres, out_lowres, 3), np.uint8)
     if precomputed:
         length, dim = emb_shape if emb_shape is not None else (0, 0)
         out["emb"] = _stack(embs, (length, dim), np.float16)

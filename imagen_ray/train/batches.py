@@ -2,7 +2,8 @@
 
 A factory is called once on each worker, with a :class:`WorkerContext`, and returns an
 endless iterator of batches: ``image`` (B, 3, S, S) in [-1, 1], ``emb`` (B, L, D), ``mask``
-(B, L) bool, and for SR stages ``lowres`` (B, 3, s, s). It must give the same batches in
+(B, L) bool, and for SR stages ``lowres`` (B, 3, s, s); with ``data.train_crop`` C, S = C
+and s = C * lowres_size / size. It must give the same batches in
 the same order on every call for a resumed run to continue at the exact data position
 (the loop skips the micro batches a checkpoint has already consumed).
 """
@@ -58,7 +59,8 @@ def random_batches(ctx: WorkerContext, num: int = 4) -> Iterator[Batch]:
     """
     cfg = ctx.cfg
     g = torch.Generator().manual_seed(cfg.train.seed * 7919 + ctx.rank)
-    b, s, L = cfg.data.batch_size, cfg.stage.size, cfg.text.max_length
+    b, L = cfg.data.batch_size, cfg.text.max_length
+    s = cfg.data.train_crop or cfg.stage.size  # SR crop training: crop-sized images
     batches = []
     for _ in range(num):
         x = torch.rand(b, 3, s, s, generator=g) * 2 - 1  # (B, 3, S, S)
@@ -68,8 +70,9 @@ def random_batches(ctx: WorkerContext, num: int = 4) -> Iterator[Batch]:
             "mask": torch.arange(L)[None].expand(b, L) < L // 2,  # (B, L)
         }
         if cfg.stage.lowres_size:
+            lowres_side = s * cfg.stage.lowres_size // cfg.stage.size  # (B, 3, s', s')
             batch["lowres"] = torch.nn.functional.interpolate(
-                x, size=cfg.stage.lowres_size, mode="bilinear", antialias=True
+                x, size=lowres_side, mode="bilinear", antialias=True
             )
         batches.append(batch)
     while True:

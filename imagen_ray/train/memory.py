@@ -143,3 +143,36 @@ class ModelStateMemory(StepHook):
     def metrics(self, ctx: StepContext) -> dict[str, Any]:
         # a per-rank list: for the run's result, not a W&B chart
         return {} if self.measured is None else {"memory/model_state_bytes": self.measured}
+
+
+def peak_memory_bytes(device_type: str) -> int:
+    """This process's peak memory so far: on CUDA the allocator's peak
+    (``torch.cuda.max_memory_allocated``: parameters, states and activations), elsewhere the
+    peak resident set size (``getrusage``'s ``ru_maxrss``: everything the worker holds, the
+    Python and torch runtime included)."""
+    if device_type == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
+class PeakMemory(StepHook):
+    """Adds every rank's :func:`peak_memory_bytes` to each report as ``memory/peak_bytes``
+    (one int per rank, rank order; a collective). For benchmarks:
+    ``build_trainer(..., hooks=[PeakMemory()])``."""
+
+    def metrics(self, ctx: StepContext) -> dict[str, Any]:
+        import torch.distributed as dist
+
+        dev = getattr(ctx.engine, "device", "cpu")
+        mine = peak_memory_bytes(getattr(dev, "type", str(dev)))
+        if not (dist.is_available() and dist.is_initialized()):
+            return {"memory/peak_bytes": [mine]}
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, mine)
+        return {"memory/peak_bytes": out}

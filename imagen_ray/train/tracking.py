@@ -116,6 +116,7 @@ class SampleGrids:
                 batch["mask"][:n].cpu(),
                 lowres=batch["lowres"][:n].float().cpu(),
                 generator=gens[:n],
+                size=batch["image"].shape[-1],  # data.train_crop: the crop's side
             )
             cols = [batch["lowres"][:n].float().cpu(), out, batch["image"][:n].float().cpu()]
             captions = [f"step {step}: low-res | sample | target"] * n
