@@ -29,6 +29,14 @@ def _umask() -> int:
     return mask
 
 
+def umask_mode(path: str | Path) -> None:
+    """Give ``path`` the permissions a plain ``open``/``mkdir`` would: 0666 (files) or 0777
+    (directories) minus the umask. For what ``tempfile`` or a library made private
+    (``mkstemp``/``mkdtemp`` 0600/0700, safetensors' weights 0600)."""
+    base = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, base & ~_umask())
+
+
 def _tmp_name(final: Path, kind: str) -> str:
     return f".{final.name}.{kind}-{os.getpid()}-"
 
@@ -45,7 +53,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
+        umask_mode(tmp)
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -98,7 +106,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_name(final, "tmp"), dir=final.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
+        umask_mode(tmp)
         yield tmp
         replace_dir(tmp, final)
     finally:

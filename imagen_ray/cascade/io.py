@@ -16,7 +16,6 @@ place, so an interrupted save never leaves a half-written stage that later loads
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from imagen_ray.config import (
     TextEncoderConfig,
     validate,
 )
-from imagen_ray.fs import atomic_dir, atomic_write_json
+from imagen_ray.fs import atomic_dir, atomic_write_json, umask_mode
 
 STAGE_FORMAT = "imagen-ray/stage"
 CASCADE_FORMAT = "imagen-ray/cascade"
@@ -80,8 +79,7 @@ def save_stage(
     with atomic_dir(final) as tmp:
         atomic_write_json(tmp / CONFIG, meta)
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": STAGE_FORMAT})
-        # safetensors writes 0600; give the weights the mode the umask gave config.json.
-        shutil.copymode(tmp / CONFIG, tmp / WEIGHTS)
+        umask_mode(tmp / WEIGHTS)  # safetensors writes 0600: unreadable to a serving account
     return final
 
 
