@@ -184,6 +184,12 @@ class TrainConfig(Strict):
     offload_optimizer: bool = Field(False, description="ZeRO optimizer states in CPU memory")
     offload_params: bool = Field(False, description="ZeRO-3 parameters in CPU memory")
     precision: Precision = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    peak_tflops: float | None = Field(
+        None,
+        gt=0.0,
+        description="one GPU's dense bf16 peak for the mfu metric (default: from the GPU's name "
+        "or IMAGEN_RAY_PEAK_TFLOPS)",
+    )
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0, description="EMA of the weights")
     ema_warmup_steps: int = Field(
         0, ge=0, description="EMA decay ramps as min(decay, (1+n)/(10+n)) until this step"

@@ -23,6 +23,7 @@ from torch import Tensor
 from imagen_ray.cascade import Stage
 from imagen_ray.config import RunConfig
 from imagen_ray.train import checkpoint as ckpt_io
+from imagen_ray.train.accel import TrainDevicePaths
 from imagen_ray.train.batches import BatchFactory, WorkerContext, shard_batches
 from imagen_ray.train.deepspeed_config import build_deepspeed_config
 from imagen_ray.train.ema import EMA, local_part
@@ -35,6 +36,7 @@ from imagen_ray.train.finite import (
     require_finite,
 )
 from imagen_ray.train.hooks import StepContext, StepHook
+from imagen_ray.train.perf import TrainPerf
 from imagen_ray.train.tracking import SampleGrids
 from imagen_ray.train.warmstart import load_init_weights
 
@@ -126,7 +128,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stage.unet.load_state_dict(load_init_weights(args.init_from), strict=True)
         if rank == 0:
             print(f"initialised {cfg.stage.name} from {args.init_from}", flush=True)
-    ds_config = build_deepspeed_config(cfg.train, cfg.data, world_size=world)
+    paths = TrainDevicePaths.resolve(cfg.train, device.type)  # autocast, channels_last
+    paths.prepare(stage)
+    ds_config = build_deepspeed_config(
+        cfg.train, cfg.data, world_size=world, device_type=device.type
+    )
     client_opt = None
     if cfg.train.optimizer == "adafactor":
         # Under ZeRO 1-3 DeepSpeed hands the optimizer flat 1-D fp32 partitions, so Adafactor
@@ -140,9 +146,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model_parameters=[p for p in stage.parameters() if p.requires_grad],
         optimizer=client_opt,
         config=ds_config,
-    )
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-        cfg.train.resolved_precision, torch.float32
     )
     ema = EMA(engine.module, cfg.train.ema_decay, cfg.train.ema_warmup_steps)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1_000_003 + rank)
@@ -178,17 +181,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     nan_streak = 0  # non-finite losses/gradients in a row
     window = _Window()
+    perf = TrainPerf.for_run(cfg, args.text_dim, device)
     t_start = time.perf_counter()
     while state.step < cfg.train.steps:
         t0 = time.perf_counter()
         batch = next(batches)
         t_data = time.perf_counter() - t0
-        x0 = batch["image"].to(device, dtype)  # (B, 3, S, S)
-        emb = batch["emb"].to(device, dtype)  # (B, L, D)
+        x0 = paths.image(batch["image"], device)  # (B, 3, S, S)
+        emb = paths.tokens(batch["emb"], device)  # (B, L, D)
         mask = batch["mask"].to(device)  # (B, L)
-        lowres = batch["lowres"].to(device, dtype) if "lowres" in batch else None
+        lowres = paths.image(batch["lowres"], device) if "lowres" in batch else None
 
-        loss = engine(x0, emb, mask, lowres, generator=gen).float().mean()
+        with paths.autocast():
+            loss = engine(x0, emb, mask, lowres, generator=gen).float().mean()
         finite = all_ranks_true(bool(torch.isfinite(loss)), device)
         state.micro_batches += 1
         if not finite:
@@ -232,7 +237,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         due_ckpt = state.step % cfg.train.checkpoint_every == 0 or last
         if not (due_log or due_ckpt):
             continue
-        metrics = window.metrics(engine, device, world)
+        metrics = window.metrics(engine, device, world, perf)
         metrics.update(
             step=state.step,
             samples_seen=state.samples,
@@ -277,7 +282,9 @@ class _Window:
         self.data_s += data_s
         self.total_s += total_s
 
-    def metrics(self, engine: Any, device: torch.device, world: int) -> dict[str, Any]:
+    def metrics(
+        self, engine: Any, device: torch.device, world: int, perf: TrainPerf | None = None
+    ) -> dict[str, Any]:
         local = torch.tensor(
             [sum(self.losses), len(self.losses)], dtype=torch.float64, device=device
         )
@@ -292,6 +299,8 @@ class _Window:
             "samples_per_s": world * self.examples / max(self.total_s, 1e-9),
             "data_wait_frac": self.data_s / max(self.total_s, 1e-9),
             "max_rss_gb": _rss_gb(),
+            # flops_per_sample, achieved_tflops; on CUDA gpu_mem_peak_gib and mfu
+            **(perf.metrics(self.examples, self.total_s) if perf is not None else {}),
         }
 
 
