@@ -366,3 +366,24 @@ def test_bench_gpu_quick_on_cpu_trains_bf16_at_zero_2_and_3(tmp_path: Path) -> N
     for r in train:
         assert r["loss_finite"] and r["samples_per_s"] > 0 and r["flops_per_sample"] > 0
         assert r["mfu"] is None and r["peak_gib"] is None  # CPU: no peak, no GPU memory
+
+
+@pytest.mark.slow
+def test_bf16_run_on_ray_train_reports_flops_to_metrics_and_wandb(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    """train.precision=bf16 through Ray Train + DeepSpeed ZeRO-2 (2 CPU workers): it trains
+    (it failed at the first convolution before autocast), and every report carries the
+    FLOPs metrics, in Ray's result and in the W&B history (no MFU on a CPU)."""
+    from tests.train.conftest import fit, read_wandb_history, wandb_run_files
+
+    cfg = _cfg(tmp_path, "train.precision=bf16", "train.steps=4", "train.log_every=2")
+    res = fit(cfg)
+    assert res.error is None
+    m = res.metrics
+    assert m["step"] == 4 and m["nonfinite_skipped"] == 0
+    assert m["flops_per_sample"] > 0 and m["achieved_tflops"] > 0
+    assert "mfu" not in m and "gpu_mem_peak_gib" not in m
+    rows = [r for r in read_wandb_history(wandb_run_files(tmp_path / "gpu")[0]) if "loss" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(r["flops_per_sample"] == m["flops_per_sample"] for r in rows)
