@@ -30,9 +30,9 @@ Three sections, in ONE process and one local Ray cluster:
   data pipeline does not weigh in; reported as crops / full ratios.
 * ``gpu``: only with CUDA: samples/s and model FLOPs utilisation (MFU) of
   configs/small/base.yaml in bf16 on the visible GPUs (one worker per GPU, ``random_batches``).
-  FLOPs per sample are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one
-  training forward (x3 for forward + backward). Without CUDA the section says why it was
-  skipped.
+  FLOPs per sample and the GPU's peak come from ``imagen_ray.train.perf`` (forward and
+  backward counted with ``torch.utils.flop_counter.FlopCounterMode`` on the meta device), as
+  in the training metrics. Without CUDA the section says why it was skipped.
 
 Output: one JSON object per line on stdout (one per measured run, then the summary, always
 last); progress on stderr. ``--quick`` is a smoke run (numbers not meaningful).
@@ -80,18 +80,6 @@ GPU_CONFIG = ROOT / "configs" / "small" / "base.yaml"
 CROPS_CONFIG = ROOT / "configs" / "tiny" / "sr64.yaml"  # on CPU; 32 px crops by default
 CROPS_GPU_CONFIG = ROOT / "configs" / "small" / "sr256_crops.yaml"  # with CUDA (128 px crops)
 PARTS = ("params", "grads", "optimizer", "master_weights")
-
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by device name
-# substring (first match wins); --peak-tflops overrides for anything else.
-PEAK_BF16 = (
-    ("H200", 989.4e12),
-    ("H100 PCIe", 756.0e12),
-    ("H100", 989.4e12),
-    ("A100", 312.0e12),
-    ("L40S", 362.05e12),
-    ("L4", 121.0e12),
-    ("A10G", 70.0e12),
-)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -401,38 +389,31 @@ def throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def flops_per_sample(cfg: Any) -> int:
-    """Training FLOPs of one sample: forward FLOPs of ``Stage.loss`` (counted) x 3."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from imagen_ray.cascade import Stage
+    """Training FLOPs of one sample: forward + backward counted on the meta device, as the
+    training metrics count them (``imagen_ray.train.perf``)."""
     from imagen_ray.text import text_dim
+    from imagen_ray.train.perf import count_flops_per_sample
 
-    dim = text_dim(cfg.text)
-    torch.manual_seed(0)
-    stage = Stage(cfg.stage, text_dim=dim)
-    s, L = cfg.stage.size, cfg.text.max_length
-    x0 = torch.rand(1, 3, s, s) * 2 - 1
-    emb, mask = torch.randn(1, L, dim), torch.ones(1, L, dtype=torch.bool)
-    lowres = None
-    if cfg.stage.lowres_size:
-        lowres = torch.rand(1, 3, cfg.stage.lowres_size, cfg.stage.lowres_size) * 2 - 1
-    counter = FlopCounterMode(display=False)
-    # the math attention kernel decomposes into matmuls the counter sees on every device
-    with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-        stage(x0, emb, mask, lowres, generator=torch.Generator().manual_seed(0))
-    # backward costs ~2x forward (gradients w.r.t. inputs and weights): the usual 3x rule
-    return 3 * int(counter.get_total_flops())
+    flops, _ = count_flops_per_sample(
+        cfg.stage,
+        text_dim(cfg.text),
+        batch=1,
+        side=cfg.data.train_crop or cfg.stage.size,
+        text_len=cfg.text.max_length,
+    )
+    return int(flops)
 
 
 def peak_flops(args: argparse.Namespace) -> tuple[float | None, str]:
     if args.peak_tflops:
         return args.peak_tflops * 1e12, "--peak-tflops"
+    from imagen_ray.train.perf import peak_tflops
+
     name = torch.cuda.get_device_name(0)
-    for key, peak in PEAK_BF16:
-        if key in name:
-            return peak, f"data sheet dense bf16 peak for {key}"
-    return None, f"unknown device {name!r}: pass --peak-tflops"
+    peak = peak_tflops(name)  # the table the training metrics use
+    if peak is None:
+        return None, f"unknown device {name!r}: pass --peak-tflops"
+    return peak * 1e12, f"dense bf16 peak of {name!r} (imagen_ray.train.perf)"
 
 
 def sr_crops(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

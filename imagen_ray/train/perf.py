@@ -28,14 +28,13 @@ PEAK_TFLOPS_ENV = "IMAGEN_RAY_PEAK_TFLOPS"
 # before "l4"). A GPU not listed reports no MFU unless train.peak_tflops or
 # IMAGEN_RAY_PEAK_TFLOPS gives its peak.
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("h200", 989.0),
-    ("gh200", 989.0),
+    ("h200", 989.4),  # also GH200
     ("h100 pcie", 756.0),
     ("h100 nvl", 835.0),
-    ("h100", 989.0),  # SXM: "NVIDIA H100 80GB HBM3"
+    ("h100", 989.4),  # SXM: "NVIDIA H100 80GB HBM3"
     ("a100", 312.0),
-    ("l40s", 362.0),
-    ("a10g", 125.0),  # AWS g5: the A10 datasheet figure
+    ("l40s", 362.05),
+    ("a10g", 70.0),  # no NVIDIA datasheet: an estimate, set train.peak_tflops when it matters
     ("a10", 125.0),
     ("l4", 121.0),
 )

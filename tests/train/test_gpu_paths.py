@@ -235,13 +235,14 @@ def test_attention_calls_sdpa_with_flash_compatible_layouts(
 @pytest.mark.parametrize(
     ("name", "tflops"),
     [
-        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 80GB HBM3", 989.4),
         ("NVIDIA H100 PCIe", 756.0),
-        ("NVIDIA H200", 989.0),
+        ("NVIDIA H200", 989.4),
         ("NVIDIA A100-SXM4-80GB", 312.0),
-        ("NVIDIA L40S", 362.0),
+        ("NVIDIA L40S", 362.05),
         ("NVIDIA L4", 121.0),
-        ("NVIDIA A10G", 125.0),
+        ("NVIDIA A10G", 70.0),
+        ("NVIDIA A10", 125.0),
         ("Tesla T4", None),
     ],
 )
