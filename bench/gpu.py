@@ -161,8 +161,7 @@ def train_throughput(
     mask = torch.ones(b, n_tok, dtype=torch.bool, device=device)  # (B, L)
 
     def step() -> float:
-        with paths.autocast():
-            loss = engine(x0, emb, mask, None, generator=gen).float().mean()
+        loss = engine(x0, emb, mask, None, generator=gen).float().mean()  # autocast inside
         engine.backward(loss)
         engine.step()
         return float(loss.detach())

@@ -43,6 +43,9 @@ class Stage(nn.Module):
         # What its saved config.json keeps under "extra" (training step, data, metrics): read
         # by load_stage and written back by Cascade.save, so a re-saved stage keeps its record.
         self.extra: dict[str, Any] = {}
+        # Training autocast, (device type, dtype) or None: set by imagen_ray.train.accel and
+        # entered in forward, inside DeepSpeed's engine, which turns an outer CUDA autocast off.
+        self.train_autocast: tuple[str, torch.dtype] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -168,8 +171,13 @@ class Stage(nn.Module):
         *,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """The training loss (what DeepSpeed's engine calls): see :meth:`loss`."""
-        return self.loss(x0, text_emb, text_mask, lowres, generator=generator)
+        """The training loss (what DeepSpeed's engine calls): see :meth:`loss`. Runs under
+        autocast when ``train_autocast`` is set."""
+        if self.train_autocast is None:
+            return self.loss(x0, text_emb, text_mask, lowres, generator=generator)
+        device_type, dtype = self.train_autocast
+        with torch.autocast(device_type, dtype=dtype):
+            return self.loss(x0, text_emb, text_mask, lowres, generator=generator)
 
     # ------------------------------------------------------------------ sampling
 

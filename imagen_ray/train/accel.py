@@ -12,17 +12,22 @@ float32 ``x_t`` meets bf16 convolution weights and the U-Net refuses it ("Input 
 and bias type (c10::BFloat16) should be the same"). Autocast on top runs the matmuls and
 convolutions in bf16 on the bf16 weights (no extra cast of them) while normalisation,
 softmax and the loss run in float32, and the inputs stay float32: images are not rounded to
-bf16's 8 mantissa bits before the noise is added.
+bf16's 8 mantissa bits before the noise is added. It is entered inside ``Stage.forward``
+(``Stage.train_autocast``), not around the engine call: DeepSpeed 0.19's engine forward
+turns a CUDA autocast it did not configure off (``deepspeed/runtime/torch_autocast.py``,
+``autocast_if_enabled``). DeepSpeed's own ``torch_autocast`` mode (float32 weights: a
+different scheme from the bf16 mode this code's memory accounting and tests are built on)
+is not used.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from imagen_ray.cascade import Stage
 from imagen_ray.config import TrainConfig
 from imagen_ray.config.run import Precision
 
@@ -58,22 +63,19 @@ class TrainDevicePaths:
         """The autocast dtype: the DeepSpeed mode's low dtype, None in fp32."""
         return _AUTOCAST_DTYPES.get(self.precision)
 
-    def autocast(self) -> AbstractContextManager[object]:
-        """Context of the forward pass (the loss); backward runs outside it, as AMP asks."""
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
-
-    def prepare(self, module: nn.Module) -> nn.Module:
-        """The module's 4-d weights channels_last, before DeepSpeed wraps it.
+    def prepare(self, stage: Stage) -> Stage:
+        """Set the stage's training autocast and, on CUDA, its 4-d weights channels_last;
+        before DeepSpeed wraps it.
 
         ZeRO 1-3 later re-lay the weights out in its flat buffers (contiguous again);
         the layout that matters is the activations', which :meth:`image` sets and every
         convolution then keeps (a channels_last input gives a channels_last output).
         """
+        dtype = self.autocast_dtype
+        stage.train_autocast = None if dtype is None else (self.device_type, dtype)
         if self.channels_last:
-            module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        return module
+            stage.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return stage
 
     def image(self, x: Tensor, device: torch.device) -> Tensor:
         """An image batch (B, 3, H, W) on the device in float32, channels_last on CUDA."""

@@ -128,8 +128,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stage.unet.load_state_dict(load_init_weights(args.init_from), strict=True)
         if rank == 0:
             print(f"initialised {cfg.stage.name} from {args.init_from}", flush=True)
-    paths = TrainDevicePaths.resolve(cfg.train, device.type)  # autocast, channels_last
-    paths.prepare(stage)
+    paths = TrainDevicePaths.resolve(cfg.train, device.type)
+    paths.prepare(stage)  # autocast in its forward, channels_last on CUDA
     ds_config = build_deepspeed_config(
         cfg.train, cfg.data, world_size=world, device_type=device.type
     )
@@ -192,8 +192,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         mask = batch["mask"].to(device)  # (B, L)
         lowres = paths.image(batch["lowres"], device) if "lowres" in batch else None
 
-        with paths.autocast():
-            loss = engine(x0, emb, mask, lowres, generator=gen).float().mean()
+        loss = engine(x0, emb, mask, lowres, generator=gen).float().mean()  # autocast inside
         finite = all_ranks_true(bool(torch.isfinite(loss)), device)
         state.micro_batches += 1
         if not finite:

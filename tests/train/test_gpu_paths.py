@@ -53,18 +53,16 @@ def test_gpu_worker_gets_bf16_autocast_and_channels_last(tmp_path: Path) -> None
     assert TrainDevicePaths.resolve(fp16.train, "cuda").autocast_dtype is torch.float16
     cpu = TrainDevicePaths.resolve(_cfg(tmp_path).train, "cpu")
     assert (cpu.precision, cpu.autocast_dtype, cpu.channels_last) == ("fp32", None, False)
-    assert not torch.is_autocast_enabled("cpu")
-    with cpu.autocast():
-        assert not torch.is_autocast_enabled("cpu")
-    cpu_bf16 = TrainDevicePaths.resolve(_cfg(tmp_path, "train.precision=bf16").train, "cpu")
-    with cpu_bf16.autocast():
-        assert torch.is_autocast_enabled("cpu")
-        assert torch.get_autocast_dtype("cpu") is torch.bfloat16
+    cfg = _cfg(tmp_path)
+    assert cpu.prepare(Stage(cfg.stage, text_dim=TEXT_DIM)).train_autocast is None
+    gpu_stage = gpu.prepare(Stage(cfg.stage, text_dim=TEXT_DIM))
+    assert gpu_stage.train_autocast == ("cuda", torch.bfloat16)
 
 
 def test_bf16_weights_need_autocast_and_train_with_it(tmp_path: Path) -> None:
     """DeepSpeed's bf16 mode casts the weights, not the float32 noise process: the U-Net
-    refuses float32 x_t without autocast, and trains with it (finite loss and gradients)."""
+    refuses float32 x_t without autocast, and trains with the stage's own autocast, also when
+    the caller turned autocast off around it (as DeepSpeed's engine does on CUDA)."""
     cfg = _cfg(tmp_path, "train.precision=bf16")
     paths = TrainDevicePaths.resolve(cfg.train, "cpu")
     torch.manual_seed(0)
@@ -75,7 +73,9 @@ def test_bf16_weights_need_autocast_and_train_with_it(tmp_path: Path) -> None:
     assert x0.dtype == emb.dtype == torch.float32
     with pytest.raises(RuntimeError, match="should be the same"):
         stage(x0, emb, mask)
-    with paths.autocast():
+    paths.prepare(stage)
+    assert stage.train_autocast == ("cpu", torch.bfloat16)
+    with torch.autocast("cpu", enabled=False):  # deepspeed.runtime.torch_autocast's off-switch
         loss = stage(x0, emb, mask, generator=torch.Generator().manual_seed(1)).float().mean()
     loss.backward()
     assert torch.isfinite(loss)
