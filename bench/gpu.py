@@ -174,8 +174,7 @@ def train_throughput(
         for _ in range(args.warmup):
             step()
         sync()
-        if device.type == "cuda":  # the peak of the steady state, not of the set-up
-            torch.cuda.reset_peak_memory_stats(device)
+        perf.start_window()  # the peak of the steady state, not of the set-up
         t0 = time.perf_counter()
         losses = [step() for _ in range(args.steps)]
         sync()

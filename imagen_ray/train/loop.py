@@ -180,8 +180,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return StepContext(rank=rank, world_size=world, step=state.step, engine=engine)
 
     nan_streak = 0  # non-finite losses/gradients in a row
-    window = _Window()
-    perf = TrainPerf.for_run(cfg, args.text_dim, device)
+    perf = TrainPerf.for_run(cfg, args.text_dim, device)  # FLOPs, MFU, peak GPU memory
+    window = _Window(perf)
     t_start = time.perf_counter()
     while state.step < cfg.train.steps:
         t0 = time.perf_counter()
@@ -236,7 +236,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         due_ckpt = state.step % cfg.train.checkpoint_every == 0 or last
         if not (due_log or due_ckpt):
             continue
-        metrics = window.metrics(engine, device, world, perf)
+        metrics = window.metrics(engine, device, world)
         metrics.update(
             step=state.step,
             samples_seen=state.samples,
@@ -258,7 +258,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
-        window = _Window()
+        window = _Window(perf)
     if wandb_run is not None:
         wandb_run.finish()
 
@@ -269,7 +269,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 class _Window:
     """Accumulates loss and timings between two reports."""
 
-    def __init__(self) -> None:
+    def __init__(self, perf: TrainPerf | None = None) -> None:
+        self.perf = perf
+        if perf is not None:
+            perf.start_window()
         self.losses: list[float] = []
         self.examples = 0
         self.data_s = 0.0
@@ -281,9 +284,7 @@ class _Window:
         self.data_s += data_s
         self.total_s += total_s
 
-    def metrics(
-        self, engine: Any, device: torch.device, world: int, perf: TrainPerf | None = None
-    ) -> dict[str, Any]:
+    def metrics(self, engine: Any, device: torch.device, world: int) -> dict[str, Any]:
         local = torch.tensor(
             [sum(self.losses), len(self.losses)], dtype=torch.float64, device=device
         )
@@ -299,7 +300,7 @@ class _Window:
             "data_wait_frac": self.data_s / max(self.total_s, 1e-9),
             "max_rss_gb": _rss_gb(),
             # flops_per_sample, achieved_tflops; on CUDA gpu_mem_peak_gib and mfu
-            **(perf.metrics(self.examples, self.total_s) if perf is not None else {}),
+            **(self.perf.metrics(self.examples, self.total_s) if self.perf else {}),
         }
 
 

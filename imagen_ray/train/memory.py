@@ -146,8 +146,9 @@ class ModelStateMemory(StepHook):
 
 
 def peak_memory_bytes(device_type: str) -> int:
-    """This process's peak memory so far: on CUDA the allocator's peak
-    (``torch.cuda.max_memory_allocated``: parameters, states and activations), elsewhere the
+    """This process's peak memory: on CUDA the allocator's peak
+    (``torch.cuda.max_memory_allocated``: parameters, states and activations) since the
+    training loop's report window began (``TrainPerf.start_window`` resets it), elsewhere the
     peak resident set size (``getrusage``'s ``ru_maxrss``: everything the worker holds, the
     Python and torch runtime included)."""
     if device_type == "cuda":

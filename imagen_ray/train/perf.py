@@ -167,8 +167,8 @@ class TrainPerf:
 
         Returns:
             ``flops_per_sample``, ``achieved_tflops`` (per device), on CUDA
-            ``gpu_mem_peak_gib`` (``torch.cuda.max_memory_allocated`` in the window; the
-            peak is reset for the next) and, when the peak is known, ``mfu`` in [0, 1].
+            ``gpu_mem_peak_gib`` (``torch.cuda.max_memory_allocated`` since
+            :meth:`start_window`) and, when the peak is known, ``mfu`` in [0, 1].
         """
         achieved = self.flops_per_sample * examples / max(seconds, 1e-9) / 1e12
         out = {"flops_per_sample": self.flops_per_sample, "achieved_tflops": achieved}
@@ -176,5 +176,14 @@ class TrainPerf:
             out["mfu"] = achieved / self.peak
         if self.device.type == "cuda":
             out["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-            torch.cuda.reset_peak_memory_stats(self.device)
         return out
+
+    def start_window(self) -> None:
+        """A new report window: the CUDA allocator's peak starts again from what is held now.
+
+        Called when the window starts, not when the last one is read, so that everything read
+        during a report (step hooks such as ``imagen_ray.train.memory.PeakMemory``) sees the
+        whole window's peak.
+        """
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)

@@ -274,11 +274,15 @@ def test_perf_metrics_arithmetic_on_cpu_and_cuda(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: 3 * 2**30)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: resets.append(d))
     gpu = TrainPerf(torch.device("cuda", 0), count, peak=10.0)
+    gpu.start_window()
+    assert resets == [torch.device("cuda", 0)]  # each window starts a new peak
     m = gpu.metrics(examples=10, seconds=1.0)
     assert m["achieved_tflops"] == pytest.approx(3.0)
     assert m["mfu"] == pytest.approx(0.3)
     assert m["gpu_mem_peak_gib"] == pytest.approx(3.0)
-    assert resets == [torch.device("cuda", 0)]  # each window starts a new peak
+    assert len(resets) == 1  # reading does not reset: report-time hooks see the same peak
+    cpu.start_window()
+    assert len(resets) == 1
 
 
 def test_for_run_uses_the_micro_batch_and_the_gpu_name(
