@@ -26,6 +26,7 @@ from imagen_ray.train import checkpoint as ckpt_io
 from imagen_ray.train.batches import BatchFactory, WorkerContext, shard_batches
 from imagen_ray.train.deepspeed_config import build_deepspeed_config
 from imagen_ray.train.ema import EMA, local_part
+from imagen_ray.train.extensions import clear_stale_build_locks
 from imagen_ray.train.finite import (
     NonFiniteWeights,
     all_ranks_true,
@@ -115,6 +116,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    clear_stale_build_locks()  # a run stopped while DeepSpeed compiled would hang this one
 
     # ---------------------------------------------------------------- build
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
