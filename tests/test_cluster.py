@@ -224,6 +224,27 @@ def test_rayservice_serve_config_builds_on_rays_schema_and_ours() -> None:
     assert serve.port == serve_config["http_options"]["port"]
 
 
+def test_worker_node_report_names_the_nodes_and_writes_a_local_run_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagen_ray.train import placement
+
+    me = {"node_id": "ab" * 28, "host": "h", "pid": 7}
+    monkeypatch.setattr(placement, "worker_node", lambda: me)  # no Ray, no process group
+    lines: list[str] = []
+
+    class Console:
+        def put(self, line: str) -> None:
+            lines.append(line)
+
+    placement.report_worker_nodes(0, str(tmp_path / "run"), Console())
+    written = json.loads((tmp_path / "run" / placement.WORKERS_FILE).read_text())
+    assert written == {"workers": [{"rank": 0, **me}], "nodes": [me["node_id"]]}
+    assert lines == ["1 worker(s) on 1 node(s): rank 0 on abababababab"]
+    placement.report_worker_nodes(0, "s3://bucket/runs/x", None)  # a URI: nothing written
+    assert not Path("s3:").exists()
+
+
 # ------------------------------------------------------------------ a real cluster
 
 
