@@ -36,6 +36,7 @@ from imagen_ray.train.finite import (
     require_finite,
 )
 from imagen_ray.train.hooks import StepContext, StepHook
+from imagen_ray.train.placement import report_worker_nodes
 from imagen_ray.train.tracking import SampleGrids
 from imagen_ray.train.warmstart import load_init_weights
 
@@ -143,6 +144,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer=client_opt,
         config=ds_config,
     )
+    # the process group exists now: rank 0 records which node each rank runs on
+    report_worker_nodes(rank, args.run_dir, args.console)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
         cfg.train.resolved_precision, torch.float32
     )
