@@ -77,10 +77,17 @@ __all__ = [  # resize_crop and decode_filter_resize: re-exported from decode (ol
 
 
 class PipelineStats:
-    """Counts of kept (``ok``) and skipped samples by reason; run it as a Ray actor."""
+    """Counts of kept (``ok``) and skipped samples by reason; run it as a Ray actor.
+
+    It also carries the epoch the training side is about to read, with the samples of it
+    already taken (a resumed run), from the train workers to the read planning
+    (:class:`~imagen_ray.data.epochs.EpochShardsDatasource`): the one actor both sides
+    already hold.
+    """
 
     def __init__(self) -> None:
         self._counts: Counter[str] = Counter()
+        self._epoch_start: tuple[int, int] | None = None
 
     def add(self, counts: dict[str, int]) -> None:
         """Add per-reason counts (from one batch)."""
@@ -89,6 +96,15 @@ class PipelineStats:
     def get(self) -> dict[str, int]:
         """All counts so far, e.g. ``{"ok": 118, "decode_error": 1, "truncated_tar": 1}``."""
         return dict(sorted(self._counts.items()))
+
+    def start_epoch(self, epoch: int, samples: int) -> None:
+        """The next execution reads epoch ``epoch``, of which the run (all workers) has
+        taken ``samples`` already (0 unless resuming)."""
+        self._epoch_start = (int(epoch), int(samples))
+
+    def epoch_start(self) -> tuple[int, int] | None:
+        """``(epoch, samples taken)`` last announced, or None."""
+        return self._epoch_start
 
 
 def create_stats() -> Any:
@@ -286,6 +302,7 @@ def build_dataset(
         num_cpus=data.read_num_cpus,
         max_tasks=data.read_tasks,
         max_member_bytes=data.max_member_bytes,
+        position=stats,
     )
     ds = ds.map_batches(
         decode_filter_resize,  # type: ignore[arg-type]  # takes pyarrow batches only
