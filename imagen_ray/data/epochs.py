@@ -119,7 +119,7 @@ class EpochShardsDatasource(TolerantWebDatasetDatasource):
         sizes = dict(zip(self._paths(), self._file_sizes(), strict=True))
         kept, first_skip, dropped = skip_plan(order, self._count, skip)
         if self.position is not None and skip:
-            self.position.add.remote({RESUME_SKIPPED: dropped + first_skip})
+            self.position.passed_over.remote(epoch, dropped + first_skip)
         if not kept:
             return []
         # A copy reads the kept shards only (the base class reads `_paths_ref` in order);

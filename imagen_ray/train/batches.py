@@ -139,15 +139,19 @@ class ShardStream:
     Args:
         shard: ``ray.train.get_dataset_shard("train")`` (or a split of a dataset).
         ctx: the worker; ``ctx.start`` is where the stream begins.
-        stats: the ``PipelineStats`` handle epochs are announced on (None: see
-            :class:`ShardBatches`).
+        stats: the ``PipelineStats`` handle epochs are announced on (None: the stream
+            starts at the beginning and draws batches up to ``ctx.start``, every one of them
+            read and decoded: the cost grows with the position).
     """
 
     def __init__(self, shard: Any, ctx: WorkerContext, stats: Any = None) -> None:
         self.shard, self.ctx, self.stats = shard, ctx, stats
-        self.position = ctx.start
+        self.position = ctx.start if stats is not None else DataPosition()
         self._epoch: Iterator[Batch] | None = None
         self._empty = 0  # epochs in a row that gave no batch
+        start = (ctx.start.epoch, ctx.start.samples)
+        while (self.position.epoch, self.position.samples) < start:  # no stats: replay
+            next(self)
 
     def __iter__(self) -> ShardStream:
         return self
@@ -183,11 +187,7 @@ class ShardStream:
             import ray
 
             ray.get(self.stats.start_epoch.remote(epoch, taken))  # before the read planning
-        batches = iter_training_batches(self.shard, data, epoch=epoch, rank=self.ctx.rank)
-        if self.stats is None:  # no way to tell the reader: draw the taken batches again
-            for _ in range(taken // (data.batch_size * self.ctx.world_size)):
-                next(batches, None)
-        return batches
+        return iter_training_batches(self.shard, data, epoch=epoch, rank=self.ctx.rank)
 
 
 def random_batches(ctx: WorkerContext, num: int = 4) -> Iterator[Batch]:
