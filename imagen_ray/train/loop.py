@@ -23,7 +23,7 @@ from torch import Tensor
 from imagen_ray.cascade import Stage
 from imagen_ray.config import RunConfig
 from imagen_ray.train import checkpoint as ckpt_io
-from imagen_ray.train.batches import BatchFactory, WorkerContext, shard_batches
+from imagen_ray.train.batches import BatchFactory, WorkerContext, resume_batches, shard_batches
 from imagen_ray.train.deepspeed_config import build_deepspeed_config
 from imagen_ray.train.ema import EMA, local_part
 from imagen_ray.train.extensions import clear_stale_build_locks
@@ -53,6 +53,8 @@ class RunState:
     step: int = 0
     samples: int = 0
     micro_batches: int = 0
+    epoch: int = 0  # data position (train.batches.DataPosition): the epoch and the samples
+    epoch_samples: int = 0  # all workers have taken from it
     nonfinite_skipped: int = 0
     wandb_run_id: str | None = None
 
@@ -170,12 +172,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         wandb_run = start_wandb(cfg, args.run_dir, state.wandb_run_id)
         state.wandb_run_id = wandb_run.id if wandb_run is not None else None
 
-    batches = args.batches(WorkerContext(cfg, rank, world, args.text_dim))
-    # Data position: Ray Data streams restart at the start of the dataset on a new attempt;
-    # with deterministic order (seeded in-memory batches, or a dataset with preserve_order)
-    # skipping the micro batches already consumed resumes at the exact position.
-    for _ in range(state.micro_batches):
-        next(batches)
+    # Data position: the stream starts at the checkpoint's epoch and samples taken from it
+    # (global, any worker count) without drawing the batches before it again.
+    batches = resume_batches(args.batches, WorkerContext(cfg, rank, world, args.text_dim), state)
 
     # ---------------------------------------------------------------- loop
     def step_ctx() -> StepContext:
