@@ -21,6 +21,7 @@ EXAMPLES = """\
 examples:
   imagen-ray eval probe --cascade runs/export --out eval/probe --heldout data/synthetic
   imagen-ray eval sr-fidelity --cascade runs/export --n 8 --out eval/sr
+  imagen-ray eval probe --cascade runs/export --out eval/probe --log-to-run  # + W&B
   imagen-ray eval prompts --suite examples/prompt_suite.csv --cascade runs/a \\
       --cascade runs/b --out eval/gallery --n 2
   imagen-ray eval fid --generated outputs/batch/images --reference data/ref \\
