@@ -183,6 +183,7 @@ def register(sub: Any) -> None:
     q.add_argument("--suite", required=True, metavar="CSV", help="prompt suite (Prompts,Category)")
     q.add_argument("--out", required=True, metavar="DIR", help="gallery directory")
     q.add_argument("--n", type=int, default=1, help="images per prompt and cascade (default 1)")
+    _wandb_args(q, stage_run=True)  # --log-to-run: each cascade's images to its last stage's run
     q.set_defaults(func=cmd_prompts)
 
     q = esub.add_parser(
@@ -318,6 +319,7 @@ def cmd_prompts(args: argparse.Namespace) -> int:
     prompts = read_suite(args.suite)
     sampling = parse_sampling_overrides(args.sampling)
     names = cascade_names(args.cascade)
+    runs = _gallery_runs(args, names)
     cascades = [(name, _load(args, path)) for name, path in zip(names, args.cascade, strict=True)]
     results = run_suite(
         cascades,
@@ -336,7 +338,53 @@ def cmd_prompts(args: argparse.Namespace) -> int:
         f"wrote {Path(args.out) / 'index.html'}: {len(prompts)} prompts in {cats} categories, "
         f"{total} images from {', '.join(results['cascades'])}"
     )
+    _log_gallery(runs, results, Path(args.out))
     return 0
+
+
+def _gallery_runs(args: argparse.Namespace, names: list[str]) -> dict[str | None, Any]:
+    """cascade name (None: all, for --wandb-run) -> (RunRef, step) of its last stage."""
+    from imagen_ray.cascade.io import read_stage_meta, stage_dirs
+    from imagen_ray.train.wandb_runs import RunRef
+
+    if args.wandb_run:
+        return {None: (RunRef.parse(args.wandb_run), None)}
+    if not args.log_to_run:
+        return {}
+    out: dict[str | None, Any] = {}
+    for name, path in zip(names, args.cascade, strict=True):
+        last = stage_dirs(path)[-1]
+        step = (read_stage_meta(last).get("extra") or {}).get("step")
+        out[name] = (RunRef.of_stage(last), step)
+    return out
+
+
+def _log_gallery(runs: dict[str | None, Any], results: dict[str, Any], out: Path) -> None:
+    """The gallery as captioned images (``category: prompt``, the first image per prompt)
+    and the generation seconds, to each cascade's run or, with the cascade's name in the
+    caption, to the one --wandb-run."""
+    from imagen_ray.train.wandb_runs import log_eval
+
+    for cascade, (ref, step) in runs.items():
+        shown = [cascade] if cascade else list(results["cascades"])
+        images = [
+            (
+                out / p["files"][c][0],
+                f"{p['category']}: {p['prompt']}" + ("" if cascade else f" [{c}]"),
+            )
+            for p in results["prompts"]
+            for c in shown
+        ]
+        seconds = {c: results["seconds"][c] for c in shown}
+        line = log_eval(
+            {"seconds": seconds},
+            ref,
+            kind="prompts",
+            trained_step=step,
+            wandb_dir=out,
+            images={"images": images},
+        )
+        print(line)
 
 
 def _write_result(

@@ -11,7 +11,7 @@ stage as a ``model`` artifact to it when W&B is online (:func:`log_stage_artifac
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,7 @@ def log_eval(
     kind: str,
     trained_step: int | None = None,
     wandb_dir: str | Path | None = None,
+    images: Mapping[str, Sequence[tuple[Path, str]]] | None = None,
 ) -> str:
     """Log the numbers of one eval's ``results`` to a stage's run as ``eval/<kind>/...``.
 
@@ -153,6 +154,8 @@ def log_eval(
         kind: the eval's name (``probe``, ``sr-fidelity``, ``fid``, ``clip``).
         trained_step: the training step of the evaluated weights, if known.
         wandb_dir: where offline run files go (default: ``WANDB_DIR`` or the working dir).
+        images: ``eval/<kind>/<name>`` -> (image file, caption) pairs, logged as a list
+            of captioned images (as the training samples are).
 
     Returns:
         A line for the user saying where the values went (or why they did not).
@@ -161,13 +164,17 @@ def log_eval(
     if mode == "disabled":
         return f"W&B: eval results not logged to {ref.path}: wandb mode is disabled"
     values = flatten_numbers(results, f"eval/{kind}")
-    if not values:
+    if not values and not images:
         return f"W&B: no numeric {kind} results to log to {ref.path}"
+    import wandb
+
     run = _init(ref, mode, wandb_dir)
     try:
         run.define_metric(EVAL_STEP)
         run.define_metric(f"eval/{kind}/*", step_metric=EVAL_STEP)
-        row = dict(values)
+        row: dict[str, Any] = dict(values)
+        for name, pairs in (images or {}).items():
+            row[f"eval/{kind}/{name}"] = [wandb.Image(str(f), caption=c) for f, c in pairs]
         if trained_step is not None:
             row[EVAL_STEP] = trained_step
         run.log(row)
@@ -175,12 +182,15 @@ def log_eval(
         where = run.dir
     finally:
         run.finish()
+    what = f"{len(values)} {kind} values" + (
+        f" and {sum(len(v) for v in images.values())} images" if images else ""
+    )
     if mode == "offline":
         return (
-            f"W&B: {len(values)} {kind} values logged offline to run {ref.path}; upload "
+            f"W&B: {what} logged offline to run {ref.path}; upload "
             f"with `wandb sync {Path(where).parent}`"
         )
-    return f"W&B: {len(values)} {kind} values logged to run {ref.path}"
+    return f"W&B: {what} logged to run {ref.path}"
 
 
 def _artifact_name(stage: str, run_id: str | None) -> str:

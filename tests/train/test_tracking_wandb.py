@@ -323,3 +323,22 @@ def test_eval_cli_refuses_log_to_run_without_a_run_id_before_sampling(
     assert main([*args, "--log-to-run"]) == 2
     assert "--wandb-run ENTITY/PROJECT/RUN_ID" in capsys.readouterr().err
     assert not out.exists()  # nothing generated
+
+
+def test_eval_prompts_logs_the_gallery_as_a_table_to_the_cascades_run(
+    saved: Path, tmp_path: Path, capsys
+) -> None:
+    from imagen_ray.cli import main
+
+    cascade = _with_runs(saved, tmp_path, {"base": "runbase", "sr": "runsr"})
+    suite = tmp_path / "suite.csv"
+    suite.write_text("Prompts,Category\na red circle,Colors\na blue square,Shapes\n")
+    out = tmp_path / "gallery"
+    args = ["eval", "prompts", "--suite", str(suite), "--cascade", str(cascade)]
+    assert main([*args, "--out", str(out), *FAST, "--log-to-run"]) == 0
+    assert "1 prompts values and 2 images logged offline to run p/runsr" in capsys.readouterr().out
+    path = run_file(out)
+    [row] = read_wandb_history(path)
+    assert row["eval/prompts/images/captions"] == ["Colors: a red circle", "Shapes: a blue square"]
+    assert row["eval/trained_step"] == 30 and row["eval/prompts/seconds/cascade"] > 0
+    assert len(list(path.parent.glob("files/media/images/eval/prompts/images_*.png"))) == 2
