@@ -37,7 +37,7 @@ from imagen_ray.train.finite import (
 )
 from imagen_ray.train.hooks import StepContext, StepHook
 from imagen_ray.train.placement import report_worker_nodes
-from imagen_ray.train.tracking import SampleGrids
+from imagen_ray.train.tracking import SampleGrids, log_metrics
 from imagen_ray.train.warmstart import load_init_weights
 
 
@@ -247,9 +247,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics.update(hook.metrics(step_ctx()))
         if is_main:
             _print_progress(cfg, state.step, metrics, t_start, args.console)
-            if wandb_run is not None:
-                charts = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-                wandb_run.log(charts, step=state.step)
+            log_metrics(wandb_run, metrics, state.step)  # every numeric metric, vs step
         if cfg.train.sample_every and state.step % cfg.train.sample_every == 0:
             _log_samples(ema, batch, state.step, wandb_run, grids)
         if due_ckpt:
