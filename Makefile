@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup demo test test-fast lint format typecheck bench clean
+.PHONY: help setup demo test test-fast test-cluster lint format typecheck bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,8 +28,11 @@ setup: $(STAMP)  ## create .venv with pinned dev installs (CPU torch)
 demo: $(STAMP)  ## train, serve and evaluate a tiny cascade on this machine (~15 min, CPU)
 	$(BIN)/imagen-ray demo --out runs/demo
 
-test: $(STAMP)  ## run the whole test suite
-	$(BIN)/python -m pytest tests
+test: $(STAMP)  ## run the test suite (all but the multi-run cluster tests; ~20 min on 2 cores)
+	$(BIN)/python -m pytest tests -m "not cluster" --durations=15
+
+test-cluster: $(STAMP)  ## the multi-run cluster, storage and elastic-resume tests (CI runs them too)
+	$(BIN)/python -m pytest tests -m cluster --durations=15
 
 test-fast: $(STAMP)  ## skip the slow end-to-end tests
 	$(BIN)/python -m pytest tests -m "not slow"

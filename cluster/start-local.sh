@@ -25,14 +25,18 @@ options:
   --temp-dir DIR        session and log directory, at most 36 characters (default
                         /tmp/ray-imagen-<port>; worker node i uses DIR/node-i);
                         stop-local.sh finds this cluster's processes by it
+  --token-file FILE     Ray auth token of the cluster (default: $RAY_AUTH_TOKEN_PATH,
+                        else ~/.ray/auth_token); made (mode 0600) if missing
   -h, --help            show this help
 
-Token authentication is on (RAY_AUTH_MODE=token unless set otherwise): Ray makes
-~/.ray/auth_token if missing; clients need `export RAY_AUTH_MODE=token`.
+Token authentication is always on: the head and every worker node start with
+RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<token file>, so every node, job driver
+and worker of the cluster holds the same token. A client needs both variables (or
+RAY_AUTH_TOKEN=<the token>); without them `ray job submit` is refused.
 
 example:
   cluster/start-local.sh --workers 1 --head-cpus 2 --worker-cpus 2
-  export RAY_AUTH_MODE=token
+  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=~/.ray/auth_token
   ray job submit --address http://127.0.0.1:8265 \
       --runtime-env cluster/runtime_env.yaml --working-dir . -- \
       python -m imagen_ray.train --config configs/tiny/base.yaml --data memory
@@ -41,7 +45,7 @@ USAGE
 }
 
 workers=0 head_cpus="" worker_cpus=1 gpus="" port=6379 dashboard_port=8265
-client_port=10001 agent_port=52365 temp_dir=""
+client_port=10001 agent_port=52365 temp_dir="" token_file="${RAY_AUTH_TOKEN_PATH:-}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --workers) workers="$2"; shift 2 ;;
@@ -53,6 +57,7 @@ while [[ $# -gt 0 ]]; do
     --client-port) client_port="$2"; shift 2 ;;
     --agent-port) agent_port="$2"; shift 2 ;;
     --temp-dir) temp_dir="$2"; shift 2 ;;
+    --token-file) token_file="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "start-local.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -63,9 +68,14 @@ for v in workers worker_cpus port dashboard_port client_port agent_port; do
   fi
 done
 temp_dir="${temp_dir:-/tmp/ray-imagen-$port}"
-# Token auth, explicitly, so that head and worker nodes agree (left unset, `ray start
-# --head` turns it on only when ~/.ray/auth_token exists, and worker nodes do not).
-export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+# Token auth, explicitly, on every node: left to Ray, `ray start --head` turns it on only
+# when ~/.ray/auth_token exists, and worker nodes decide for themselves.
+if [[ -n "${RAY_AUTH_MODE:-}" && "${RAY_AUTH_MODE}" != token ]]; then
+  echo "start-local.sh: RAY_AUTH_MODE='$RAY_AUTH_MODE', but this cluster always uses token" \
+       "auth; unset RAY_AUTH_MODE" >&2
+  exit 2
+fi
+token_file="${token_file:-$HOME/.ray/auth_token}"
 # Ray's Unix sockets live under <temp dir>[/node-N]/session_<date>_<pid>/sockets/; their
 # paths must stay under 108 bytes.
 if [[ ${#temp_dir} -gt 36 ]]; then
@@ -77,6 +87,17 @@ command -v ray >/dev/null || {
   echo "start-local.sh: 'ray' is not on PATH; activate the venv (. .venv/bin/activate)" >&2
   exit 2
 }
+if [[ ! -s "$token_file" ]]; then
+  mkdir -p "$(dirname "$token_file")"
+  # 256 random bits, as `ray get-auth-token --generate` makes them
+  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$token_file")
+  echo "wrote a new Ray auth token to $token_file"
+fi
+token_file="$(cd "$(dirname "$token_file")" && pwd)/$(basename "$token_file")"
+# Every `ray start` below (and so every process of every node) gets the same token; one
+# in RAY_AUTH_TOKEN would take precedence over the file, so it is not passed on.
+unset RAY_AUTH_TOKEN
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$token_file"
 mkdir -p "$temp_dir"
 temp_dir="$(cd "$temp_dir" && pwd)"
 
@@ -101,8 +122,8 @@ done
 
 cat <<DONE
 
-Ray cluster up: head 127.0.0.1:$port, $workers extra worker node(s).
-  export RAY_AUTH_MODE=token
+Ray cluster up: head 127.0.0.1:$port, $workers extra worker node(s), token auth on.
+  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$token_file
   ray status --address 127.0.0.1:$port
   ray job submit --address http://127.0.0.1:$dashboard_port --runtime-env cluster/runtime_env.yaml --working-dir . -- python -m imagen_ray.train --config configs/tiny/base.yaml --data memory
   RAY_ADDRESS=127.0.0.1:$port imagen-ray generate ...    # a driver on this machine

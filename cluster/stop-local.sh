@@ -22,6 +22,8 @@ options:
   --grace S       seconds between SIGTERM and SIGKILL (default 10)
   --all           run `ray stop --force`: stops EVERY Ray process of this user here
   -h, --help      show this help
+
+No Ray auth token is needed: the processes are stopped by id, not through the cluster.
 USAGE
 }
 

@@ -71,6 +71,7 @@ def init_ray(
                 signal.signal(sig, handler)
     if not verbose:
         quiet_driver_loggers()
+        drop_startup_concurrency_warning()
         # Ray Data run on this driver (encoding, batch generation): one overall progress
         # bar, not one per operator.
         import ray.data
@@ -133,6 +134,38 @@ def quiet_driver_loggers() -> None:
         logger.setLevel(logging.WARNING)
         if _warnings_and_above not in logger.filters:
             logger.addFilter(_warnings_and_above)
+
+
+# The raylet warns on the driver's console whenever it has started a few times more worker
+# processes than the node has cores ("... PYTHON worker processes have been started ... 4x the
+# maximum expected startup concurrency"). Our read/decode tasks ask for fractional CPUs on
+# purpose, so on a 2-core machine every run printed it; it stays in Ray's log files.
+_STARTUP_CONCURRENCY = "maximum expected startup concurrency"
+
+
+def drop_startup_concurrency_warning() -> None:
+    """Keep the raylet's startup-concurrency warning off this console (other raylet errors,
+    e.g. a worker killed for memory, still show). Ray prints what its error listener receives
+    through ``ray._private.worker.print_to_stdstream``; there is no public switch for one
+    message, so that function is wrapped once; a Ray without it is left alone."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:  # pragma: no cover - a Ray without the private module
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_imagen_ray_filtered", False):
+        return
+
+    def print_to_stdstream(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if data.get("pid") == "raylet":
+            lines = [ln for ln in data.get("lines", []) if _STARTUP_CONCURRENCY not in ln]
+            if not lines:
+                return None
+            data = {**data, "lines": lines}
+        return original(data, *args, **kwargs)
+
+    print_to_stdstream._imagen_ray_filtered = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def ray_logs_dir() -> Path | None:

@@ -160,6 +160,7 @@ def fake_cluster() -> Iterator[tuple[str, dict[str, str]]]:
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_gpu_run_is_refused_when_no_node_type_has_gpus(fake_cluster, tmp_path: Path) -> None:
     _, env = fake_cluster
     t0 = time.monotonic()
@@ -177,6 +178,7 @@ def test_gpu_run_is_refused_when_no_node_type_has_gpus(fake_cluster, tmp_path: P
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_train_and_generate_wait_for_the_autoscaler_and_finish(
     fake_cluster, tmp_path: Path
 ) -> None:

@@ -79,6 +79,13 @@ def test_scripts_reject_bad_values_before_starting_anything(tmp_path: Path) -> N
     )
     assert r.returncode == 2 and b"too long" in r.stderr and not Path(long_dir).exists()
     r = subprocess.run(
+        [str(CLUSTER / "start-local.sh"), "--token-file", str(tmp_path / "t")],
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+    )
+    assert r.returncode == 2 and b"always uses token auth" in r.stderr
+    assert not (tmp_path / "t").exists()
+    r = subprocess.run(
         [str(CLUSTER / "stop-local.sh"), "--temp-dir", str(tmp_path / "none")],
         capture_output=True,
     )
@@ -108,6 +115,16 @@ def test_cluster_launcher_config_passes_rays_schema() -> None:
     setup = "\n".join(cfg["setup_commands"])
     assert "-c ~/imagen-ray/constraints.txt -e ~/imagen-ray" in setup
     assert (ROOT / "constraints.txt").is_file() and (ROOT / "pyproject.toml").is_file()
+    # token auth on every node: the token file is mounted (on the head, and from the head on
+    # every worker) and every `ray start` runs with token mode and that file
+    token = "~/.ray/auth_token"
+    assert cfg["file_mounts"][token] == token
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in cfg[key] if "ray start" in c]
+        assert starts, key
+        for c in starts:
+            assert "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$HOME/.ray/auth_token;" in c
+            assert c.index("RAY_AUTH_MODE") < c.index("ray start"), c
     gpu_types = [n for n, t in cfg["available_node_types"].items() if n != cfg["head_node_type"]]
     assert gpu_types and all(
         cfg["available_node_types"][n]["node_config"]["InstanceType"][0] in "gp" for n in gpu_types
@@ -152,6 +169,10 @@ def test_kuberay_clusters_match_ray_the_image_and_the_volume(kind: str, key: str
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         for c in pod["containers"]:
             assert c["image"].endswith("/imagen-ray:0.1.0")
+            # KubeRay sets RAY_AUTH_MODE / RAY_AUTH_TOKEN (from its Secret) in every Ray
+            # container from authOptions; a pod's own value would override it
+            env = {e["name"] for e in c.get("env", [])}
+            assert not env & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}, env
             for m in c.get("volumeMounts", []):
                 assert m["name"] in volumes, f"{kind}: mount {m['name']} has no volume"
             limits = c["resources"]["limits"]
@@ -201,6 +222,27 @@ def test_rayservice_serve_config_builds_on_rays_schema_and_ours() -> None:
     serve = validate(ServeConfig, app["args"]["serve"], "rayservice.yaml args.serve")
     assert serve.auth.enabled and serve.host == "0.0.0.0"
     assert serve.port == serve_config["http_options"]["port"]
+
+
+def test_worker_node_report_names_the_nodes_and_writes_a_local_run_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagen_ray.train import placement
+
+    me = {"node_id": "ab" * 28, "host": "h", "pid": 7}
+    monkeypatch.setattr(placement, "worker_node", lambda: me)  # no Ray, no process group
+    lines: list[str] = []
+
+    class Console:
+        def put(self, line: str) -> None:
+            lines.append(line)
+
+    placement.report_worker_nodes(0, str(tmp_path / "run"), Console())
+    written = json.loads((tmp_path / "run" / placement.WORKERS_FILE).read_text())
+    assert written == {"workers": [{"rank": 0, **me}], "nodes": [me["node_id"]]}
+    assert lines == ["1 worker(s) on 1 node(s): rank 0 on abababababab"]
+    placement.report_worker_nodes(0, "s3://bucket/runs/x", None)  # a URI: nothing written
+    assert not Path("s3:").exists()
 
 
 # ------------------------------------------------------------------ a real cluster
@@ -261,56 +303,121 @@ def _running(pids: set[int]) -> list[int]:
     return sorted(alive)
 
 
+def _no_token_env(env: dict[str, str], home: Path) -> dict[str, str]:
+    """A client that has not been given the cluster's token: no RAY_AUTH_* variables and
+    an empty home (no ~/.ray/auth_token), so it sends no token at all."""
+    home.mkdir(exist_ok=True)
+    return {**{k: v for k, v in env.items() if not k.startswith("RAY_AUTH_")}, "HOME": str(home)}
+
+
+def _cluster_node_ids(ray_bin: Path, dashboard: int, env: dict[str, str]) -> set[str]:
+    address = f"http://127.0.0.1:{dashboard}"
+    r = subprocess.run(
+        [str(ray_bin / "ray"), "list", "nodes", "--address", address, "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return {n["node_id"] for n in json.loads(r.stdout) if n["state"] == "ALIVE"}
+
+
 @pytest.mark.slow
-def test_ray_job_submit_trains_on_a_local_cluster(tmp_path: Path) -> None:
-    """start-local.sh -> `ray job submit` of the tiny training job -> SUCCEEDED and a
-    checkpoint -> stop-local.sh, with no Ray process of this cluster left."""
+@pytest.mark.cluster
+def test_ray_job_submit_trains_from_shards_on_two_nodes_with_token_auth(tmp_path: Path) -> None:
+    """start-local.sh (a head and one worker node, token auth with the test's own token
+    file) -> a client without the token is refused -> `ray job submit` with it trains
+    through the Ray Data shard pipeline -> SUCCEEDED, a checkpoint, and the two training
+    workers on the two nodes -> stop-local.sh, with no Ray process of this cluster left."""
+    from imagen_ray.data.synthetic import SyntheticSpec, write_synthetic
+    from imagen_ray.train.placement import WORKERS_FILE
+
+    shards = tmp_path / "shards"
+    write_synthetic(
+        SyntheticSpec(num_samples=32, size=32, samples_per_shard=8), shards, progress=False
+    )
     ray_bin = Path(sys.executable).parent
     gcs, dashboard, client, agent = _free_ports(4)
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths
+    token_file = tmp_path / "ray_token"  # made by start-local.sh, not ~/.ray/auth_token
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_API"))},
         "PATH": f"{ray_bin}{os.pathsep}{os.environ['PATH']}",
-        "RAY_AUTH_MODE": "token",  # the client side of the cluster's token auth
+        "WANDB_MODE": "offline",  # no W&B servers from a test, whatever the machine has
         "TORCH_EXTENSIONS_DIR": os.environ.get(
             "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/torch_extensions")
         ),
     }
-    env.pop("RAY_ADDRESS", None)
-    start = [str(CLUSTER / "start-local.sh"), "--head-cpus", "2", "--workers", "1"]
-    start += ["--worker-cpus", "1", "--port", str(gcs), "--dashboard-port", str(dashboard)]
+    client_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+    # Two nodes of 3 logical CPUs and 2 CPUs per training worker: one worker fits per node,
+    # and each node keeps 1 CPU for the read, decode and text-encoder tasks of Ray Data.
+    start = [str(CLUSTER / "start-local.sh"), "--head-cpus", "3", "--workers", "1"]
+    start += ["--worker-cpus", "3", "--port", str(gcs), "--dashboard-port", str(dashboard)]
     start += ["--client-port", str(client), "--agent-port", str(agent), "--temp-dir", temp_dir]
+    start += ["--token-file", str(token_file)]
     steps = 2
     train = ["python", "-m", "imagen_ray.train", "--config", "configs/tiny/base.yaml"]
-    train += ["--data", "memory"]
     for kv in (
         "stage.unet.channels=16",
         "stage.unet.head_dim=16",
         "text.max_length=8",
+        f"data.shards={shards}",
         "data.batch_size=2",
+        "data.shuffle_buffer=8",
+        "data.read_tasks=1",
+        "data.map_tasks=1",
         f"train.steps={steps}",
         f"train.checkpoint_every={steps}",
         f"train.log_every={steps}",
+        "train.sample_every=0",
         "train.max_failures=0",
         "train.num_workers=2",
+        "train.cpus_per_worker=2",
         f"train.storage_path={tmp_path / 'runs'}",
         "train.name=job",
     ):
         train += ["--set", kv]
     address = f"http://127.0.0.1:{dashboard}"
     submit = [str(ray_bin / "ray"), "job", "submit", "--address", address]
-    submit += ["--submission-id", "imagen-tiny", "--runtime-env", "cluster/runtime_env.yaml"]
-    submit += ["--working-dir", ".", "--", *train]
+    submit += ["--runtime-env", "cluster/runtime_env.yaml", "--working-dir", "."]
     try:
         r = subprocess.run(start, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert token_file.stat().st_mode & 0o077 == 0  # the token is the owner's alone
+        assert len(token_file.read_text()) == 64
+
+        # without the token, and with a wrong one: refused before anything runs
+        for who, bad_env in (
+            ("no token", _no_token_env(env, tmp_path / "home")),
+            ("wrong token", {**client_env, "RAY_AUTH_TOKEN": "0" * 64}),
+        ):
+            refused = subprocess.run(
+                [*submit, "--submission-id", f"refused-{len(who)}", "--", "python", "-V"],
+                env=bad_env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            out = refused.stdout + refused.stderr
+            assert refused.returncode != 0, f"{who}: {out[-2000:]}"
+            assert re.search(r"(?i)authentication token|unauthori[sz]ed|401", out), out[-2000:]
+
         t0 = time.time()
-        job = subprocess.run(submit, env=env, cwd=ROOT, capture_output=True, text=True, timeout=480)
+        job = subprocess.run(
+            [*submit, "--submission-id", "imagen-tiny", "--", *train],
+            env=client_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         logs = job.stdout + job.stderr
         assert job.returncode == 0, logs[-4000:]
         status = subprocess.run(
             [str(ray_bin / "ray"), "job", "status", "imagen-tiny", "--address", address],
-            env=env,
+            env=client_env,
             capture_output=True,
             text=True,
             timeout=60,
@@ -323,9 +430,17 @@ def test_ray_job_submit_trains_on_a_local_cluster(tmp_path: Path) -> None:
             if '"checkpoint"' in line and "{" in line
         )
         assert summary["metrics"]["step"] == steps, summary
+        assert summary["metrics"]["data/ok"] >= steps * 2 * 2, summary  # decoded by Ray Data
         ckpt = Path(summary["checkpoint"])
         assert ckpt.parent == tmp_path / "runs" / "job" and ckpt.is_dir()
         assert any(p.is_file() and p.stat().st_size > 0 for p in ckpt.rglob("*"))
+        # where the workers ran, as each reported its Ray node id to rank 0
+        placed = json.loads((tmp_path / "runs" / "job" / WORKERS_FILE).read_text())
+        workers = placed["workers"]
+        assert [w["rank"] for w in workers] == [0, 1], placed
+        assert workers[0]["node_id"] != workers[1]["node_id"], placed
+        assert {w["node_id"] for w in workers} == _cluster_node_ids(ray_bin, dashboard, client_env)
+        assert "2 worker(s) on 2 node(s)" in logs
         print(f"job finished in {time.time() - t0:.0f} s")
     finally:
         tree = _with_descendants(_cluster_pids(temp_dir))  # head, worker node, their workers

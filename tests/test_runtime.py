@@ -67,3 +67,27 @@ def test_verbose_forwards_the_cluster_output(tmp_path: Path) -> None:
     out = _run(tmp_path, "verbose")
     assert "NOISE-FROM-A-TASK" in out.stdout + out.stderr
     assert "LINE-FROM-A-TASK" in out.stdout
+
+
+def test_the_raylet_startup_concurrency_warning_is_kept_off_the_console(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ray._private import worker as ray_worker
+
+    from imagen_ray.runtime import drop_startup_concurrency_warning
+
+    printed: list[dict[str, object]] = []
+    monkeypatch.setattr(
+        ray_worker, "print_to_stdstream", lambda data, ignore_prefix: printed.append(data)
+    )
+    drop_startup_concurrency_warning()
+    drop_startup_concurrency_warning()  # wrapping twice would not add a second filter
+    noisy = (
+        "WARNING: 8 PYTHON worker processes have been started on node: abc with address: "
+        "127.0.0.1, which is 4x the maximum expected startup concurrency (2)."
+    )
+    oom = "A worker died or was killed while executing a task (out of memory)."
+    ray_worker.print_to_stdstream({"lines": [noisy], "pid": "raylet"}, ignore_prefix=False)
+    ray_worker.print_to_stdstream({"lines": [noisy, oom], "pid": "raylet"}, ignore_prefix=False)
+    ray_worker.print_to_stdstream({"lines": [noisy], "pid": 123}, ignore_prefix=False)
+    assert [d["lines"] for d in printed] == [[oom], [noisy]]

@@ -21,6 +21,7 @@ EXAMPLES = """\
 examples:
   imagen-ray eval probe --cascade runs/export --out eval/probe --heldout data/synthetic
   imagen-ray eval sr-fidelity --cascade runs/export --n 8 --out eval/sr
+  imagen-ray eval probe --cascade runs/export --out eval/probe --log-to-run  # + W&B
   imagen-ray eval prompts --suite examples/prompt_suite.csv --cascade runs/a \\
       --cascade runs/b --out eval/gallery --n 2
   imagen-ray eval fid --generated outputs/batch/images --reference data/ref \\
@@ -46,6 +47,57 @@ def _cascade_args(p: argparse.ArgumentParser, *, many: bool = False) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _wandb_args(p: argparse.ArgumentParser, *, stage_run: bool) -> None:
+    g = p.add_argument_group("W&B (optional)")
+    w = g.add_mutually_exclusive_group()
+    if stage_run:
+        w.add_argument(
+            "--log-to-run",
+            action="store_true",
+            help="also log the results to the W&B run that trained the evaluated stage "
+            "(its id is stored in the exported stage's config.json) as eval/<command>/..., "
+            "charted against the exported step; online or offline as that run's "
+            "wandb.mode (WANDB_MODE overrides)",
+        )
+    w.add_argument(
+        "--wandb-run",
+        metavar="RUN",
+        help="also log the results to this W&B run: entity/project/run_id (as in the "
+        "run's URL), project/run_id, or a run id of the imagen-ray project",
+    )
+
+
+def _stage_runs(args: argparse.Namespace, which: str | None = None) -> dict[str, Any]:
+    """stage name -> (RunRef, exported step) for the results that go to W&B. ``which``: a
+    stage name, ``"sr"`` (every stage after the base, each to its own run) or None (the
+    last stage). Empty when not asked for; resolved before anything is generated, so a
+    stage without a run id fails at once."""
+    from imagen_ray.cascade.io import read_stage_meta, stage_dirs
+    from imagen_ray.train.wandb_runs import RunRef
+
+    if not (getattr(args, "log_to_run", False) or args.wandb_run):
+        return {}
+    dirs = {read_stage_meta(d)["stage"]["name"]: d for d in stage_dirs(cascade_path(args.cascade))}
+    names = list(dirs)[1:] if which == "sr" else [which or list(dirs)[-1]]
+    if args.wandb_run:  # one run for all results
+        names = names[-1:]
+    out = {}
+    for name in names:
+        if name not in dirs:
+            raise ValueError(f"no stage {name!r} in --cascade (stages: {', '.join(dirs)})")
+        step = (read_stage_meta(dirs[name]).get("extra") or {}).get("step")
+        ref = RunRef.parse(args.wandb_run) if args.wandb_run else RunRef.of_stage(dirs[name])
+        out[name] = (ref, step)
+    return out
+
+
+def _log_results(runs: dict[str, Any], kind: str, results: dict[str, Any], out: str | None) -> None:
+    from imagen_ray.train.wandb_runs import log_eval
+
+    for ref, step in runs.values():
+        print(log_eval(results, ref, kind=kind, trained_step=step, wandb_dir=out))
 
 
 def register(sub: Any) -> None:
@@ -90,6 +142,7 @@ def register(sub: Any) -> None:
         help="seen combinations to add (default: as many as held-out prompts; 0 for none)",
     )
     q.add_argument("--until", metavar="STAGE", help="last stage to run and read (default all)")
+    _wandb_args(q, stage_run=True)
     q.set_defaults(func=cmd_probe)
 
     q = esub.add_parser(
@@ -113,6 +166,7 @@ def register(sub: Any) -> None:
         help="low-res inputs: rendered synthetic images (default) or the previous stage's",
     )
     q.add_argument("--out", metavar="DIR", help="write fidelity.json and sr_<stage>.png here")
+    _wandb_args(q, stage_run=True)  # --log-to-run: each SR stage's result to its own run
     q.set_defaults(func=cmd_sr_fidelity)
 
     q = esub.add_parser(
@@ -129,6 +183,7 @@ def register(sub: Any) -> None:
     q.add_argument("--suite", required=True, metavar="CSV", help="prompt suite (Prompts,Category)")
     q.add_argument("--out", required=True, metavar="DIR", help="gallery directory")
     q.add_argument("--n", type=int, default=1, help="images per prompt and cascade (default 1)")
+    _wandb_args(q, stage_run=True)  # --log-to-run: each cascade's images to its last stage's run
     q.set_defaults(func=cmd_prompts)
 
     q = esub.add_parser(
@@ -148,6 +203,7 @@ def register(sub: Any) -> None:
     q.add_argument("--device", default="cpu", help="torch device (default cpu)")
     q.add_argument("--out", metavar="JSON", help="also write the result to this file")
     q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _wandb_args(q, stage_run=False)
     q.set_defaults(func=cmd_fid)
 
     q = esub.add_parser(
@@ -167,6 +223,7 @@ def register(sub: Any) -> None:
     q.add_argument("--device", default="cpu", help="torch device (default cpu)")
     q.add_argument("--out", metavar="JSON", help="also write the result to this file")
     q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _wandb_args(q, stage_run=False)
     q.set_defaults(func=cmd_clip)
 
 
@@ -197,6 +254,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     k = args.images_per_prompt
     items = [it for it in base for _ in range(k)]
     seeds = [args.seed + i for i in range(len(items))]
+    runs = _stage_runs(args, args.until)
     cascade = _load(args, cascade_path(args.cascade))
     t0 = time.perf_counter()
     images = generate_images(
@@ -222,6 +280,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     print(summary_table(metrics))
     fail = f", failures.png ({metrics['failures']} failures)" if metrics["failures_png"] else ""
     print(f"wrote metrics.json, readings.jsonl, {len(images)} images{fail} to {args.out}")
+    _log_results(runs, "probe", metrics, args.out)
     return 0
 
 
@@ -231,6 +290,7 @@ def cmd_sr_fidelity(args: argparse.Namespace) -> int:
 
     positive("--n", args.n, 2)
     sampling = parse_sampling_overrides(args.sampling)
+    runs = _stage_runs(args, "sr")
     cascade = _load(args, cascade_path(args.cascade))
     results = sr_fidelity(
         cascade, n=args.n, seed=args.seed, source=args.source, sampling=sampling, out_dir=args.out
@@ -242,6 +302,12 @@ def cmd_sr_fidelity(args: argparse.Namespace) -> int:
         print(f"wrote {path} and sr_<stage>.png (columns: {', '.join(GRID_COLUMNS)})")
     else:
         print(json.dumps({"stages": results}))
+    by_stage = {r["stage"]: r for r in results}
+    if args.log_to_run:  # each SR stage's numbers to its own training run
+        for name, run in runs.items():
+            _log_results({name: run}, "sr-fidelity", by_stage[name], args.out)
+    else:  # --wandb-run: every stage's numbers to one run, under the stage's name
+        _log_results(runs, "sr-fidelity", by_stage, args.out)
     return 0
 
 
@@ -253,6 +319,7 @@ def cmd_prompts(args: argparse.Namespace) -> int:
     prompts = read_suite(args.suite)
     sampling = parse_sampling_overrides(args.sampling)
     names = cascade_names(args.cascade)
+    runs = _gallery_runs(args, names)
     cascades = [(name, _load(args, path)) for name, path in zip(names, args.cascade, strict=True)]
     results = run_suite(
         cascades,
@@ -271,13 +338,66 @@ def cmd_prompts(args: argparse.Namespace) -> int:
         f"wrote {Path(args.out) / 'index.html'}: {len(prompts)} prompts in {cats} categories, "
         f"{total} images from {', '.join(results['cascades'])}"
     )
+    _log_gallery(runs, results, Path(args.out))
     return 0
 
 
-def _write_result(result: dict[str, Any], out: str | None) -> None:
+def _gallery_runs(args: argparse.Namespace, names: list[str]) -> dict[str | None, Any]:
+    """cascade name (None: all, for --wandb-run) -> (RunRef, step) of its last stage."""
+    from imagen_ray.cascade.io import read_stage_meta, stage_dirs
+    from imagen_ray.train.wandb_runs import RunRef
+
+    if args.wandb_run:
+        return {None: (RunRef.parse(args.wandb_run), None)}
+    if not args.log_to_run:
+        return {}
+    out: dict[str | None, Any] = {}
+    for name, path in zip(names, args.cascade, strict=True):
+        last = stage_dirs(path)[-1]
+        step = (read_stage_meta(last).get("extra") or {}).get("step")
+        out[name] = (RunRef.of_stage(last), step)
+    return out
+
+
+def _log_gallery(runs: dict[str | None, Any], results: dict[str, Any], out: Path) -> None:
+    """The gallery as captioned images (``category: prompt``, the first image per prompt)
+    and the generation seconds, to each cascade's run or, with the cascade's name in the
+    caption, to the one --wandb-run."""
+    from imagen_ray.train.wandb_runs import log_eval
+
+    for cascade, (ref, step) in runs.items():
+        shown = [cascade] if cascade else list(results["cascades"])
+        images = [
+            (
+                out / p["files"][c][0],
+                f"{p['category']}: {p['prompt']}" + ("" if cascade else f" [{c}]"),
+            )
+            for p in results["prompts"]
+            for c in shown
+        ]
+        seconds = {c: results["seconds"][c] for c in shown}
+        line = log_eval(
+            {"seconds": seconds},
+            ref,
+            kind="prompts",
+            trained_step=step,
+            wandb_dir=out,
+            images={"images": images},
+        )
+        print(line)
+
+
+def _write_result(
+    result: dict[str, Any], out: str | None, kind: str, wandb_run: str | None
+) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "per_image"}))
     if out:
         atomic_write_json(out, result)
+    if wandb_run:
+        from imagen_ray.train.wandb_runs import RunRef, log_eval
+
+        wdir = str(Path(out).parent) if out else None
+        print(log_eval(result, RunRef.parse(wandb_run), kind=kind, wandb_dir=wdir))
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
@@ -292,7 +412,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    _write_result({**result, "inception": str(args.inception)}, args.out)
+    _write_result({**result, "inception": str(args.inception)}, args.out, "fid", args.wandb_run)
     return 0
 
 
@@ -305,5 +425,5 @@ def cmd_clip(args: argparse.Namespace) -> int:
     result = clip_score(
         pairs, model, processor, batch_size=args.batch_size, progress=not args.no_progress
     )
-    _write_result({**result, "clip": str(args.clip)}, args.out)
+    _write_result({**result, "clip": str(args.clip)}, args.out, "clip", args.wandb_run)
     return 0

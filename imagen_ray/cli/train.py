@@ -109,9 +109,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """``imagen-ray export``: a training checkpoint -> a stage directory."""
     from imagen_ray.train.export import export_checkpoint
+    from imagen_ray.train.wandb_runs import log_stage_artifact
 
     out = export_checkpoint(args.checkpoint, args.out, weights=args.weights)
     print(f"exported {args.weights} weights of {args.checkpoint} to {out}")
+    if not args.no_artifact:
+        print(log_stage_artifact(out))
     print(
         f"next: `--cascade {out}` samples or serves it alone; `imagen-ray cascade assemble "
         f"--stage {out} --stage <sr stage>… --out <dir>` makes a cascade of stages"
@@ -136,9 +139,17 @@ def register(sub: Any) -> None:
         "export",
         help="consolidate a training checkpoint into a stage directory for sample/serve",
         description="Write config.json + model.safetensors (EMA weights by default) from a "
-        "run directory (its latest complete checkpoint) or a checkpoint_* directory.",
+        "run directory (its latest complete checkpoint) or a checkpoint_* directory. The "
+        "training run's W&B id goes into config.json (for `imagen-ray eval ... --log-to-run`); "
+        "when W&B is online (wandb.mode of the run, or WANDB_MODE) the stage is also logged "
+        "to that run as a `model` artifact.",
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="run or checkpoint dir")
     p.add_argument("--out", required=True, metavar="DIR", help="stage directory to write")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="default: ema")
+    p.add_argument(
+        "--no-artifact",
+        action="store_true",
+        help="do not log the exported stage as a W&B model artifact (even when online)",
+    )
     p.set_defaults(func=cmd_export)

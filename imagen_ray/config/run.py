@@ -261,6 +261,11 @@ class WandbConfig(Strict):
     project: str = Field("imagen-ray", description="W&B project")
     entity: str | None = Field(None, description="W&B entity (team)")
     tags: tuple[str, ...] = Field((), description="run tags")
+    group: str | None = Field(
+        None,
+        description="W&B group (default: the absolute train.storage_path, which the stages "
+        "of one cascade share); job_type is the stage name",
+    )
     dir: str | None = Field(None, description="where run files go (default: the run dir)")
 
 

@@ -18,7 +18,8 @@ Skipped samples are counted by reason in a :class:`PipelineStats` actor (``decod
 ``no_image``, ``no_caption``, ``caption_length``, ``too_small``, ``bad_aspect``,
 ``no_embedding``, ``bad_embedding``, the image-hygiene refusals ``wrong_format``,
 ``too_many_pixels``, ``member_too_large``, the metadata ones ``no_json``, ``bad_json`` and
-``filter:FIELD<OP>VALUE``, the reader's ``truncated_tar``/``bad_tar``) beside ``ok``. Read
+``filter:FIELD<OP>VALUE``, the reader's ``truncated_tar``/``bad_tar``) beside ``ok``, and
+``resume_skipped``: samples a resumed epoch passed over without reading them. Read
 them with ``ray.get(stats.get.remote())``; the map tasks send counts fire-and-forget, so a
 read right after the last batch may lag by a few milliseconds (:func:`read_stats` waits for
 a minimum).
@@ -53,7 +54,7 @@ import ray
 from imagen_ray.config import DataConfig, RunConfig, StageConfig, TextEncoderConfig
 from imagen_ray.data.decode import OK, batch_or_empty_block, decode_filter_resize, resize_crop
 from imagen_ray.data.encoding import CAPTION_ENTRY, resolve_encoding
-from imagen_ray.data.epochs import epoch_seed, read_epoch_shards
+from imagen_ray.data.epochs import RESUME_SKIPPED, epoch_seed, read_epoch_shards
 from imagen_ray.data.reader import KEY_COLUMN, expand_shards
 
 if TYPE_CHECKING:  # torch is imported where it is used: decode workers never need it
@@ -77,18 +78,44 @@ __all__ = [  # resize_crop and decode_filter_resize: re-exported from decode (ol
 
 
 class PipelineStats:
-    """Counts of kept (``ok``) and skipped samples by reason; run it as a Ray actor."""
+    """Counts of kept (``ok``) and skipped samples by reason; run it as a Ray actor.
+
+    It also carries the epoch the training side is about to read, with the samples of it
+    already taken (a resumed run), from the train workers to the read planning
+    (:class:`~imagen_ray.data.epochs.EpochShardsDatasource`): the one actor both sides
+    already hold.
+    """
 
     def __init__(self) -> None:
         self._counts: Counter[str] = Counter()
+        self._epoch_start: tuple[int, int] | None = None
+        self._passed_over: dict[int, int] = {}  # epoch -> samples a resume passed over
 
     def add(self, counts: dict[str, int]) -> None:
         """Add per-reason counts (from one batch)."""
         self._counts.update(counts)
 
     def get(self) -> dict[str, int]:
-        """All counts so far, e.g. ``{"ok": 118, "decode_error": 1, "truncated_tar": 1}``."""
-        return dict(sorted(self._counts.items()))
+        """All counts so far, e.g. ``{"ok": 118, "decode_error": 1, "truncated_tar": 1}``;
+        ``resume_skipped``: samples resumed epochs passed over unread."""
+        counts = Counter(self._counts)
+        if self._passed_over:
+            counts[RESUME_SKIPPED] += sum(self._passed_over.values())
+        return dict(sorted(counts.items()))
+
+    def start_epoch(self, epoch: int, samples: int) -> None:
+        """The next execution reads epoch ``epoch``, of which the run (all workers) has
+        taken ``samples`` already (0 unless resuming)."""
+        self._epoch_start = (int(epoch), int(samples))
+
+    def epoch_start(self) -> tuple[int, int] | None:
+        """``(epoch, samples taken)`` last announced, or None."""
+        return self._epoch_start
+
+    def passed_over(self, epoch: int, samples: int) -> None:
+        """A resumed ``epoch`` starts ``samples`` in (idempotent: Ray plans the reads of one
+        execution more than once)."""
+        self._passed_over[int(epoch)] = int(samples)
 
 
 def create_stats() -> Any:
@@ -286,6 +313,7 @@ def build_dataset(
         num_cpus=data.read_num_cpus,
         max_tasks=data.read_tasks,
         max_member_bytes=data.max_member_bytes,
+        position=stats,
     )
     ds = ds.map_batches(
         decode_filter_resize,  # type: ignore[arg-type]  # takes pyarrow batches only

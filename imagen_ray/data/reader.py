@@ -229,10 +229,16 @@ class TolerantWebDatasetDatasource(FileBasedDatasource):
         self.rows_per_block = rows_per_block
         self.max_member_bytes = max_member_bytes
 
-    def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
+    def _read_stream(self, f: Any, path: str, skip: int = 0) -> Iterator[pa.Table]:
+        """Blocks of one tar; the first ``skip`` samples are passed over (a resumed epoch:
+        their members are streamed past, never kept or decoded)."""
         rows: list[dict[str, Any]] = []
         try:
-            for sample in iter_tar_samples(f, path, max_member_bytes=self.max_member_bytes):
+            for i, sample in enumerate(
+                iter_tar_samples(f, path, max_member_bytes=self.max_member_bytes)
+            ):
+                if i < skip:
+                    continue
                 sample[URL_COLUMN] = path
                 rows.append(sample)
                 if len(rows) >= self.rows_per_block:

@@ -11,6 +11,7 @@ from imagen_ray.config import RunConfig
 from imagen_ray.train import checkpoint as ckpt_io
 from imagen_ray.train.ema import consolidate_partitions
 from imagen_ray.train.finite import require_finite
+from imagen_ray.train.wandb_runs import checkpoint_run_id, run_info
 
 
 def checkpoint_weights(ckpt_dir: Path, weights: str = "ema") -> dict[str, torch.Tensor]:
@@ -74,5 +75,7 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, *, weights: str
             "samples": meta.get("samples"),
             "metrics": meta.get("metrics") or {},
             "data": cfg.data.shards,
+            # the training run, for `eval --log-to-run` and the model artifact
+            "wandb": run_info(cfg, checkpoint_run_id(d)),
         },
     )

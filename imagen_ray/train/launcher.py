@@ -249,7 +249,7 @@ def build_trainer(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from imagen_ray.train.batches import PipelineCounts, shard_batches
+    from imagen_ray.train.batches import PipelineCounts, ShardBatches
     from imagen_ray.train.loop import WorkerArgs, train_loop_per_worker
 
     if check:
@@ -273,7 +273,7 @@ def build_trainer(
 
         ds, stats = build_dataset(cfg)
         datasets = {"train": ds}
-        batches = shard_batches
+        batches = ShardBatches(stats)  # resumes by announcing its epochs on stats
         hooks = (PipelineCounts(stats), *hooks)
     args = WorkerArgs(
         run=cfg,

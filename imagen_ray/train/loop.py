@@ -24,9 +24,10 @@ from imagen_ray.cascade import Stage
 from imagen_ray.config import RunConfig
 from imagen_ray.train import checkpoint as ckpt_io
 from imagen_ray.train.accel import TrainDevicePaths
-from imagen_ray.train.batches import BatchFactory, WorkerContext, shard_batches
+from imagen_ray.train.batches import BatchFactory, WorkerContext, resume_batches, shard_batches
 from imagen_ray.train.deepspeed_config import build_deepspeed_config
 from imagen_ray.train.ema import EMA, local_part
+from imagen_ray.train.extensions import clear_stale_build_locks
 from imagen_ray.train.finite import (
     NonFiniteWeights,
     all_ranks_true,
@@ -37,7 +38,8 @@ from imagen_ray.train.finite import (
 )
 from imagen_ray.train.hooks import StepContext, StepHook
 from imagen_ray.train.perf import TrainPerf
-from imagen_ray.train.tracking import SampleGrids
+from imagen_ray.train.placement import report_worker_nodes
+from imagen_ray.train.tracking import SampleGrids, log_metrics
 from imagen_ray.train.warmstart import load_init_weights
 
 
@@ -53,6 +55,8 @@ class RunState:
     step: int = 0
     samples: int = 0
     micro_batches: int = 0
+    epoch: int = 0  # data position (train.batches.DataPosition): the epoch and the samples
+    epoch_samples: int = 0  # all workers have taken from it
     nonfinite_skipped: int = 0
     wandb_run_id: str | None = None
 
@@ -117,6 +121,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    clear_stale_build_locks()  # a run stopped while DeepSpeed compiled would hang this one
 
     # ---------------------------------------------------------------- build
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -147,6 +152,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer=client_opt,
         config=ds_config,
     )
+    # the process group exists now: rank 0 records which node each rank runs on
+    report_worker_nodes(rank, args.run_dir, args.console)
     ema = EMA(engine.module, cfg.train.ema_decay, cfg.train.ema_warmup_steps)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1_000_003 + rank)
     state = RunState()
@@ -168,12 +175,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         wandb_run = start_wandb(cfg, args.run_dir, state.wandb_run_id)
         state.wandb_run_id = wandb_run.id if wandb_run is not None else None
 
-    batches = args.batches(WorkerContext(cfg, rank, world, args.text_dim))
-    # Data position: Ray Data streams restart at the start of the dataset on a new attempt;
-    # with deterministic order (seeded in-memory batches, or a dataset with preserve_order)
-    # skipping the micro batches already consumed resumes at the exact position.
-    for _ in range(state.micro_batches):
-        next(batches)
+    # Data position: the stream starts at the checkpoint's epoch and samples taken from it
+    # (global, any worker count) without drawing the batches before it again.
+    batches = resume_batches(args.batches, WorkerContext(cfg, rank, world, args.text_dim), state)
 
     # ---------------------------------------------------------------- loop
     def step_ctx() -> StepContext:
@@ -247,9 +251,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics.update(hook.metrics(step_ctx()))
         if is_main:
             _print_progress(cfg, state.step, metrics, t_start, args.console)
-            if wandb_run is not None:
-                charts = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-                wandb_run.log(charts, step=state.step)
+            log_metrics(wandb_run, metrics, state.step)  # every numeric metric, vs step
         if cfg.train.sample_every and state.step % cfg.train.sample_every == 0:
             _log_samples(ema, batch, state.step, wandb_run, grids)
         if due_ckpt:

@@ -29,11 +29,47 @@ def resolve_wandb_mode(mode: str) -> str:
     return "offline"
 
 
+def default_group(run_dir: str | None, cfg: RunConfig) -> str:
+    """``wandb.group``, or the runs' shared root: the stages of one cascade are trained into
+    one ``train.storage_path`` (``<root>/base``, ``<root>/sr64``), so they share a group.
+
+    ``run_dir`` is the launcher's absolute run directory (or URI); without it the configured
+    storage path is used. W&B caps a group name at 128 characters: longer roots keep their end.
+    """
+    if cfg.wandb.group:
+        return cfg.wandb.group
+    root = str(run_dir).rstrip("/").rsplit("/", 1)[0] if run_dir else cfg.train.storage_path
+    return root if len(root) <= GROUP_MAX else "..." + root[-(GROUP_MAX - 3) :]
+
+
+GROUP_MAX = 128
+SAMPLES_KEY = "samples"  # W&B key of the EMA sample images (a list, one per prompt)
+# Summaries of the known metrics (W&B keeps the last value of the others): the run table
+# then shows the best loss, the mean throughput and data wait, and the highest memory.
+SUMMARIES = {
+    "loss": "min",
+    "samples_per_s": "mean",
+    "data_wait_frac": "mean",
+    "mfu": "mean",
+}
+STEP_METRIC = "step"  # every chart's x axis: the optimizer step (also logged as a value)
+
+
+def _summary(name: str) -> str | None:
+    if name in SUMMARIES:
+        return SUMMARIES[name]
+    if "mem" in name or name.endswith(("_gb", "_mb", "_bytes")):
+        return "max"  # peak memory of the run, not of its last window
+    return None
+
+
 def start_wandb(cfg: RunConfig, run_dir: str | None, resume_id: str | None) -> Any:
     """``wandb.init`` for rank 0 (None when disabled); resumes ``resume_id`` if given.
 
-    Ray's ``setup_wandb(rank_zero_only=True)`` does not filter ranks under Train V2, so the
-    caller only invokes this on rank 0.
+    The run is named after the stage run, grouped with the other stages of its cascade
+    (:func:`default_group`) and typed by the stage (``job_type``: base, sr64, ...), so the
+    UI can filter and compare stages. Ray's ``setup_wandb(rank_zero_only=True)`` does not
+    filter ranks under Train V2, so the caller only invokes this on rank 0.
     """
     mode = resolve_wandb_mode(cfg.wandb.mode)
     if mode == "disabled":
@@ -43,10 +79,12 @@ def start_wandb(cfg: RunConfig, run_dir: str | None, resume_id: str | None) -> A
     wdir = cfg.wandb.dir or run_dir
     if wdir:
         Path(wdir).mkdir(parents=True, exist_ok=True)
-    return wandb.init(
+    run = wandb.init(
         project=cfg.wandb.project,
         entity=cfg.wandb.entity,
         name=cfg.train.name or cfg.stage.name,
+        group=default_group(run_dir, cfg),
+        job_type=cfg.stage.name,
         tags=[*cfg.wandb.tags, cfg.stage.name],
         config=cfg.model_dump(mode="json"),
         dir=wdir,
@@ -54,6 +92,38 @@ def start_wandb(cfg: RunConfig, run_dir: str | None, resume_id: str | None) -> A
         id=resume_id,
         resume="allow" if resume_id else None,
     )
+    run.define_metric(STEP_METRIC)
+    run.define_metric(SAMPLES_KEY, step_metric=STEP_METRIC)  # the sample images, per step
+    return run
+
+
+_DEFINED: dict[str, set[str]] = {}  # run id -> metric names given an axis
+
+
+def log_metrics(run: Any, metrics: dict[str, Any], step: int) -> None:
+    """Chart every numeric value of ``metrics`` against the optimizer step.
+
+    Names seen for the first time get ``define_metric`` (x axis ``step``, and a summary
+    for the known ones: min loss, mean throughput / data wait / MFU, max memory), so a
+    metric added to the loop's report later (GPU memory, MFU) is charted without changes
+    here. Booleans and non-numbers are left out. ``run`` None: nothing is logged.
+    """
+    if run is None:
+        return
+    charts = {
+        k: v
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != STEP_METRIC
+    }
+    defined = _DEFINED.setdefault(run.id, set())
+    for name in sorted(charts.keys() - defined):
+        summary = _summary(name)
+        if summary:
+            run.define_metric(name, step_metric=STEP_METRIC, summary=summary)
+        else:
+            run.define_metric(name, step_metric=STEP_METRIC)
+        defined.add(name)
+    run.log({STEP_METRIC: step, **charts}, step=step)
 
 
 class SampleGrids:
@@ -119,7 +189,7 @@ class SampleGrids:
                 size=batch["image"].shape[-1],  # data.train_crop: the crop's side
             )
             cols = [batch["lowres"][:n].float().cpu(), out, batch["image"][:n].float().cpu()]
-            captions = [f"step {step}: low-res | sample | target"] * n
+            captions = [f"#{i} low-res | sample | target" for i in range(n)]
         else:
             prompts = list(cfg.train.sample_prompts)[:count]
             enc = self._encode(prompts)
@@ -135,7 +205,13 @@ class SampleGrids:
         if wandb_run is not None:
             import wandb
 
-            wandb_run.log(
-                {"sample_grid": wandb.Image(image, caption=" / ".join(captions))}, step=step
-            )
+            # One image per prompt (an SR row: low-res | sample | target) under one key, so
+            # the media panel steps through the same prompts and seeds run after run.
+            images = [
+                wandb.Image(
+                    row[0] if len(row) == 1 else grid([row], cell=cfg.stage.size), caption=caption
+                )
+                for row, caption in zip(rows, captions, strict=True)
+            ]
+            wandb_run.log({SAMPLES_KEY: images, STEP_METRIC: step}, step=step)
         return path

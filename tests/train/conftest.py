@@ -79,35 +79,52 @@ def wandb_run_files(run_dir: Path) -> list[Path]:
     return sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
 
 
-def read_wandb_history(path: str | Path) -> list[dict[str, Any]]:
-    """History rows of an offline ``run-*.wandb`` file (W&B's LevelDB-style record log:
-    a 7-byte file header, 32 KiB blocks of records with a 7-byte crc/length/type header)."""
+def read_wandb_records(path: str | Path) -> list[Any]:
+    """Every record (``wandb_internal_pb2.Record``) of an offline ``run-*.wandb`` file (W&B's
+    LevelDB-style record log: a 7-byte file header, 32 KiB blocks of records with a 7-byte
+    crc/length/type header)."""
     from wandb.proto import wandb_internal_pb2
 
     data = Path(path).read_bytes()
     assert data[:4] == b":W&B"
-    pos, block, buf, rows = 7, 32768, b"", []
+    pos, block, buf, records = 7, 32768, b"", []
     while pos + 7 <= len(data):
         if block - pos % block < 7:  # block trailer padding
             pos += block - pos % block
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0 and length == 0:
-            break
+        if (kind == 0 and length == 0) or pos + 7 + length > len(data):
+            break  # the end, or a record still being written
         buf += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST: a whole record is in buf
             rec = wandb_internal_pb2.Record()
             rec.ParseFromString(buf)
             buf = b""
-            if rec.WhichOneof("record_type") == "history":
-                rows.append(
-                    {
-                        (i.key or "/".join(i.nested_key)): json.loads(i.value_json)
-                        for i in rec.history.item
-                    }
-                )
-    return rows
+            records.append(rec)
+    return records
+
+
+def _items(items: Any) -> dict[str, Any]:
+    return {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in items}
+
+
+def read_wandb_history(path: str | Path) -> list[dict[str, Any]]:
+    """History rows of an offline ``run-*.wandb`` file (nested keys joined with ``/``)."""
+    return [
+        _items(r.history.item)
+        for r in read_wandb_records(path)
+        if r.WhichOneof("record_type") == "history"
+    ]
+
+
+def read_wandb_summary(path: str | Path) -> dict[str, Any]:
+    """The run's summary as the offline file leaves it (later updates win)."""
+    out: dict[str, Any] = {}
+    for r in read_wandb_records(path):
+        if r.WhichOneof("record_type") == "summary":
+            out.update(_items(r.summary.update))
+    return out
 
 
 def logged_losses(run_dir: Path) -> list[tuple[int, float]]:
