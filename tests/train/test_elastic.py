@@ -53,7 +53,7 @@ class SaveFullWeights(StepHook):
 def _checkpoint(run_dir: Path, step: int) -> Path:
     from imagen_ray.train.checkpoint import read_config
 
-    [c] = [c for c in run_dir.glob("checkpoint_*") if read_config(c)["step"] == step]
+    [c] = [c for c in run_dir.glob("checkpoint_*") if c.is_dir() and read_config(c)["step"] == step]
     return c
 
 
