@@ -96,6 +96,28 @@ class EMA:
             self.shadow[i].copy_(tensors[n])
         self.num_updates = int(state["meta"]["num_updates"])
 
+    @torch.no_grad()
+    def load_full(
+        self, weights: dict[str, Tensor], num_updates: int, rank: int, world: int
+    ) -> None:
+        """Load full EMA weights into this rank's shadow (its ZeRO-3 partition when the
+        module is partitioned): an elastic resume, whose old partitions do not fit."""
+        missing = set(self.names) - set(weights)
+        if missing:
+            raise KeyError(
+                f"EMA weights lack {len(missing)} parameters, e.g. {sorted(missing)[:3]}"
+            )
+        for i, n in enumerate(self.names):
+            full = weights[n].float()
+            if is_zero3(self.module):
+                part = self.shadow[i].numel()
+                flat = torch.zeros(part * world)
+                flat[: full.numel()] = full.reshape(-1)
+                self.shadow[i].copy_(flat[rank * part : (rank + 1) * part].view_as(self.shadow[i]))
+            else:
+                self.shadow[i].copy_(full.reshape(self.shadow[i].shape))
+        self.num_updates = num_updates
+
     # ------------------------------------------------------------------ full weights
 
     @contextmanager

@@ -137,6 +137,10 @@ def run_dir(cfg: RunConfig) -> str:
 def resolve_resume(cfg: RunConfig, resume_from: str) -> str:
     """The checkpoint a run starts from, checked against the run before any worker starts.
 
+    A checkpoint of another world size or ZeRO stage resumes too (elastic resume,
+    :mod:`imagen_ray.train.reshard`), except where its optimizer state cannot be
+    re-sharded.
+
     Args:
         cfg: the run that will resume.
         resume_from: a ``checkpoint_*`` directory, or a run directory (its latest complete
@@ -147,7 +151,8 @@ def resolve_resume(cfg: RunConfig, resume_from: str) -> str:
 
     Raises:
         LaunchError: no complete checkpoint there, or it was written by a run with another
-            world size, ZeRO stage or stage (model) config, which cannot load it.
+            stage (model) config or optimizer, or a change of topology that cannot carry
+            its optimizer state over (named, with the fix).
     """
     if "://" in resume_from:
         return resume_from
@@ -159,18 +164,33 @@ def resolve_resume(cfg: RunConfig, resume_from: str) -> str:
     except IncompleteCheckpoint as e:
         raise LaunchError(f"--resume-from {resume_from}: {e}") from e
     problems = []
-    if int(meta["world_size"]) != cfg.train.num_workers:
-        problems.append(
-            f"it was written by {meta['world_size']} workers, this run has "
-            f"train.num_workers={cfg.train.num_workers}"
-        )
-    if int(meta["zero_stage"]) != cfg.train.zero_stage:
-        problems.append(
-            f"it was written with ZeRO stage {meta['zero_stage']}, this run has "
-            f"train.zero_stage={cfg.train.zero_stage}"
-        )
     if meta["run"]["stage"] != cfg.stage.model_dump(mode="json"):
         problems.append("its stage (model) config differs from this run's")
+    old_train = meta["run"]["train"]
+    if old_train["optimizer"] != cfg.train.optimizer:
+        problems.append(
+            f"it was trained with train.optimizer={old_train['optimizer']}, this run has "
+            f"{cfg.train.optimizer}"
+        )
+    old_zero, new_zero = int(meta["zero_stage"]), cfg.train.zero_stage
+    elastic = int(meta["world_size"]) != cfg.train.num_workers or old_zero != new_zero
+    if elastic and cfg.train.optimizer == "adafactor" and (old_zero == 0) != (new_zero == 0):
+        problems.append(
+            f"Adafactor's second moments are factored at ZeRO 0 and flat at ZeRO 1-3, so "
+            f"ZeRO {old_zero} -> train.zero_stage={new_zero} cannot carry them over (keep "
+            f"train.zero_stage {'0' if old_zero == 0 else 'at 1-3'})"
+        )
+    if elastic:
+        from imagen_ray.config import TrainConfig
+
+        old_prec = TrainConfig.model_validate(old_train).resolved_precision
+        for prec, zero in ((old_prec, old_zero), (cfg.train.resolved_precision, new_zero)):
+            if zero == 0 and prec != "fp32":
+                problems.append(
+                    f"a ZeRO 0 run in {prec} keeps its fp32 master weights inside "
+                    "DeepSpeed's wrapper, which an elastic resume does not read (use ZeRO 1-3 "
+                    "or fp32, or the checkpoint's world size and ZeRO stage)"
+                )
     if problems:
         raise LaunchError(
             f"cannot resume from {ckpt}: {'; '.join(problems)}. Use the checkpoint's own "

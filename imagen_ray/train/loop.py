@@ -23,6 +23,7 @@ from torch import Tensor
 from imagen_ray.cascade import Stage
 from imagen_ray.config import RunConfig
 from imagen_ray.train import checkpoint as ckpt_io
+from imagen_ray.train import reshard
 from imagen_ray.train.accel import TrainDevicePaths
 from imagen_ray.train.batches import BatchFactory, WorkerContext, resume_batches, shard_batches
 from imagen_ray.train.deepspeed_config import build_deepspeed_config
@@ -414,17 +415,34 @@ def _save(
 def _restore(
     d: Path, engine: Any, ema: EMA, gen: torch.Generator, state: RunState, rank: int
 ) -> None:
-    """Resume weights, optimizer, LR schedule (DeepSpeed), EMA, counters and RNG."""
+    """Resume weights, optimizer, LR schedule (DeepSpeed), EMA, counters and RNG; on
+    another world size or ZeRO stage through :mod:`imagen_ray.train.reshard`."""
     meta = ckpt_io.read_config(d)
-    engine.load_checkpoint(str(d), tag=ckpt_io.DS_TAG)
-    ema.load_state_dict(ckpt_io.load_ema_state(d, rank))
-    saved, rng = ckpt_io.load_rank_state(d, rank)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rng: dict[str, Tensor] | None
+    same = reshard.same_topology(meta, world, int(engine.zero_optimization_stage()))
+    if same:
+        engine.load_checkpoint(str(d), tag=ckpt_io.DS_TAG)
+        ema.load_state_dict(ckpt_io.load_ema_state(d, rank))
+        saved, rng = ckpt_io.load_rank_state(d, rank)
+    else:
+        saved, rng = reshard.restore_resharded(d, meta, engine, ema, rank=rank, world=world)
     for k, v in saved.items():
         setattr(state, k, v)
-    gen.set_state(rng["generator"])
-    torch.set_rng_state(rng["torch"])
+    if rng is not None:
+        gen.set_state(rng["generator"])
+        torch.set_rng_state(rng["torch"])
+    else:  # a rank the checkpoint's run did not have
+        seed = reshard.new_rank_seed(int(meta["run"]["train"]["seed"]), state.step, rank)
+        gen.manual_seed(seed)
+        torch.manual_seed(seed + 1)
     if rank == 0:
-        print(f"resumed from {d} at step {meta['step']}", flush=True)
+        how = (
+            ""
+            if same
+            else f" (re-sharded from {meta['world_size']} workers, ZeRO {meta['zero_stage']})"
+        )
+        print(f"resumed from {d} at step {meta['step']}{how}", flush=True)
 
 
 def _log_samples(

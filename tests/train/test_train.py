@@ -183,10 +183,9 @@ def test_resume_from_checks_the_checkpoint_before_any_worker_starts(
     cfg = tiny_cfg(tmp_path, "r", "train.zero_stage=2")
     # a run directory resolves to its latest complete checkpoint
     assert resolve_resume(cfg, str(run2)) == str(checkpoint_at(run2, 10))
-    with pytest.raises(LaunchError, match=r"by 2 workers, this run has train\.num_workers=1"):
-        resolve_resume(tiny_cfg(tmp_path, "r", "train.num_workers=1"), str(run2))
-    with pytest.raises(LaunchError, match=r"ZeRO stage 2, this run has train\.zero_stage=3"):
-        resolve_resume(tiny_cfg(tmp_path, "r", "train.zero_stage=3"), str(run2))
+    # another world size or ZeRO stage resumes (elastic: tests/train/test_elastic.py)
+    one = tiny_cfg(tmp_path, "r", "train.num_workers=1", "train.zero_stage=3")
+    assert resolve_resume(one, str(run2)) == str(checkpoint_at(run2, 10))
     with pytest.raises(LaunchError, match=r"stage \(model\) config differs"):
         resolve_resume(tiny_cfg(tmp_path, "r", "stage.unet.channels=32"), str(run2))
     with pytest.raises(LaunchError, match="no complete imagen-ray checkpoint"):
