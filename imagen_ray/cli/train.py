@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from imagen_ray import storage
 from imagen_ray.cli.args import add_overrides_argument, add_verbose_argument
 
 
@@ -76,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with stop_on_signals():
         logs = init_ray(num_cpus=num_cpus, verbose=args.verbose)
         for cfg in cfgs:
-            if logs is not None and "://" not in run_dir(cfg):
+            if logs is not None and not storage.is_uri(run_dir(cfg)):
                 link_logs(Path(run_dir(cfg)), logs)
         print(logs_hint(logs, args.verbose), flush=True)
         # all runs checked together, against what the cluster can become, before any starts
