@@ -16,6 +16,7 @@ marker or manifest that readers check for last.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import tempfile
@@ -127,11 +128,14 @@ def list_files(path: str | Path) -> dict[str, int]:
     absent. One listing request for a URI, instead of one per file."""
     if not is_uri(path):
         root = Path(path).expanduser()
-        if not root.is_dir():
-            return {}
-        return {
-            p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()
-        }
+        out: dict[str, int] = {}
+        # symlinks skipped: W&B's latest-run and debug*.log point at files listed anyway
+        for dirpath, _, names in os.walk(root):
+            for n in names:
+                p = Path(dirpath, n)
+                if not p.is_symlink() and p.is_file():
+                    out[p.relative_to(root).as_posix()] = p.stat().st_size
+        return out
     import pyarrow.fs as pafs
 
     fs, inner = filesystem(path)
@@ -216,10 +220,8 @@ def upload_dir(src: str | Path, dst: str | Path, *, last: tuple[str, ...] = ()) 
         last: relative paths uploaded after every other file (the marker readers check,
             e.g. ``config.json`` of a stage), so a reader never sees it over a partial copy.
     """
-    root = Path(src)
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    rel = [p.relative_to(root).as_posix() for p in files]
-    order = sorted(zip(rel, files, strict=True), key=lambda x: x[0] in last)
+    rel = sorted(list_files(src))
+    order = sorted(((r, Path(src, r)) for r in rel), key=lambda x: x[0] in last)
     _upload(order, dst)
 
 

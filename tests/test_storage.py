@@ -101,6 +101,7 @@ def test_run_files_sync_uploads_new_and_changed_files_only(s3, tmp_path, monkeyp
     (local / "wandb" / "offline-run-1" / "run-x.wandb").write_bytes(b"12")
     (local / "samples" / "step_0000005.png").write_bytes(b"png")
     (local / "other.txt").write_text("not a run file")
+    (local / "wandb" / "latest-run").symlink_to(local / "wandb" / "offline-run-1")
     assert storage.sync_run_files(run) == 2
     assert storage.sync_run_files(run) == 0
     (local / "wandb" / "offline-run-1" / "run-x.wandb").write_bytes(b"1234")  # W&B appended

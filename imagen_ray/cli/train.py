@@ -100,7 +100,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary: dict[str, Any] = {
             "stage": cfg.stage.name,
             "run_dir": run_dir(cfg),
-            "checkpoint": res.checkpoint.path if res.checkpoint else None,
+            # Ray reports a remote checkpoint without its scheme: name it by the run's URI
+            "checkpoint": storage.join(run_dir(cfg), storage.name(res.checkpoint.path))
+            if res.checkpoint
+            else None,
             "metrics": res.metrics,
         }
         print(json.dumps(summary, default=str))
