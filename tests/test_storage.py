@@ -207,3 +207,28 @@ def test_remote_shard_directory_lists_its_tars(s3) -> None:
     storage.write_bytes(f"s3://{BUCKET}/notars/summary.json", b"{}")
     with pytest.raises(FileNotFoundError, match="holds no"):
         expand_shards(f"s3://{BUCKET}/notars")
+
+
+def test_stage_on_s3_loads_as_cascade_and_as_init_weights(s3, tmp_path: Path) -> None:
+    """An exported stage on S3: Cascade.load and train.init_from's loader read it (the
+    weights equal the saved ones)."""
+    import torch
+
+    from imagen_ray.cascade import Cascade, Stage, save_stage
+    from imagen_ray.config import load_run_config
+    from imagen_ray.train.warmstart import load_init_weights
+
+    cfg = load_run_config(
+        Path("configs/tiny/base.yaml"), ["stage.unet.channels=16", "stage.unet.head_dim=16"]
+    )
+    torch.manual_seed(0)
+    stage = Stage(cfg.stage, text_dim=384)
+    local = save_stage(stage, cfg.text, tmp_path / "base")
+    uri = f"s3://{BUCKET}/export-{next(_n)}/base"
+    storage.upload_dir(local, uri)
+    want = stage.unet.state_dict()
+    got = load_init_weights(uri)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    loaded = Cascade.load(uri).stages[0].unet.state_dict()
+    assert all(torch.equal(loaded[k].float(), want[k]) for k in want)
