@@ -9,7 +9,7 @@ standard environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DE
 ``AWS_ENDPOINT_URL`` for an S3-compatible server; ``GOOGLE_APPLICATION_CREDENTIALS`` for GCS).
 
 Object stores have no directories and no rename: a remote "directory" is a key prefix, and a
-remote output is written locally first (:func:`output_dir`) and uploaded file by file, the
+remote output is written locally first and uploaded file by file (:func:`upload_dir`), the
 marker or manifest that readers check for last.
 """
 
@@ -163,8 +163,8 @@ def read_text(path: str | Path) -> str:
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file: locally through :func:`imagen_ray.fs.atomic_write_bytes`; remotely one
-    PUT (an object appears whole or not at all)."""
+    """Write a file: locally through :func:`imagen_ray.fs.atomic_write_bytes`; remotely as
+    one object, which appears whole when the upload completes or not at all."""
     if not is_uri(path):
         from imagen_ray.fs import atomic_write_bytes
 
@@ -264,25 +264,6 @@ def local_dir(
         raise FileNotFoundError(f"{path}: no such {what} (nothing under that prefix)")
     with tempfile.TemporaryDirectory(prefix="imagen-ray-download-") as tmp:
         yield download_dir(path, Path(tmp) / name(path), parts=parts)
-
-
-@contextmanager
-def output_dir(path: str | Path, *, last: tuple[str, ...] = ()) -> Iterator[Path]:
-    """A local directory to write an output into; on success it becomes ``path``.
-
-    Local ``path``: :func:`imagen_ray.fs.atomic_dir` (replaced in one swap). A URI: a
-    temporary directory uploaded on success (``last`` files after the others, see
-    :func:`upload_dir`), nothing uploaded on an error.
-    """
-    if not is_uri(path):
-        from imagen_ray.fs import atomic_dir
-
-        with atomic_dir(path) as tmp:
-            yield tmp
-        return
-    with tempfile.TemporaryDirectory(prefix="imagen-ray-upload-") as tmp:
-        yield Path(tmp)
-        upload_dir(tmp, path, last=last)
 
 
 def local_run_dir(run_dir: str | Path | None) -> str | None:

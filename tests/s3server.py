@@ -9,6 +9,7 @@ it) and, for training workers, through the launcher's forwarded variables.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ def s3_server(*buckets: str) -> Iterator[str]:
     yields the endpoint URL. The environment is restored and the server stopped on exit."""
     import boto3
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

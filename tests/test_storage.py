@@ -71,17 +71,6 @@ def test_upload_download_and_parts(root: str, tmp_path: Path) -> None:
     assert storage.is_uri(root) != kept.exists()  # a download is removed, a local dir is not
 
 
-def test_remote_output_appears_only_on_success(s3, tmp_path: Path) -> None:
-    uri = f"s3://{BUCKET}/out-{next(_n)}"
-    with pytest.raises(RuntimeError), storage.output_dir(uri) as tmp:
-        (tmp / "half.bin").write_bytes(b"1")
-        raise RuntimeError("cut short")
-    assert not storage.exists(uri)
-    with storage.output_dir(uri) as tmp:
-        (tmp / "whole.bin").write_bytes(b"1")
-    assert storage.listdir(uri) == ["whole.bin"]
-
-
 def test_missing_remote_directory_is_named(s3) -> None:
     uri = f"s3://{BUCKET}/no-such-run"
     no_such = pytest.raises(FileNotFoundError, match=f"{uri}: no such checkpoint")

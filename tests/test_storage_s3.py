@@ -104,7 +104,8 @@ def test_export_from_s3_to_s3_then_load_and_sample(trained, capsys) -> None:
     assert meta["extra"]["step"] == 10 and meta["extra"]["checkpoint"].startswith(run)
     cascade = Cascade.load(out)
     image = cascade.generate(["a red circle"], seed=0).uint8()
-    assert image.shape == (1, 16, 16, 3) and image.std() > 0
+    side = meta["stage"]["size"]
+    assert image.shape == (1, side, side, 3) and image.std() > 0
 
 
 @pytest.mark.slow
