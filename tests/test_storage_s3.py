@@ -110,6 +110,31 @@ def test_export_from_s3_to_s3_then_load_and_sample(trained, capsys) -> None:
 
 @pytest.mark.slow
 @pytest.mark.cluster
+def test_generate_writes_to_s3_and_resumes_there(trained, tmp_path: Path, capsys) -> None:
+    """`imagen-ray generate --out s3://...`: the replicas write images and records to S3; a
+    rerun lists the prefix and generates nothing."""
+    from imagen_ray.cli import main
+    from imagen_ray.train.export import export_checkpoint
+
+    _, run, _ = trained
+    stage = export_checkpoint(run, tmp_path / "base")  # from S3 to a local directory
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\ntwo blue squares\n")
+    out = run.replace("/runs/base", "/generated")
+    args = ["generate", "--cascade", str(stage), "--prompts", str(prompts), "--out", out]
+    args += ["--sampling", "base.steps=2", "--batch-size", "2", "--num-cpus", "0.5"]
+    args += ["--no-progress"]
+    assert main(args) == 0
+    assert "2 to generate" in capsys.readouterr().out
+    files = storage.list_files(out)
+    manifest = [json.loads(x) for x in storage.read_text(f"{out}/manifest.jsonl").splitlines()]
+    assert len(manifest) == 2 and all(r["file"] in files for r in manifest)
+    assert main(args) == 0
+    assert "2 already done and skipped; 0 to generate" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_resume_from_an_s3_run_continues_it(trained, capsys) -> None:
     """`imagen-ray train --resume-from s3://.../runs/base`: a new run on S3 continues from
     step 10 (its W&B run is the original's), to step 12."""
