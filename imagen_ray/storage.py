@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -288,6 +288,8 @@ def sync_run_files(run_dir: str | Path | None) -> int:
     grids outlive the job's machines. Only new or changed files (by size) are uploaded;
     a local run directory needs nothing.
 
+    A failed copy does not stop the run: it prints a warning and the next call retries.
+
     Returns:
         The number of files uploaded.
     """
@@ -295,29 +297,19 @@ def sync_run_files(run_dir: str | Path | None) -> int:
         return 0
     local = Path(str(local_run_dir(run_dir)))
     todo: list[tuple[str, Path]] = []
-    for sub in RUN_FILES:
-        remote = list_files(join(run_dir, sub))
-        for rel, size in list_files(local / sub).items():
-            if remote.get(rel) != size:
-                todo.append((f"{sub}/{rel}", local / sub / rel))
-    _upload(todo, run_dir)
+    try:
+        for sub in RUN_FILES:
+            remote = list_files(join(run_dir, sub))
+            for rel, size in list_files(local / sub).items():
+                if remote.get(rel) != size:
+                    todo.append((f"{sub}/{rel}", local / sub / rel))
+        _upload(todo, run_dir)
+    except OSError as e:  # a file W&B removed meanwhile, or the store unreachable
+        print(
+            f"warning: W&B files / sample grids not copied to {run_dir} ({e}); they are in "
+            f"{local}, retried at the next checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 0
     return len(todo)
-
-
-def remove(path: str | Path) -> None:
-    """Delete a file or a directory tree, local or remote (no error when absent)."""
-    if not is_uri(path):
-        p = Path(path)
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink(missing_ok=True)
-        return
-    import pyarrow.fs as pafs
-
-    fs, inner = filesystem(path)
-    kind = fs.get_file_info(inner).type
-    if kind == pafs.FileType.Directory:
-        fs.delete_dir(inner)
-    elif kind == pafs.FileType.File:
-        fs.delete_file(inner)

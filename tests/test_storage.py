@@ -51,8 +51,6 @@ def test_files_round_trip_and_listing(root: str) -> None:
         assert f.read() == b"\x00\x00"
     with pytest.raises(FileNotFoundError, match="nope"):
         storage.read_bytes(storage.join(root, "nope"))
-    storage.remove(root)
-    assert not storage.exists(root)
 
 
 def test_upload_download_and_parts(root: str, tmp_path: Path) -> None:
@@ -221,3 +219,14 @@ def test_stage_on_s3_loads_as_cascade_and_as_init_weights(s3, tmp_path: Path) ->
     assert all(torch.equal(got[k], want[k]) for k in want)
     loaded = Cascade.load(uri).stages[0].unet.state_dict()
     assert all(torch.equal(loaded[k].float(), want[k]) for k in want)
+
+
+def test_run_files_sync_failure_warns_and_does_not_raise(s3, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    run = "s3://no-such-bucket/runs/base"
+    local = Path(str(storage.local_run_dir(run)))
+    (local / "samples").mkdir(parents=True)
+    (local / "samples" / "step_0000001.png").write_bytes(b"png")
+    assert storage.sync_run_files(run) == 0
+    err = capsys.readouterr().err
+    assert f"not copied to {run}" in err and str(local) in err
