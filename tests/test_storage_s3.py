@@ -23,7 +23,7 @@ import pytest
 
 from imagen_ray import storage
 from tests.s3server import s3_server
-from tests.train.conftest import ROOT, fit, tiny_cfg
+from tests.train.conftest import ROOT, fit, read_wandb_history, tiny_cfg
 from tests.train.faults import KillWorker
 
 BUCKET = "runs-bucket"
@@ -87,6 +87,11 @@ def test_training_on_s3_resumes_after_a_killed_worker_and_keeps_its_files(traine
     wandb_files = [f for f in files if f.startswith("wandb/") and f.endswith(".wandb")]
     assert len({Path(f).name for f in wandb_files}) == 1, wandb_files  # one W&B run, resumed
     assert all(files[f] > 0 for f in wandb_files)
+    # what `wandb sync` reads after the job: the copy in the bucket holds the whole history
+    with storage.local_dir(f"{run}/wandb") as d:
+        [copy] = sorted(d.glob("offline-run-*/run-*.wandb"))[-1:]
+        steps = {r["step"] for r in read_wandb_history(copy) if "loss" in r}
+    assert 10 in steps
     assert "samples/step_0000010.png" in files
     assert not any(Path("s3:").glob("**/*")), "files went to a local folder named s3:"
 
