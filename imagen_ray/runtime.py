@@ -26,6 +26,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from imagen_ray import storage
+
 T = TypeVar("T")
 
 # Driver-side loggers whose INFO lines (dataset execution plans, deployment updates) are
@@ -78,7 +80,7 @@ def init_ray(
 
         ray.data.DataContext.get_current().enable_operator_progress_bars = False
     logs = ray_logs_dir()
-    if logs is not None and run_dir is not None and "://" not in str(run_dir):
+    if logs is not None and run_dir is not None and not storage.is_uri(run_dir):
         link_logs(Path(run_dir), logs)
     return logs
 

@@ -113,7 +113,7 @@ def test_records_carry_the_resolved_dtype_and_resume_checks_it(tmp_path: Path) -
     (tmp_path / r["file"]).parent.mkdir(parents=True)
     (tmp_path / r["file"]).write_bytes(b"png")
     old = {k: v for k, v in r.items() if k != "dtype"}  # a record from before dtype existed
-    sidecar(tmp_path, r).write_text(json.dumps(old))
+    Path(sidecar(tmp_path, r)).write_text(json.dumps(old))
     assert split_done(tmp_path, cpu) == ([old], [])  # it ran in float32: still done
     with pytest.raises(ValueError, match="dtype: 'float32' there, 'bfloat16' now"):
         split_done(tmp_path, gpu)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from imagen_ray.fs import atomic_write_text
+from imagen_ray import storage
 
 MANIFEST = "manifest.jsonl"
 # Fields that must match for an existing image to count as this run's image.
@@ -15,25 +15,35 @@ _SAME = ("prompt", "seed", "negative_prompt", "stages", "sampling", "dtype")
 _BEFORE = {"dtype": "float32"}
 
 
-def sidecar(out: Path, record: dict[str, Any]) -> Path:
-    """The JSON record beside an image; it is written after the image and marks it done."""
-    return (out / record["file"]).with_suffix(".json")
+def sidecar_name(record: dict[str, Any]) -> str:
+    """The JSON record beside an image (relative to out); it is written after the image and
+    marks it done."""
+    return PurePosixPath(record["file"]).with_suffix(".json").as_posix()
 
 
-def split_done(out: Path, records: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+def sidecar(out: str | Path, record: dict[str, Any]) -> str:
+    """:func:`sidecar_name` under ``out`` (a local path or a URI)."""
+    return storage.join(out, sidecar_name(record))
+
+
+def split_done(out: str | Path, records: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
     """(done, todo): done when the image and its record exist and match this run.
+
+    Args:
+        out: the output directory, local or a URI (listed once).
 
     Raises:
         ValueError: a record there was made with other settings (they are named).
     """
     done, todo = [], []
+    present = storage.list_files(out)
     for r in records:
         side = sidecar(out, r)
-        if not (side.is_file() and (out / r["file"]).is_file()):
+        if not (sidecar_name(r) in present and r["file"] in present):
             todo.append(r)
             continue
         try:
-            old = json.loads(side.read_text(encoding="utf-8"))
+            old = json.loads(storage.read_text(side))
         except (json.JSONDecodeError, UnicodeDecodeError):
             todo.append(r)  # a torn write from an older crash: make it again
             continue
@@ -63,16 +73,18 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def write_manifest(out: Path, records: list[dict[str, Any]]) -> Path:
+def write_manifest(out: str | Path, records: list[dict[str, Any]]) -> str:
     """Rebuild ``manifest.jsonl`` from the per-image records, in plan order (atomic)."""
     lines = []
+    present = storage.list_files(out)
     for r in records:
         side = sidecar(out, r)
-        if not side.is_file():
+        if sidecar_name(r) not in present:
             raise RuntimeError(f"{side} is missing after the run; run the command again")
-        lines.append(json.dumps(json.loads(side.read_text(encoding="utf-8"))))
-    path = out / MANIFEST
+        lines.append(json.dumps(json.loads(storage.read_text(side))))
+    path = storage.join(out, MANIFEST)
     text = "".join(line + "\n" for line in lines)
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
+    if MANIFEST in present and storage.read_text(path) == text:
         return path  # a run with nothing to do writes nothing
-    return atomic_write_text(path, text)
+    storage.write_bytes(path, text.encode("utf-8"))
+    return path

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagen_ray import storage
 from imagen_ray.batch.config import GenerateConfig
 from imagen_ray.batch.plan import (
     IMAGES,
@@ -28,8 +29,8 @@ class Summary:
 
     generated: int
     skipped: int
-    out: Path
-    manifest: Path
+    out: str  # a local directory or a URI
+    manifest: str
     seconds: float
 
 
@@ -49,7 +50,8 @@ def generate(
     Args:
         cascade: a saved cascade directory, or stage directories base first.
         prompts: the prompts (:func:`imagen_ray.prompts.read_prompt_file`).
-        out_dir: output directory (created); existing finished images are kept.
+        out_dir: output directory (created), local or a URI (``s3://...``: every replica
+            writes there directly); existing finished images are kept.
         cfg: seeds, sampling, pool size and resources.
         overwrite: make every image again even if it exists.
         progress: show Ray Data's progress bars.
@@ -66,7 +68,7 @@ def generate(
     t0 = time.perf_counter()
     paths = [str(Path(c).resolve()) for c in cascade]
     sampling = resolved_sampling(stage_configs(paths), cfg)
-    out = Path(out_dir)
+    out = storage.resolve(out_dir)
     records = plan_records(prompts, cfg, sampling)
     done, todo = ([], records) if overwrite else split_done(out, records)
     log(
@@ -74,7 +76,8 @@ def generate(
         f"{len(done)} already done and skipped; {len(todo)} to generate"
     )
     if todo:
-        (out / IMAGES).mkdir(parents=True, exist_ok=True)
+        if not storage.is_uri(out):
+            Path(out, IMAGES).mkdir(parents=True, exist_ok=True)
         if not ray.is_initialized():
             if start_ray is not None:
                 start_ray()
@@ -98,7 +101,7 @@ def generate(
             CascadeWorker,
             fn_constructor_kwargs={
                 "cascade": paths,
-                "out": str(out.resolve()),
+                "out": out,
                 "until": cfg.until,
                 "use_gpu": cfg.num_gpus > 0,
                 "dtype": run_dtype(cfg),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -28,12 +28,12 @@ class CascadeWorker:
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.cascade = Cascade.load(cascade, device=device, dtype=dtype)
         _ = self.cascade.encoder  # load the text encoder before the first batch
-        self.out = Path(out)
+        self.out = out  # a local directory or a URI
         self.until = until
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from imagen_ray.fs import atomic_write_json
-        from imagen_ray.images import save_image
+        from imagen_ray import storage
+        from imagen_ray.images import encode_image, image_format
 
         records: list[dict[str, Any]] = [json.loads(r) for r in batch["record"]]
         first = records[0]
@@ -48,10 +48,14 @@ class CascadeWorker:
         seconds = (time.perf_counter() - t0) / len(records)
         images = out.uint8()  # (B, H, W, 3) uint8
         for r, img, trunc in zip(records, images, out.truncated, strict=True):
-            save_image(img, self.out / r["file"])  # the format comes from the suffix
+            fmt = image_format(PurePosixPath(r["file"]).suffix)  # the plan's suffix
+            storage.write_bytes(storage.join(self.out, r["file"]), encode_image(img, fmt))
             height, width = img.shape[:2]
             r.update(width=width, height=height, truncated=trunc, seconds=seconds)
-            atomic_write_json(sidecar(self.out, r), r, indent=None)  # after the image: done
+            # after the image: done
+            storage.write_bytes(
+                sidecar(self.out, r), (json.dumps(r, ensure_ascii=False) + "\n").encode()
+            )
         return {"file": np.array([r["file"] for r in records], dtype=object)}
 
 

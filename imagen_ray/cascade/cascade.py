@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from imagen_ray import storage
 from imagen_ray.cascade.io import (
     CheckpointError,
     check_chain,
@@ -246,13 +248,22 @@ class Cascade(nn.Module):
         Every stage must expect the same text encoder config; sizes must chain.
 
         Args:
-            path: see above.
+            path: see above; local directories or URIs (``s3://...``, ``gs://...``: each is
+                downloaded to a temporary directory, removed once the weights are loaded).
             device: where the stages go.
             encoder: a loaded text encoder to reuse (default: built on first use).
             dtype: inference dtype of the U-Nets (``auto``: bfloat16 on CUDA, float32
                 elsewhere; see :meth:`Stage.to_inference`). The default keeps the saved
                 float32 weights exactly.
         """
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        if any(storage.is_uri(p) for p in paths):
+            with ExitStack() as stack:
+                local = [stack.enter_context(storage.local_dir(p, what="cascade")) for p in paths]
+                one = isinstance(path, (str, Path))
+                return cls.load(
+                    local[0] if one else local, device=device, encoder=encoder, dtype=dtype
+                )
         dirs = stage_dirs(path)
         loaded = [load_stage(d, device=device) for d in dirs]
         texts = {t.model_dump_json() for _, t in loaded}

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from imagen_ray import storage
 from imagen_ray.cascade.stage import Stage
 from imagen_ray.config import (
     CascadeConfig,
@@ -83,12 +84,13 @@ def save_stage(
     return final
 
 
-def _read_json(path: Path, missing: str) -> dict[str, Any]:
-    """A JSON mapping, or a CheckpointError saying ``missing`` / what is wrong with it."""
-    if not path.is_file():
+def _read_json(path: str | Path, missing: str) -> dict[str, Any]:
+    """A JSON mapping (a local file or a URI), or a CheckpointError saying ``missing`` /
+    what is wrong with it."""
+    if not storage.is_file(path):
         raise CheckpointError(missing)
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(storage.read_text(path))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(meta, dict):
@@ -97,8 +99,8 @@ def _read_json(path: Path, missing: str) -> dict[str, Any]:
 
 
 def read_stage_meta(stage_dir: str | Path) -> dict[str, Any]:
-    """Read and check a stage's ``config.json`` (format and version)."""
-    path = Path(stage_dir) / CONFIG
+    """Read and check a stage's ``config.json`` (format and version); a URI is read in place."""
+    path = storage.join(stage_dir, CONFIG)
     meta = _read_json(
         path,
         f"{stage_dir} is not a saved stage: {CONFIG} is missing (export a training "

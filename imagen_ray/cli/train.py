@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from imagen_ray import storage
 from imagen_ray.cli.args import add_overrides_argument, add_verbose_argument
 
 
@@ -76,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with stop_on_signals():
         logs = init_ray(num_cpus=num_cpus, verbose=args.verbose)
         for cfg in cfgs:
-            if logs is not None and "://" not in run_dir(cfg):
+            if logs is not None and not storage.is_uri(run_dir(cfg)):
                 link_logs(Path(run_dir(cfg)), logs)
         print(logs_hint(logs, args.verbose), flush=True)
         # all runs checked together, against what the cluster can become, before any starts
@@ -99,7 +100,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary: dict[str, Any] = {
             "stage": cfg.stage.name,
             "run_dir": run_dir(cfg),
-            "checkpoint": res.checkpoint.path if res.checkpoint else None,
+            # Ray reports a remote checkpoint without its scheme: name it by the run's URI
+            "checkpoint": storage.join(run_dir(cfg), storage.name(res.checkpoint.path))
+            if res.checkpoint
+            else None,
             "metrics": res.metrics,
         }
         print(json.dumps(summary, default=str))
@@ -115,6 +119,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported {args.weights} weights of {args.checkpoint} to {out}")
     if not args.no_artifact:
         print(log_stage_artifact(out))
+    if "://" in str(out):  # sample and Cascade.load read URIs; serve, generate, assemble not
+        print(
+            f"next: `imagen-ray sample --cascade {out}` or Cascade.load('{out}') samples it; "
+            "copy it to a local directory to serve it, generate with it or assemble a cascade"
+        )
+        return 0
     print(
         f"next: `--cascade {out}` samples or serves it alone; `imagen-ray cascade assemble "
         f"--stage {out} --stage <sr stage>… --out <dir>` makes a cascade of stages"

@@ -264,8 +264,8 @@ def expand_shards(spec: str | Sequence[str]) -> list[str]:
     Args:
         spec: a directory (its ``*.tar`` files, sorted), a glob (``data/shard-*.tar``), a
             brace pattern (``shard-{000000..000009}.tar``), a file, a remote URI (``s3://``,
-            ``gs://``: passed through unchanged, Ray lists remote directories itself), or a
-            list of any of these.
+            ``gs://``: a directory is listed like a local one, a file is passed through), or
+            a list of any of these.
 
     Returns:
         Paths in order (local ones absolute, so read tasks on any worker find them).
@@ -281,7 +281,7 @@ def expand_shards(spec: str | Sequence[str]) -> list[str]:
     out: list[str] = []
     for item in items:
         if _REMOTE.match(item):
-            out.append(item)
+            out += _expand_remote(item)
             continue
         for pattern in _brace_expand(item):
             out += _expand_local(pattern)
@@ -295,6 +295,19 @@ def _brace_expand(pattern: str) -> list[str]:
     from braceexpand import braceexpand
 
     return list(braceexpand(pattern))
+
+
+def _expand_remote(uri: str) -> list[str]:
+    """A remote directory's ``*.tar`` files, sorted (one listing); a ``.tar`` URI as it is
+    (no request)."""
+    from imagen_ray import storage
+
+    if uri.endswith(".tar") or not storage.is_dir(uri):
+        return [uri]
+    found = [storage.join(uri, n) for n in storage.listdir(uri) if n.endswith(".tar")]
+    if not found:
+        raise FileNotFoundError(f"shard directory {uri!r} holds no *.tar files")
+    return found
 
 
 def _expand_local(pattern: str) -> list[str]:
@@ -328,7 +341,8 @@ def read_shards(
     Args:
         paths_or_glob_or_dir: see :func:`expand_shards` (directory, glob, brace pattern,
             file, ``s3://``/``gs://`` URI, or a list). Remote URIs go to pyarrow's
-            filesystems with their usual credentials (only local paths are tested here).
+            filesystems with their usual credentials (tests/test_storage_s3.py reads them
+            from an S3 server).
         num_cpus: CPUs per read task; fractional so reads never starve on small clusters.
         max_tasks: most read tasks at once (default: as many as the CPUs allow).
         override_num_blocks: read tasks (default: Ray decides, at most one per file).

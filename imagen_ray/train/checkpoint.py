@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from imagen_ray import storage
+
 CONFIG = "config.json"
 FORMAT = "imagen-ray/train-checkpoint"
 DS_TAG = "ds"
@@ -70,17 +72,21 @@ def write_config(ckpt_dir: Path, run_config: dict[str, Any], **extra: Any) -> No
 
 
 def read_config(ckpt_dir: str | Path) -> dict[str, Any]:
-    """The checkpoint's ``config.json`` after checking that every rank completed it."""
-    d = Path(ckpt_dir)
-    path = d / CONFIG
-    if not path.is_file():
+    """The checkpoint's ``config.json`` after checking that every rank completed it.
+
+    ``ckpt_dir`` may be a URI (``s3://...``): only ``config.json`` and the markers are read.
+    """
+    d = ckpt_dir if storage.is_uri(ckpt_dir) else Path(ckpt_dir)
+    path = storage.join(d, CONFIG)
+    if not storage.is_file(path):
         raise IncompleteCheckpoint(
             f"{d} is not an imagen-ray training checkpoint ({CONFIG} missing); pass a "
             "checkpoint_* directory of a run (runs/<name>/checkpoint_...)"
         )
-    meta: dict[str, Any] = json.loads(path.read_text())
+    meta: dict[str, Any] = json.loads(storage.read_text(path))
     world = int(meta["world_size"])
-    missing = [r for r in range(world) if not (d / "complete" / _rank(r)).is_file()]
+    done = set(storage.listdir(storage.join(d, "complete")))
+    missing = [r for r in range(world) if _rank(r) not in done]
     if missing:
         raise IncompleteCheckpoint(
             f"{d} is incomplete: ranks {missing} of {world} did not finish writing it; use "
@@ -106,14 +112,26 @@ def load_ema_state(ckpt_dir: Path, rank: int) -> dict[str, Any]:
 
 def latest_checkpoint(path: str | Path) -> Path:
     """``path`` itself if it is a checkpoint, else the complete checkpoint with the highest
-    step among the run directory's ``checkpoint_*`` subdirectories."""
-    p = Path(path)
-    if (p / CONFIG).is_file():
-        return p
+    step among the run directory's ``checkpoint_*`` subdirectories (local directories; for
+    a URI see :func:`find_checkpoint`)."""
+    return Path(find_checkpoint(Path(path)))
+
+
+def find_checkpoint(path: str | Path) -> str:
+    """:func:`latest_checkpoint` of a local directory or a URI (``s3://bucket/runs/base``),
+    returned as a path or URI string.
+
+    Raises:
+        IncompleteCheckpoint: no complete checkpoint there.
+    """
+    p = path if storage.is_uri(path) else Path(path)
+    if storage.is_file(storage.join(p, CONFIG)):
+        return str(p)
     found = []
-    for d in p.glob("checkpoint_*"):
-        if not d.is_dir():
+    for name in storage.listdir(p):
+        if not name.startswith("checkpoint_"):
             continue
+        d = storage.join(p, name)
         try:
             found.append((int(read_config(d)["step"]), d))
         except (IncompleteCheckpoint, KeyError, ValueError):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
 
+from imagen_ray import storage
 from imagen_ray.cascade import Stage, save_stage
+from imagen_ray.cascade.io import CONFIG as STAGE_CONFIG
 from imagen_ray.config import RunConfig
 from imagen_ray.train import checkpoint as ckpt_io
 from imagen_ray.train.ema import consolidate_partitions
@@ -36,46 +39,60 @@ def checkpoint_weights(ckpt_dir: Path, weights: str = "ema") -> dict[str, torch.
     return {k.removeprefix("unet."): v for k, v in state.items()}
 
 
-def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, *, weights: str = "ema") -> Path:
+def export_checkpoint(
+    ckpt_dir: str | Path, out_dir: str | Path, *, weights: str = "ema"
+) -> str | Path:
     """Write ``config.json`` + ``model.safetensors`` for the stage trained in ``ckpt_dir``.
 
     Args:
         ckpt_dir: a ``checkpoint_*`` directory, or a run directory (its latest complete
-            checkpoint is used).
-        out_dir: the stage directory to write (atomically).
+            checkpoint is used); local or a URI (``s3://...``: only that checkpoint is
+            downloaded, to a temporary directory).
+        out_dir: the stage directory to write (atomically; a URI: uploaded, its
+            ``config.json`` last).
         weights: ``ema`` (default) or ``model``, see :func:`checkpoint_weights`.
 
     Returns:
-        The stage directory, loadable with ``Cascade.load([...])`` / ``load_stage``.
+        The stage directory (a URI when ``out_dir`` is one), loadable with
+        ``Cascade.load([...])`` / ``load_stage``.
 
     Raises:
         NonFiniteWeights: the weights hold NaN/inf (nothing is written).
     """
-    d = ckpt_io.latest_checkpoint(ckpt_dir)
+    found = ckpt_io.find_checkpoint(ckpt_dir)
+    # a remote checkpoint: the EMA weights need neither DeepSpeed's model nor optimizer files
+    # ("state" holds the W&B run id the stage records)
+    parts = (ckpt_io.CONFIG, "complete", "ema", "state") if weights == "ema" else ()
+    with storage.local_dir(found, what="checkpoint", parts=parts) as d:
+        return _export(d, found, out_dir, weights)
+
+
+def _export(d: Path, source: str, out_dir: str | Path, weights: str) -> str | Path:
+    """:func:`export_checkpoint` of the local checkpoint ``d`` (``source``: where it is)."""
     meta = ckpt_io.read_config(d)
     cfg = RunConfig.model_validate(meta["run"])
     state = checkpoint_weights(d, weights)
     require_finite(
         state,
-        what=f"{d} ({weights} weights, step {meta['step']})",
+        what=f"{source} ({weights} weights, step {meta['step']})",
         fix="not exported. Export an earlier checkpoint_* directory of the run",
     )
     with torch.device("meta"):
         stage = Stage(cfg.stage, text_dim=int(meta["text_dim"]))
-    return save_stage(
-        stage,
-        cfg.text,
-        out_dir,
-        state_dict=state,
-        extra={
-            "step": meta["step"],
-            "weights": weights,
-            "checkpoint": str(d),
-            # for the model card (imagen_ray.cascade.card): what it was trained on and how far
-            "samples": meta.get("samples"),
-            "metrics": meta.get("metrics") or {},
-            "data": cfg.data.shards,
-            # the training run, for `eval --log-to-run` and the model artifact
-            "wandb": run_info(cfg, checkpoint_run_id(d)),
-        },
-    )
+    extra = {
+        "step": meta["step"],
+        "weights": weights,
+        "checkpoint": source,
+        # for the model card (imagen_ray.cascade.card): what it was trained on and how far
+        "samples": meta.get("samples"),
+        "metrics": meta.get("metrics") or {},
+        "data": cfg.data.shards,
+        # the training run, for `eval --log-to-run` and the model artifact
+        "wandb": run_info(cfg, checkpoint_run_id(d)),
+    }
+    if not storage.is_uri(out_dir):
+        return save_stage(stage, cfg.text, out_dir, state_dict=state, extra=extra)
+    with tempfile.TemporaryDirectory(prefix="imagen-ray-export-") as tmp:
+        local = save_stage(stage, cfg.text, Path(tmp) / "stage", state_dict=state, extra=extra)
+        storage.upload_dir(local, out_dir, last=(STAGE_CONFIG,))
+    return storage.resolve(out_dir)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imagen_ray import storage
 from imagen_ray.cluster import Capacity, ClusterTooSmall, Demand, check_demands
 from imagen_ray.config import RunConfig
 
@@ -127,11 +128,7 @@ def check_resources(
 
 def run_dir(cfg: RunConfig) -> str:
     """Absolute run directory (local storage) or URI of the run."""
-    name = cfg.train.name or cfg.stage.name
-    root = cfg.train.storage_path
-    if "://" in root:
-        return f"{root.rstrip('/')}/{name}"
-    return str(Path(root).expanduser().resolve() / name)
+    return storage.join(storage.resolve(cfg.train.storage_path), cfg.train.name or cfg.stage.name)
 
 
 def resolve_resume(cfg: RunConfig, resume_from: str) -> str:
@@ -144,22 +141,20 @@ def resolve_resume(cfg: RunConfig, resume_from: str) -> str:
     Args:
         cfg: the run that will resume.
         resume_from: a ``checkpoint_*`` directory, or a run directory (its latest complete
-            checkpoint is used). URIs are passed through unchecked.
+            checkpoint is used); local or a URI (``s3://...``, read in place).
 
     Returns:
-        The checkpoint directory.
+        The checkpoint directory (a URI stays a URI: every worker downloads it).
 
     Raises:
         LaunchError: no complete checkpoint there, or it was written by a run with another
             stage (model) config or optimizer, or a change of topology that cannot carry
             its optimizer state over (named, with the fix).
     """
-    if "://" in resume_from:
-        return resume_from
-    from imagen_ray.train.checkpoint import IncompleteCheckpoint, latest_checkpoint, read_config
+    from imagen_ray.train.checkpoint import IncompleteCheckpoint, find_checkpoint, read_config
 
     try:
-        ckpt = latest_checkpoint(resume_from)
+        ckpt = find_checkpoint(resume_from if storage.is_uri(resume_from) else Path(resume_from))
         meta = read_config(ckpt)
     except IncompleteCheckpoint as e:
         raise LaunchError(f"--resume-from {resume_from}: {e}") from e
@@ -197,7 +192,7 @@ def resolve_resume(cfg: RunConfig, resume_from: str) -> str:
             "settings (its config.json holds them), or `imagen-ray export` it and start a "
             "new run"
         )
-    return str(ckpt)
+    return storage.resolve(ckpt)
 
 
 def resolve_init(cfg: RunConfig, init_from: str, text_dim: int) -> str:
@@ -206,7 +201,7 @@ def resolve_init(cfg: RunConfig, init_from: str, text_dim: int) -> str:
     Args:
         cfg: the run that starts from it.
         init_from: an exported stage directory, a ``checkpoint_*`` directory or a run
-            directory (its latest complete checkpoint).
+            directory (its latest complete checkpoint); local or a URI.
         text_dim: this run's text encoder width.
 
     Returns:
@@ -218,11 +213,6 @@ def resolve_init(cfg: RunConfig, init_from: str, text_dim: int) -> str:
     """
     from imagen_ray.train.warmstart import model_mismatches, read_init_source
 
-    if "://" in init_from:
-        raise LaunchError(
-            f"train.init_from={init_from}: a URI; copy the stage or checkpoint to a directory "
-            "every worker can read and pass that"
-        )
     try:
         source = read_init_source(init_from)
     except ValueError as e:
@@ -234,7 +224,7 @@ def resolve_init(cfg: RunConfig, init_from: str, text_dim: int) -> str:
             f"model than this run: {'; '.join(problems)}. Set these keys as the source has "
             "them (its config.json), or start from a matching stage"
         )
-    return str(source.path)
+    return storage.resolve(source.path)
 
 
 def build_trainer(
@@ -306,9 +296,6 @@ def build_trainer(
         console=console,
     )
     name = cfg.train.name or cfg.stage.name
-    storage = cfg.train.storage_path
-    if "://" not in storage:
-        storage = str(Path(storage).expanduser().resolve())
     env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
     if not cfg.train.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"  # CPU workers on a GPU box: DeepSpeed's CPU backend
@@ -323,7 +310,7 @@ def build_trainer(
         # Train V2's RunConfig takes worker_runtime_env; mypy sees the V1 class.
         run_config=ray.train.RunConfig(  # type: ignore[call-arg]
             name=name,
-            storage_path=storage,
+            storage_path=storage.resolve(cfg.train.storage_path),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             worker_runtime_env={"env_vars": env},
@@ -354,4 +341,5 @@ _FORWARDED_ENV = (
     "HF_HOME",
     "TORCH_EXTENSIONS_DIR",
     "TOKENIZERS_PARALLELISM",
+    *storage.CREDENTIAL_ENV,  # remote storage_path / shards / init_from on every node
 )

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from imagen_ray import storage
 from imagen_ray.cascade import Stage
 from imagen_ray.config import RunConfig
 from imagen_ray.train import checkpoint as ckpt_io
@@ -163,8 +164,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if resume is not None:
         with resume.as_directory() as d:
             _restore(Path(d), engine, ema, gen, state, rank)
-    elif args.resume_from:
-        _restore(Path(args.resume_from), engine, ema, gen, state, rank)
+    elif args.resume_from:  # a local directory, or a URI every worker downloads
+        with storage.local_dir(args.resume_from, what="checkpoint") as d:
+            _restore(d, engine, ema, gen, state, rank)
 
     is_main = rank == 0
     wandb_run = None
@@ -172,8 +174,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if is_main:
         from imagen_ray.train.tracking import start_wandb
 
-        grids = SampleGrids(cfg, text_dim=args.text_dim, run_dir=args.run_dir)
-        wandb_run = start_wandb(cfg, args.run_dir, state.wandb_run_id)
+        local_dir = storage.local_run_dir(args.run_dir)  # a run URI: synced to it below
+        grids = SampleGrids(cfg, text_dim=args.text_dim, run_dir=local_dir)
+        wandb_run = start_wandb(cfg, local_dir, state.wandb_run_id)
         state.wandb_run_id = wandb_run.id if wandb_run is not None else None
 
     # Data position: the stream starts at the checkpoint's epoch and samples taken from it
@@ -259,11 +262,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory(prefix="imagen-ray-ckpt-") as tmp:
                 _save(Path(tmp), engine, ema, gen, state, cfg, args.text_dim, rank, world, metrics)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            if is_main:
+                storage.sync_run_files(args.run_dir)  # W&B files, sample grids
         else:
             ray.train.report(metrics)
         window = _Window(perf)
     if wandb_run is not None:
         wandb_run.finish()
+    if is_main:
+        storage.sync_run_files(args.run_dir)
 
 
 # -------------------------------------------------------------------- helpers

@@ -231,7 +231,10 @@ def log_stage_artifact(stage_dir: str | Path) -> str:
         f"step {extra.get('step')})",
         metadata={k: extra.get(k) for k in ("step", "weights", "samples", "metrics", "data")},
     )
-    artifact.add_dir(str(stage_dir))
+    if "://" in str(stage_dir):  # exported to object storage: a reference, not a copy
+        artifact.add_reference(str(stage_dir))
+    else:
+        artifact.add_dir(str(stage_dir))
     if run_id:
         ref = RunRef(str(run_id), str(info.get("project") or "imagen-ray"), info.get("entity"))
         run = _init(ref, mode, None)

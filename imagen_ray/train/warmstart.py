@@ -7,8 +7,8 @@ run directory: its latest complete checkpoint), whose consolidated EMA weights a
 fresh optimizer, LR schedule, RNG and data position, and its EMA starts from the loaded
 weights. The launcher checks compatibility on the driver (:func:`model_mismatches`) before
 any worker starts; every worker then loads the weights (:func:`load_init_weights`) into its
-stage before DeepSpeed wraps it, so the path must be readable from every worker (a shared
-filesystem on a multi-node cluster, as for ``--resume-from``).
+stage before DeepSpeed wraps it, so the path must be readable from every worker: a shared
+filesystem or a URI (``s3://...``, see :mod:`imagen_ray.storage`) on a multi-node cluster.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from imagen_ray import storage
 from imagen_ray.config import RunConfig
 
 # Keys of stage.unet that change no weight: they may differ between the source and the run.
@@ -30,7 +31,7 @@ class InitSource:
     """What ``train.init_from`` points at, read from its ``config.json`` alone."""
 
     kind: str  # "stage" (an exported stage) or "checkpoint" (a training checkpoint)
-    path: Path  # the stage or checkpoint directory itself
+    path: str | Path  # the stage or checkpoint directory itself (a URI stays a URI)
     stage: dict[str, Any]  # the source's stage config (JSON data)
     text_dim: int
 
@@ -38,29 +39,32 @@ class InitSource:
 def read_init_source(path: str | Path) -> InitSource:
     """Identify ``path`` as an exported stage or a (run directory's latest) checkpoint.
 
+    ``path`` may be a URI (``s3://...``): only its ``config.json`` files are read.
+
     Raises:
         ValueError: neither; the message says what ``train.init_from`` accepts.
     """
     from imagen_ray.cascade.io import CheckpointError, read_stage_meta
     from imagen_ray.train import checkpoint as ckpt_io
 
-    p = Path(path).expanduser()
-    if not p.is_dir():
+    p = path if storage.is_uri(path) else Path(path).expanduser()
+    if not storage.is_dir(p):
         raise ValueError(f"train.init_from={path}: no such directory")
-    if (p / "model.safetensors").is_file():
+    if storage.is_file(storage.join(p, "model.safetensors")):
         try:
             meta = read_stage_meta(p)
         except CheckpointError as e:
             raise ValueError(f"train.init_from={path}: {e}") from e
         return InitSource("stage", p, meta["stage"], int(meta["text_dim"]))
     try:
-        ckpt = ckpt_io.latest_checkpoint(p)
-        meta = ckpt_io.read_config(ckpt)
+        found = ckpt_io.find_checkpoint(p)
+        meta = ckpt_io.read_config(found)
     except ckpt_io.IncompleteCheckpoint as e:
         raise ValueError(
             f"train.init_from={path} is neither an exported stage (config.json + "
             f"model.safetensors) nor a training checkpoint: {e}"
         ) from e
+    ckpt = found if storage.is_uri(found) else Path(found)
     return InitSource("checkpoint", ckpt, meta["run"]["stage"], int(meta["text_dim"]))
 
 
@@ -98,7 +102,10 @@ def load_init_weights(path: str | Path) -> dict[str, torch.Tensor]:
     from imagen_ray.train.export import checkpoint_weights
 
     source = read_init_source(path)
-    if source.kind == "stage":
-        state = load_file(str(source.path / "model.safetensors"), device="cpu")
-        return {k: v.float() for k, v in state.items()}
-    return checkpoint_weights(source.path, "ema")
+    # a remote checkpoint: only what the EMA weights need, not DeepSpeed's optimizer files
+    parts = () if source.kind == "stage" else ("config.json", "complete", "ema")
+    with storage.local_dir(source.path, what=source.kind, parts=parts) as d:
+        if source.kind == "stage":
+            state = load_file(str(d / "model.safetensors"), device="cpu")
+            return {k: v.float() for k, v in state.items()}
+        return checkpoint_weights(d, "ema")

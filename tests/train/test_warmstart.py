@@ -89,5 +89,3 @@ def test_what_is_not_a_stage_or_checkpoint_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(LaunchError, match="neither an exported stage"):
         resolve_init(cfg, str(tmp_path / "empty"), TEXT_DIM)
-    with pytest.raises(LaunchError, match="a URI"):
-        resolve_init(cfg, "s3://bucket/stage", TEXT_DIM)
