@@ -148,10 +148,10 @@ def test_init_from_and_resume_from_read_s3_in_place(s3, tmp_path: Path) -> None:
     meta["run"] = cfg.model_dump(mode="json")
     (ckpt / "config.json").write_text(json.dumps(meta))
     storage.upload_dir(ckpt, f"{run}/checkpoint_000000")
-    with pytest.raises(LaunchError, match=r"written by 2 workers.*num_workers=1"):
-        resolve_resume(
-            cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 1})}), run
-        )
+    # read on S3: a checkpoint of another optimizer is refused, naming both
+    other = cfg.train.model_copy(update={"optimizer": "adafactor"})
+    with pytest.raises(LaunchError, match=r"train.optimizer=adamw, this run has adafactor"):
+        resolve_resume(cfg.model_copy(update={"train": other}), run)
     assert resolve_resume(cfg, run) == f"{run}/checkpoint_000000"
     assert resolve_init(cfg, run, 384) == f"{run}/checkpoint_000000"
     with pytest.raises(LaunchError, match="text dim"):
