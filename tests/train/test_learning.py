@@ -143,3 +143,27 @@ def test_adafactor_trains_checkpoints_and_resumes(ray_cluster, tmp_path: Path) -
     still = [k for k in init if torch.equal(trained[k], init[k])]
     # measured: 189 of 214 tensors differ even beyond allclose's tolerance after 6 steps
     assert len(still) / len(init) < 0.15, f"{len(still)} of {len(init)} did not move: {still}"
+
+
+@pytest.mark.cluster
+def test_a_resumed_run_does_not_read_the_data_it_already_consumed(
+    shards: Path, tmp_path: Path
+) -> None:
+    """Through Ray Train: a run stopped at step 30 (480 samples: epoch 0 and 224 samples of
+    epoch 1) is resumed with ``--resume-from``; its pipeline passes over the 224 consumed
+    samples of epoch 1 without decoding them (``data/resume_skipped``) and decodes only what
+    the two remaining steps need plus prefetch, not the 480 a replay would."""
+    common = ("train.log_every=2", "data.batch_size=8", f"data.shards={shards}")
+    common += ("data.precomputed=true", "train.warmup_steps=2")
+    first = tiny_cfg(tmp_path, "first", *common, "train.steps=30", "train.checkpoint_every=30")
+    res = fit(first, batches=None)
+    assert res.error is None and res.metrics["samples_seen"] == 480
+
+    resumed = tiny_cfg(tmp_path, "resumed", *common, "train.steps=32", "train.checkpoint_every=32")
+    res = fit(resumed, batches=None, resume_from=str(tmp_path / "first"))
+    assert res.error is None
+    m = res.metrics
+    assert m["step"] == 32 and m["samples_seen"] == 512
+    assert m["data/resume_skipped"] == 224, m
+    # 2 steps x 16 samples, plus at most one 64-sample shard per worker in flight
+    assert 32 <= m["data/ok"] <= 32 + 2 * 64, m
