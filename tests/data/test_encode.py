@@ -84,15 +84,6 @@ def test_check_output_rules(good_dir, tmp_path):
 # --------------------------------------------------------------------------- Ray
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(
-        address="local", num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False
-    )
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_parallel_equals_serial_and_a_rerun_resumes(ray_cluster, good_dir, tmp_path):
     serial = encode_shards(good_dir, tmp_path / "serial", TEXT, writers=1)

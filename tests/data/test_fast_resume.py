@@ -26,15 +26,6 @@ EPOCH = SHARDS * PER_SHARD  # 24 samples, 6 batches of 4 per epoch
 BATCH = 4
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(
-        address="local", num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False
-    )
-    yield
-    ray.shutdown()
-
-
 def stream(
     shards: Path, start: DataPosition, batches: int, announce: bool = True
 ) -> tuple[list[tuple[int, int]], dict[str, int]]:

@@ -71,15 +71,6 @@ def run_epochs(shards: Path, seed: int, epochs: int = 2) -> list[list[tuple[int,
     return out
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(
-        address="local", num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False
-    )
-    yield
-    ray.shutdown()
-
-
 def test_epoch_seed_mixes_seed_epoch_and_rank():
     seeds = {epoch_seed(s, e, r) for s in (0, 1) for e in (0, 1, 2) for r in (0, 1)}
     assert len(seeds) == 12 and epoch_seed(0, 1, 0) == epoch_seed(0, 1, 0)
