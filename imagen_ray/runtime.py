@@ -61,6 +61,8 @@ def init_ray(
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         init: dict[str, Any] = {"log_to_driver": verbose, **kwargs}
+        if not verbose:  # "Started a local Ray instance." and other INFO lines of ray.init
+            init.setdefault("logging_level", logging.WARNING)
         if address:
             init["address"] = address
         else:

@@ -108,6 +108,26 @@ def is_dir(path: str | Path) -> bool:
     return bool(_type(path) == pafs.FileType.Directory)
 
 
+def check_writable(path: str | Path, what: str) -> None:
+    """Create the directory ``path`` (a URI: its prefix, which checks the bucket, the
+    credentials and the endpoint) or raise :class:`ValueError` naming ``what`` and the fix,
+    before a run starts rather than as a traceback from inside Ray Train."""
+    try:
+        if is_uri(path):
+            fs, inner = filesystem(path)
+            fs.create_dir(inner, recursive=True)
+        else:
+            Path(path).expanduser().mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as e:
+        fix = (
+            "create the bucket, or check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
+            "AWS_ENDPOINT_URL (GOOGLE_APPLICATION_CREDENTIALS for gs://)"
+            if is_uri(path)
+            else "choose a directory this user can write"
+        )
+        raise ValueError(f"{what}={path}: cannot write there ({e}); {fix}") from None
+
+
 def listdir(path: str | Path) -> list[str]:
     """Names directly under ``path`` (files and subdirectories), sorted; [] if absent."""
     if not is_uri(path):

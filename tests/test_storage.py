@@ -230,3 +230,27 @@ def test_run_files_sync_failure_warns_and_does_not_raise(s3, tmp_path, monkeypat
     assert storage.sync_run_files(run) == 0
     err = capsys.readouterr().err
     assert f"not copied to {run}" in err and str(local) in err
+
+
+def test_a_storage_path_that_cannot_be_written_is_refused_before_the_run(
+    s3, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing bucket used to surface as a pyarrow traceback from inside Ray Train; now
+    `imagen-ray train` stops before Ray starts, naming the key and the fix."""
+    from imagen_ray.cli import main
+    from imagen_ray.config import load_run_config
+    from imagen_ray.train.launcher import LaunchError, check_storage
+
+    def cfg(path: str):
+        return load_run_config(Path("configs/tiny/base.yaml"), [f"train.storage_path={path}"])
+
+    check_storage(cfg(f"s3://{BUCKET}/runs-{next(_n)}"))  # the bucket exists: fine
+    check_storage(cfg(str(tmp_path / "runs")))
+    assert (tmp_path / "runs").is_dir()
+    with pytest.raises(LaunchError, match=r"train.storage_path=s3://no-such-bucket/runs: .*"):
+        check_storage(cfg("s3://no-such-bucket/runs"))
+    args = ["train", "-c", "configs/tiny/base.yaml", "--data", "memory"]
+    assert main([*args, "--set", "train.storage_path=s3://no-such-bucket/runs"]) == 2
+    err = capsys.readouterr().err
+    assert "train.storage_path=s3://no-such-bucket/runs: cannot write there" in err
+    assert "create the bucket" in err and "Traceback" not in err

@@ -55,7 +55,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from imagen_ray.config import load_run_config
     from imagen_ray.runtime import Console, init_ray, link_logs, logs_hint, stop_on_signals
     from imagen_ray.train.batches import random_batches
-    from imagen_ray.train.launcher import build_trainer, check_resources, run_demands, run_dir
+    from imagen_ray.train.launcher import (
+        build_trainer,
+        check_resources,
+        check_storage,
+        run_demands,
+        run_dir,
+    )
 
     cfgs = [load_run_config(path, args.overrides) for path in args.config]
     names = [c.train.name or c.stage.name for c in cfgs]
@@ -67,6 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{len(resume)} --resume-from for {len(cfgs)} --config: give one --resume-from "
             "per --config (in the same order), or train the stages in separate commands"
         )
+    for cfg in cfgs:  # a missing bucket or bad credentials, before Ray starts
+        check_storage(cfg)
     pipeline = args.data != "memory"
     local = not os.environ.get("RAY_ADDRESS")
     num_cpus = args.num_cpus

@@ -131,6 +131,19 @@ def run_dir(cfg: RunConfig) -> str:
     return storage.join(storage.resolve(cfg.train.storage_path), cfg.train.name or cfg.stage.name)
 
 
+def check_storage(cfg: RunConfig) -> None:
+    """``train.storage_path`` can be written (a bucket that exists, credentials that work),
+    checked before any worker starts.
+
+    Raises:
+        LaunchError: naming the path, what went wrong and the fix.
+    """
+    try:
+        storage.check_writable(cfg.train.storage_path, "train.storage_path")
+    except ValueError as e:
+        raise LaunchError(str(e)) from None
+
+
 def resolve_resume(cfg: RunConfig, resume_from: str) -> str:
     """The checkpoint a run starts from, checked against the run before any worker starts.
 
@@ -265,6 +278,7 @@ def build_trainer(
     if check:
         from imagen_ray.cluster import cluster_capacity
 
+        check_storage(cfg)
         wait = check_resources([cfg], cluster_capacity(), pipeline=batches is None)
         if wait:
             print(f"{cfg.train.name or cfg.stage.name}: {wait}", flush=True)
