@@ -134,7 +134,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # module, so the engine, its optimizer and the EMA all start from them
         stage.unet.load_state_dict(load_init_weights(args.init_from), strict=True)
         if rank == 0:
-            print(f"initialised {cfg.stage.name} from {args.init_from}", flush=True)
+            _say(f"[{cfg.stage.name}] initialised from {args.init_from}", args.console)
     paths = TrainDevicePaths.resolve(cfg.train, device.type)
     paths.prepare(stage)  # autocast in its forward, channels_last on CUDA
     ds_config = build_deepspeed_config(
@@ -161,12 +161,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state = RunState()
 
     # ---------------------------------------------------------------- resume
-    if resume is not None:
+    if resume is not None:  # a restart after a failure: this run's latest checkpoint
         with resume.as_directory() as d:
-            _restore(Path(d), engine, ema, gen, state, rank)
+            how = _restore(Path(d), engine, ema, gen, state, rank)
+        if rank == 0:
+            _say(f"[{cfg.stage.name}] restarted from its latest checkpoint {how}", args.console)
     elif args.resume_from:  # a local directory, or a URI every worker downloads
         with storage.local_dir(args.resume_from, what="checkpoint") as d:
-            _restore(d, engine, ema, gen, state, rank)
+            how = _restore(d, engine, ema, gen, state, rank)
+        if rank == 0:
+            _say(f"[{cfg.stage.name}] resumed from {args.resume_from} {how}", args.console)
 
     is_main = rank == 0
     wandb_run = None
@@ -345,6 +349,11 @@ def _print_progress(
         f"lr {m['lr']:.2e}  gnorm {m['grad_norm']:.3f}  {m['samples_per_s']:.1f} samples/s  "
         f"data-wait {100 * m['data_wait_frac']:.0f}%  eta {_hms(eta)}"
     )
+    _say(line, console)
+
+
+def _say(line: str, console: Any = None) -> None:
+    """A line for the user: to the driver's console (when given) and this process's stdout."""
     if console is not None:
         console.put(line)
     print(
@@ -421,9 +430,10 @@ def _save(
 
 def _restore(
     d: Path, engine: Any, ema: EMA, gen: torch.Generator, state: RunState, rank: int
-) -> None:
+) -> str:
     """Resume weights, optimizer, LR schedule (DeepSpeed), EMA, counters and RNG; on
-    another world size or ZeRO stage through :mod:`imagen_ray.train.reshard`."""
+    another world size or ZeRO stage through :mod:`imagen_ray.train.reshard`. Returns where
+    it resumed, for the user ("at step N", and how it was re-sharded)."""
     meta = ckpt_io.read_config(d)
     world = dist.get_world_size() if dist.is_initialized() else 1
     rng: dict[str, Tensor] | None
@@ -443,13 +453,12 @@ def _restore(
         seed = reshard.new_rank_seed(int(meta["run"]["train"]["seed"]), state.step, rank)
         gen.manual_seed(seed)
         torch.manual_seed(seed + 1)
-    if rank == 0:
-        how = (
-            ""
-            if same
-            else f" (re-sharded from {meta['world_size']} workers, ZeRO {meta['zero_stage']})"
-        )
-        print(f"resumed from {d} at step {meta['step']}{how}", flush=True)
+    if same:
+        return f"at step {meta['step']}"
+    return (
+        f"at step {meta['step']} (re-sharded from {meta['world_size']} workers, "
+        f"ZeRO {meta['zero_stage']})"
+    )
 
 
 def _log_samples(
