@@ -63,6 +63,7 @@ def init_ray(
         init: dict[str, Any] = {"log_to_driver": verbose, **kwargs}
         if not verbose:  # "Started a local Ray instance." and other INFO lines of ray.init
             init.setdefault("logging_level", logging.WARNING)
+            quiet_driver_loggers()
         if address:
             init["address"] = address
         else:
@@ -128,8 +129,19 @@ def _warnings_and_above(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING
 
 
+# Ray 2.60 warns on every `ray.init` that starts a local cluster that token auth is on by
+# default; a notice, not a problem (the warning that it is OFF still shows).
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_AUTH_ON_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+def _not_the_auth_on_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_AUTH_ON_NOTICE)
+
+
 def quiet_driver_loggers() -> None:
-    """Show only warnings and errors of Ray's, Serve's and DeepSpeed's driver-side loggers.
+    """Show only warnings and errors of Ray's, Serve's and DeepSpeed's driver-side loggers,
+    without Ray's notice that token auth is on.
 
     A filter as well as the level: ``serve.start`` sets its logger back to INFO.
     """
@@ -138,6 +150,9 @@ def quiet_driver_loggers() -> None:
         logger.setLevel(logging.WARNING)
         if _warnings_and_above not in logger.filters:
             logger.addFilter(_warnings_and_above)
+    auth = logging.getLogger(_AUTH_LOGGER)
+    if _not_the_auth_on_notice not in auth.filters:
+        auth.addFilter(_not_the_auth_on_notice)
 
 
 # The raylet warns on the driver's console whenever it has started a few times more worker

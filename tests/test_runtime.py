@@ -55,6 +55,8 @@ def test_quiet_console_shows_worker_lines_and_links_the_logs(tmp_path: Path) -> 
     console = out.stdout + out.stderr
     assert "LINE-FROM-A-TASK" in out.stdout
     assert "NOISE-FROM-A-TASK" not in console, "a task's print reached the console"
+    assert "Started a local Ray instance" not in console  # ray.init's INFO lines
+    assert "Token authentication is enabled" not in console  # Ray's notice on every start
     link = tmp_path / "run" / "logs"
     assert link.is_symlink() and link.is_dir()
     assert str(link.resolve()) in out.stdout, "the command did not say where the logs are"
