@@ -241,6 +241,8 @@ def test_worker_node_report_names_the_nodes_and_writes_a_local_run_dir(
     written = json.loads((tmp_path / "run" / placement.WORKERS_FILE).read_text())
     assert written == {"workers": [{"rank": 0, **me}], "nodes": [me["node_id"]]}
     assert lines == ["1 worker(s) on 1 node(s): rank 0 on abababababab"]
+    placement.report_worker_nodes(0, None, Console(), name="sr64")  # several runs, one console
+    assert lines[-1] == "[sr64] 1 worker(s) on 1 node(s): rank 0 on abababababab"
     placement.report_worker_nodes(0, "s3://bucket/runs/x", None)  # a URI: nothing written
     assert not Path("s3:").exists()
 

@@ -155,7 +155,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         config=ds_config,
     )
     # the process group exists now: rank 0 records which node each rank runs on
-    report_worker_nodes(rank, args.run_dir, args.console)
+    report_worker_nodes(rank, args.run_dir, args.console, name=cfg.stage.name)
     ema = EMA(engine.module, cfg.train.ema_decay, cfg.train.ema_warmup_steps)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1_000_003 + rank)
     state = RunState()

@@ -43,14 +43,18 @@ def gather_worker_nodes(rank: int) -> list[dict[str, Any]] | None:
     return [{"rank": r, **w} for r, w in enumerate(everyone)] if rank == 0 else None
 
 
-def report_worker_nodes(rank: int, run_dir: str | None, console: Any = None) -> None:
-    """Gather every rank's node; rank 0 prints a line (to ``console`` too, when given) and
-    writes ``<run_dir>/workers.json`` (local run directories only)."""
+def report_worker_nodes(
+    rank: int, run_dir: str | None, console: Any = None, name: str | None = None
+) -> None:
+    """Gather every rank's node; rank 0 prints a line (prefixed ``[name]`` when given, for
+    several runs on one console; to ``console`` too, when given) and writes
+    ``<run_dir>/workers.json`` (local run directories only)."""
     workers = gather_worker_nodes(rank)
     if workers is None:
         return
     nodes = sorted({w["node_id"] for w in workers})
-    line = f"{len(workers)} worker(s) on {len(nodes)} node(s): " + ", ".join(
+    line = f"[{name}] " if name else ""
+    line += f"{len(workers)} worker(s) on {len(nodes)} node(s): " + ", ".join(
         f"rank {w['rank']} on {w['node_id'][:12]}" for w in workers
     )
     if console is not None:
