@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # A build of DeepSpeed's largest CPU op takes ~2 min on 2 busy cores; a lock older than this
@@ -39,26 +40,35 @@ def extensions_dir() -> Path:
 
 
 def clear_stale_build_locks(
-    root: Path | None = None, *, stale_after_s: float = STALE_AFTER_S, now: float | None = None
+    root: Path | None = None,
+    *,
+    stale_after_s: float = STALE_AFTER_S,
+    now: float | None = None,
+    say: Callable[[str], None] = print,
 ) -> list[Path]:
     """Remove ``lock`` files older than ``stale_after_s`` in the op build directories under
-    ``root`` (default :func:`extensions_dir` and its parent) and say so; returns them."""
-    roots = [root if root is not None else extensions_dir()]
+    ``root`` (default :func:`extensions_dir`) and say so; say what a younger lock means (the
+    run waits for it), so a wait is never silent. Returns the locks removed."""
+    base = root if root is not None else extensions_dir()
     now = time.time() if now is None else now
     removed = []
-    for base in roots:
-        for lock in base.glob("*/lock"):
-            try:
-                age = now - lock.stat().st_mtime
-                if age > stale_after_s:
-                    lock.unlink()
-            except FileNotFoundError:  # its builder finished meanwhile
-                continue
+    for lock in sorted(base.glob("*/lock")):
+        try:
+            age = now - lock.stat().st_mtime
             if age > stale_after_s:
-                removed.append(lock)
-                print(
-                    f"removed a stale build lock {lock} ({age / 60:.0f} min old: a run stopped "
-                    "while DeepSpeed compiled this op); it is rebuilt if incomplete",
-                    flush=True,
-                )
+                lock.unlink()
+        except FileNotFoundError:  # its builder finished meanwhile
+            continue
+        if age > stale_after_s:
+            removed.append(lock)
+            say(
+                f"removed a stale build lock {lock} ({age / 60:.0f} min old: a run stopped "
+                "while DeepSpeed compiled this op); it is rebuilt if incomplete"
+            )
+        else:
+            say(
+                f"DeepSpeed op {lock.parent.name} is being compiled by another process "
+                f"({age:.0f} s ago): waiting for it. If no other run is starting, a stopped "
+                f"run left the lock: delete {lock}"
+            )
     return removed

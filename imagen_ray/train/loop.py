@@ -123,7 +123,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    clear_stale_build_locks()  # a run stopped while DeepSpeed compiled would hang this one
+    if rank == 0:  # a run stopped while DeepSpeed compiled would hang this one silently
+        clear_stale_build_locks(say=lambda line: _say(line, args.console))
 
     # ---------------------------------------------------------------- build
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
