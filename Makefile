@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)  ## create .venv with pinned dev installs (CPU torch)
 
-demo: $(STAMP)  ## train, serve and evaluate a tiny cascade on this machine (~15 min, CPU)
+demo: $(STAMP)  ## train, serve and evaluate a tiny cascade on this machine (8-17 min on 2 CPU cores)
 	$(BIN)/imagen-ray demo --out runs/demo
 
 test: $(STAMP)  ## run the test suite (all but the multi-run cluster tests; ~20 min on 2 cores)
