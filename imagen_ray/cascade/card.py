@@ -55,6 +55,10 @@ def _training(name: str, extra: dict[str, Any]) -> str:
                 for k, v in sorted(metrics.items())
             )
         )
+    run = extra.get("wandb") or {}
+    if run.get("run_id"):  # the training run, as `eval --wandb-run` takes it
+        path = "/".join(str(x) for x in (run.get("entity"), run.get("project")) if x)
+        parts.append(f"W&B run `{path + '/' if path else ''}{run['run_id']}`")
     return f"- `{name}`: " + "; ".join(parts)
 
 

@@ -28,6 +28,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "weights": "ema",
         "data": ["data/synthetic/train-{000000..000015}.tar"],
         "metrics": {"loss": 0.0123456, "step": 1200},
+        "wandb": {"run_id": "abc123", "project": "imagen-ray", "entity": None, "mode": "offline"},
     }
     return c.save(tmp_path_factory.mktemp("saved") / "c")
 
@@ -79,6 +80,7 @@ def test_model_card_has_architecture_encoder_and_training(saved: Path, tmp_path:
     assert f"`{TEXT.name}`, {TEXT.max_length} tokens" in card
     assert "1200 steps; 76800 examples seen; ema weights" in card
     assert "data/synthetic/train-{000000..000015}.tar" in card and "loss=0.01235" in card
+    assert "W&B run `imagen-ray/abc123`" in card  # the run `eval --wandb-run` takes
     assert "- `sr`: no training record" in card
     assert card == model_card(tmp_path / "a", title="a")
 
