@@ -200,10 +200,17 @@ def common_train(tmp: Path, name: str, steps: int, workers: int) -> list[str]:
 # --------------------------------------------------------------------------- sections
 
 
-def zero_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def stage_params(cfg: Any) -> int:
+    """Parameters of the run's stage, counted on the meta device (no weights allocated)."""
     from imagen_ray.cascade import Stage
     from imagen_ray.text import text_dim
+    from imagen_ray.unet import count_parameters
 
+    with torch.device("meta"):
+        return count_parameters(Stage(cfg.stage, text_dim=text_dim(cfg.text)))
+
+
+def zero_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     stages = [0, 2, 3]
     per_stage: dict[str, Any] = {}
     params = None
@@ -218,9 +225,7 @@ def zero_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             ],
         )
         if params is None:
-            params = sum(
-                p.numel() for p in Stage(cfg.stage, text_dim=text_dim(cfg.text)).parameters()
-            )
+            params = stage_params(cfg)
         log(f"zero_memory: ZeRO-{z}, {args.workers} workers, {params / 1e6:.1f}M parameters")
         m = fit(cfg, batches=random_batches, hooks=[ModelStateMemory()])
         ranks = m["memory/model_state_bytes"]
@@ -259,9 +264,6 @@ def zero_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def optimizer_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from imagen_ray.cascade import Stage
-    from imagen_ray.text import text_dim
-
     runs: dict[str, dict[str, Any]] = {}
     params = None
     for opt in ("adamw", "adafactor"):
@@ -278,9 +280,7 @@ def optimizer_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 ],
             )
             if params is None:
-                params = sum(
-                    p.numel() for p in Stage(cfg.stage, text_dim=text_dim(cfg.text)).parameters()
-                )
+                params = stage_params(cfg)
             log(f"optimizer_memory: {opt}, ZeRO-{z}, {args.workers} workers")
             m = fit(cfg, batches=random_batches, hooks=[ModelStateMemory()])
             ranks = m["memory/model_state_bytes"]
