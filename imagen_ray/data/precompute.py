@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import ray
 
+from imagen_ray import storage
 from imagen_ray.config import TextEncoderConfig
 from imagen_ray.data.encoding import (
     CAPTION_ENTRY,
@@ -132,13 +133,6 @@ def _output_name(path: str) -> str:
     return PurePosixPath(path.split("://", 1)[-1]).name
 
 
-def _open_input(path: str) -> Any:
-    if "://" in path:
-        fs, inner = pafs.FileSystem.from_uri(path)
-        return fs.open_input_stream(inner)
-    return open(path, "rb")
-
-
 # --------------------------------------------------------------------------- one shard
 
 
@@ -227,7 +221,7 @@ def encode_one_shard(
     with out.fs.open_output_stream(tmp) as stream:
         writer = tar_writer(stream)
         try:
-            with _open_input(in_path) as f:
+            with storage.open_input(in_path) as f:
                 for s in _samples_with_embeddings(
                     readable(iter_tar_samples(f, in_path, max_member_bytes=max_member_bytes)),
                     encode,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagen_ray import storage
 from imagen_ray.config import RunConfig
 from imagen_ray.train.tracking import resolve_wandb_mode
 
@@ -231,7 +232,7 @@ def log_stage_artifact(stage_dir: str | Path) -> str:
         f"step {extra.get('step')})",
         metadata={k: extra.get(k) for k in ("step", "weights", "samples", "metrics", "data")},
     )
-    if "://" in str(stage_dir):  # exported to object storage: a reference, not a copy
+    if storage.is_uri(stage_dir):  # exported to object storage: a reference, not a copy
         artifact.add_reference(str(stage_dir))
     else:
         artifact.add_dir(str(stage_dir))
