@@ -332,7 +332,8 @@ def test_ray_job_submit_trains_from_shards_on_two_nodes_with_token_auth(tmp_path
     file) -> a client without the token is refused -> `ray job submit` with it trains
     through the Ray Data shard pipeline -> SUCCEEDED, a checkpoint, and the two training
     workers on the two nodes -> stop-local.sh, with no Ray process of this cluster left."""
-    from imagen_ray.data.synthetic import SyntheticSpec, write_synthetic
+    from imagen_ray.data.synthetic import write_synthetic
+    from imagen_ray.data.synthetic_spec import SyntheticSpec
     from imagen_ray.train.placement import WORKERS_FILE
 
     shards = tmp_path / "shards"

@@ -21,26 +21,10 @@ from imagen_ray.cascade.io import (
     save_stage,
     stage_dirs,
 )
-from imagen_ray.cascade.plan import (
-    SamplingOverrides,
-    last_stage,
-    plan_generation,
-    resolve_sampling,
-    stage_generators,
-)
+from imagen_ray.cascade.plan import SamplingOverrides, last_stage, plan_generation
 from imagen_ray.cascade.stage import Stage
 from imagen_ray.config import CascadeConfig, TextEncoderConfig
 from imagen_ray.images import to_uint8, unit_range
-
-# Moved to imagen_ray.cascade.plan (the one generation plan); importable from here as before.
-__all__ = [
-    "Cascade",
-    "CascadeOutput",
-    "SamplingOverrides",
-    "TextEncoder",
-    "resolve_sampling",
-    "stage_generators",
-]
 
 
 class Encoding(Protocol):

@@ -14,24 +14,9 @@ import importlib
 import os
 from collections.abc import Sequence
 
-from imagen_ray.cli.args import (
-    Handler,
-    add_cascade_argument,
-    add_overrides_argument,
-    add_sampling_argument,
-    parse_sampling_overrides,
-    run_handler,
-)
+from imagen_ray.cli.args import Handler, run_handler
 
-__all__ = [
-    "COMMANDS",
-    "add_cascade_argument",
-    "add_overrides_argument",
-    "add_sampling_argument",
-    "build_parser",
-    "main",
-    "parse_sampling_overrides",
-]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 # Command-group modules of imagen_ray.cli, in the order `imagen-ray --help` lists them.
 COMMANDS = ("model", "train", "cascade", "serve", "generate", "demo", "data", "eval")

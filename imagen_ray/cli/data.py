@@ -261,12 +261,8 @@ def cmd_shards(args: argparse.Namespace) -> int:
 def cmd_synthetic(args: argparse.Namespace) -> int:
     """``imagen-ray data synthetic``: render the shapes set + heldout.json + preview.png."""
     from imagen_ray.data.preview import write_synthetic_preview
-    from imagen_ray.data.synthetic import (
-        DEFAULT_HELDOUT,
-        SyntheticSpec,
-        parse_pair,
-        write_synthetic,
-    )
+    from imagen_ray.data.synthetic import write_synthetic
+    from imagen_ray.data.synthetic_spec import DEFAULT_HELDOUT, SyntheticSpec, parse_pair
 
     if args.no_heldout and args.heldout:
         raise ValueError("pass either --heldout pairs or --no-heldout, not both")

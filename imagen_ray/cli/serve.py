@@ -85,13 +85,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import yaml
 
+    from imagen_ray.config import load_serve_config
     from imagen_ray.fs import atomic_write_text
-    from imagen_ray.serve.app import (
-        check_cascade_dir,
-        check_exposure,
-        load_serve_config,
-        serve_deploy_config,
-    )
+    from imagen_ray.serve.app import check_cascade_dir, check_exposure, serve_deploy_config
     from imagen_ray.serve.auth import read_token
 
     cfg = load_serve_config(args.config, args.overrides, args.cascade)

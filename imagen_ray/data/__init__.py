@@ -12,13 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from imagen_ray.data.shards import write_folder_shards, write_table_shards
-    from imagen_ray.data.synthetic import (
-        ATTRIBUTES,
-        SyntheticSpec,
-        heldout_prompts,
-        render_sample,
-        write_synthetic,
-    )
+    from imagen_ray.data.synthetic import heldout_prompts, render_sample, write_synthetic
+    from imagen_ray.data.synthetic_spec import ATTRIBUTES, SyntheticSpec
     from imagen_ray.data.writer import (
         ShardSample,
         ShardWriteSummary,
@@ -36,8 +31,8 @@ _LAZY = MappingProxyType(
         "write_shards": "writer",
         "write_folder_shards": "shards",
         "write_table_shards": "shards",
-        "ATTRIBUTES": "synthetic",
-        "SyntheticSpec": "synthetic",
+        "ATTRIBUTES": "synthetic_spec",
+        "SyntheticSpec": "synthetic_spec",
         "heldout_prompts": "synthetic",
         "render_sample": "synthetic",
         "write_synthetic": "synthetic",

@@ -22,18 +22,13 @@ from imagen_ray.data.encoding import EMBEDDING_ENTRY, load_embedding
 from imagen_ray.data.epochs import EPOCH_COLUMN
 from imagen_ray.data.hygiene import (
     DECODE_ERROR,
-    MEMBER_TOO_LARGE,
-    TOO_MANY_PIXELS,
-    WRONG_FORMAT,
     formats_for,
     open_checked,
     to_rgb,
 )
 from imagen_ray.data.metadata import (
-    BAD_JSON,
     JSON_ENTRY,
     JSON_PREFIX,
-    NO_JSON,
     caption_from_json,
     first_failing,
     parse_filter,
@@ -47,18 +42,12 @@ OK = "ok"
 __all__ = [
     "BAD_ASPECT",
     "BAD_EMBEDDING",
-    "BAD_JSON",
     "CAPTION_LENGTH",
-    "DECODE_ERROR",
-    "MEMBER_TOO_LARGE",
     "NO_CAPTION",
     "NO_EMBEDDING",
     "NO_IMAGE",
-    "NO_JSON",
     "OK",
-    "TOO_MANY_PIXELS",
     "TOO_SMALL",
-    "WRONG_FORMAT",
     "aligned_crop",
     "batch_or_empty_block",
     "decode_filter_resize",

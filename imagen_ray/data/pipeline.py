@@ -52,7 +52,7 @@ import pyarrow as pa
 import ray
 
 from imagen_ray.config import DataConfig, RunConfig, StageConfig, TextEncoderConfig
-from imagen_ray.data.decode import OK, batch_or_empty_block, decode_filter_resize, resize_crop
+from imagen_ray.data.decode import OK, batch_or_empty_block, decode_filter_resize
 from imagen_ray.data.encoding import CAPTION_ENTRY, resolve_encoding
 from imagen_ray.data.epochs import RESUME_SKIPPED, epoch_seed, read_epoch_shards
 from imagen_ray.data.reader import KEY_COLUMN, expand_shards
@@ -60,17 +60,15 @@ from imagen_ray.data.reader import KEY_COLUMN, expand_shards
 if TYPE_CHECKING:  # torch is imported where it is used: decode workers never need it
     import torch
 
-__all__ = [  # resize_crop and decode_filter_resize: re-exported from decode (old path)
+__all__ = [
     "PipelineStats",
     "TextEncoderActor",
     "build_dataset",
     "collate",
     "create_stats",
-    "decode_filter_resize",
     "iter_training_batches",
     "model_columns",
     "read_stats",
-    "resize_crop",
 ]
 
 

@@ -45,11 +45,8 @@ from imagen_ray.data.encoding import (
     CAPTION_ENTRY,
     EMBEDDING_ENTRY,
     ENCODING_FILE,
-    check_encoding,
     embedding_bytes,
     encoding_info,
-    read_encoding_info,
-    resolve_encoding,
 )
 from imagen_ray.data.metadata import sample_caption
 from imagen_ray.data.pipeline import TextEncoderActor
@@ -71,11 +68,8 @@ from imagen_ray.data.writer import (
 
 __all__ = [
     "PROGRESS_DIR",
-    "check_encoding",
     "check_output",
     "encode_shards",
-    "read_encoding_info",
-    "resolve_encoding",
 ]
 
 PROGRESS_DIR = ".encode-progress"

@@ -34,7 +34,7 @@ def demo_spec(samples: int | None = None) -> Any:
     the position signal in the loss: in a single-process run of the demo's base recipe (without
     the schedule shift) they left held-out colour at 30 % and shape at 17 % after 600 steps.
     """
-    from imagen_ray.data.synthetic import SyntheticSpec
+    from imagen_ray.data.synthetic_spec import SyntheticSpec
 
     return SyntheticSpec(
         num_samples=8000 if samples is None else samples,
@@ -305,7 +305,8 @@ def _serve_and_generate(
 ) -> tuple[list[np.ndarray], list[dict[str, Any]], dict[str, Any]]:
     from ray import serve
 
-    from imagen_ray.serve.app import build_application, load_serve_config
+    from imagen_ray.config import load_serve_config
+    from imagen_ray.serve.app import build_application
 
     cfg = load_serve_config(
         configs / "serve.yaml",

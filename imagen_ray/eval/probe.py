@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from imagen_ray.data.synthetic import ATTRIBUTES, CROSS_ARM
+from imagen_ray.data.synthetic_spec import ATTRIBUTES, CROSS_ARM
 
 PROBED = ("colour", "shape", "position", "count")
 

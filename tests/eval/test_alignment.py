@@ -10,13 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagen_ray.data.synthetic import (
-    ATTRIBUTES,
-    SyntheticSpec,
-    heldout_json,
-    heldout_prompts,
-    render_attributes,
-)
+from imagen_ray.data.synthetic import heldout_json, heldout_prompts, render_attributes
+from imagen_ray.data.synthetic_spec import ATTRIBUTES, SyntheticSpec
 from imagen_ray.eval.alignment import (
     HELDOUT,
     SEEN,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imagen_ray.data.synthetic import ATTRIBUTES, SyntheticSpec, render_attributes, render_sample
+from imagen_ray.data.synthetic import render_attributes, render_sample
+from imagen_ray.data.synthetic_spec import ATTRIBUTES, SyntheticSpec
 from imagen_ray.eval.probe import Reading, read_image, score
 
 
