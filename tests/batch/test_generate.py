@@ -15,7 +15,7 @@ from imagen_ray.batch.plan import image_seed, plan_records
 from imagen_ray.cli import main
 from imagen_ray.prompts import Prompt, read_prompt_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--sampling", "base.steps=2", "--sampling", "sr64.steps=1"]
 
 

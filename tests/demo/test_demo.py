@@ -84,4 +84,4 @@ def test_demo_spec_and_cli() -> None:
 def test_demo_configs_are_found_through_the_package() -> None:
     path = demo_configs_dir()
     assert sorted(p.name for p in path.glob("*.yaml")) == ["base.yaml", "serve.yaml", "sr64.yaml"]
-    assert path.samefile(Path(__file__).resolve().parents[1] / "configs" / "demo")
+    assert path.samefile(Path(__file__).resolve().parents[2] / "configs" / "demo")
