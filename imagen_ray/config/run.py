@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from imagen_ray.cascade.precision import InferenceDType
+from imagen_ray.config.dtypes import InferenceDType
 from imagen_ray.config.base import CONFIG_FORMAT_VERSION, Strict, check_version
 from imagen_ray.config.model import StageConfig, TextEncoderConfig
 
