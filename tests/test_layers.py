@@ -81,13 +81,17 @@ def test_the_checker_sees_imports_everywhere() -> None:
         "imagen_ray.serve",
     } <= found
     assert "os" not in found
-    assert "imagen_ray.config.cli" in imported("from . import cli\n", "imagen_ray.config", is_package=True)
+    assert "imagen_ray.config.cli" in imported(
+        "from . import cli\n", "imagen_ray.config", is_package=True
+    )
     assert len(modules()) > 50  # the walk finds the package's modules
 
 
 def test_only_the_cli_and_entry_points_import_the_cli() -> None:
     offenders = {
-        str(p.relative_to(PACKAGE.parent)): sorted(m for m in imports_of(p) if within(m, "imagen_ray.cli"))
+        str(p.relative_to(PACKAGE.parent)): sorted(
+            m for m in imports_of(p) if within(m, "imagen_ray.cli")
+        )
         for p in modules()
         if p.parent != PACKAGE / "cli" and p.name != "__main__.py"
     }

@@ -27,7 +27,6 @@ from PIL import Image
 
 from imagen_ray.data.hygiene import (
     DEFAULT_MAX_PIXELS,
-    formats_for,
     open_checked,
     oriented_size,
     to_rgb,
@@ -47,6 +46,7 @@ from imagen_ray.data.writer import (
     read_summary,
     write_shards,
 )
+from imagen_ray.images import formats_for
 
 __all__ = [
     "IMAGE_SUFFIXES",
