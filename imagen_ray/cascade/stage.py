@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from imagen_ray.config.dtypes import resolve_dtype
 from imagen_ray.config import SamplingConfig, StageConfig
+from imagen_ray.config.dtypes import resolve_dtype
 from imagen_ray.diffusion import (
     Callback,
     Generators,

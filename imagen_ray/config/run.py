@@ -13,9 +13,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from imagen_ray.config.base import CONFIG_FORMAT_VERSION, Strict, check_version
 from imagen_ray.config.dtypes import InferenceDType
 from imagen_ray.config.grammar import check_caption_key, parse_filter
-from imagen_ray.config.base import CONFIG_FORMAT_VERSION, Strict, check_version
 from imagen_ray.config.model import StageConfig, TextEncoderConfig
 from imagen_ray.images import formats_for
 

@@ -10,7 +10,7 @@ from imagen_ray.config.dtypes import INFERENCE_DTYPES, InferenceDType, resolve_d
 
 
 def test_the_vocabulary_is_the_literal() -> None:
-    assert INFERENCE_DTYPES == get_args(InferenceDType)
+    assert get_args(InferenceDType) == INFERENCE_DTYPES
     assert set(INFERENCE_DTYPES) == {"auto", "float32", "bfloat16", "float16"}
 
 
