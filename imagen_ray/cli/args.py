@@ -70,7 +70,7 @@ def add_dtype_argument(p: argparse.ArgumentParser, *, default: str | None = "aut
 
 
 def cascade_path(dirs: Sequence[str]) -> str | list[str]:
-    """What ``Cascade.load`` takes for ``--cascade``: one directory, or the stage list."""
+    """What ``publish.load_cascade`` takes for ``--cascade``: one directory, or the stage list."""
     return dirs[0] if len(dirs) == 1 else list(dirs)
 
 
