@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from imagen_ray.cascade.precision import resolve_dtype
 from imagen_ray.config import SamplingConfig, StageConfig
+from imagen_ray.config.dtypes import resolve_dtype
 from imagen_ray.diffusion import (
     Callback,
     Generators,
@@ -61,7 +61,7 @@ class Stage(nn.Module):
 
         The one place inference precision is set (Serve, ``generate``, ``sample``, training
         sample grids). ``auto`` is bfloat16 on CUDA, float32 elsewhere
-        (:func:`imagen_ray.cascade.precision.resolve_dtype`). On CUDA the weights also go
+        (:func:`imagen_ray.config.dtypes.resolve_dtype`). On CUDA the weights also go
         channels_last, which cuDNN's convolutions (and their tensor-core paths) prefer.
 
         Args:

@@ -3,8 +3,9 @@
 Every command group is a module here with ``register(sub)`` (adds its subcommands to the
 top-level subparsers) and ``cmd_*`` handlers; ``COMMANDS`` lists them in ``--help`` order.
 Configuration errors, unloadable checkpoints and missing models print one clear message and
-exit with status 2 (:func:`imagen_ray.cli.args.run_handler`). Nothing outside this package
-imports from it.
+exit with status 2 (:func:`imagen_ray.cli.args.run_handler`). Only the ``__main__.py`` entry
+points (``python -m imagen_ray``, ``python -m imagen_ray.train``) import it from outside this
+package; no library module does.
 """
 
 from __future__ import annotations

@@ -228,9 +228,9 @@ def register(sub: Any) -> None:
 
 
 def _load(args: argparse.Namespace, path: Any) -> Any:
-    from imagen_ray.cascade import Cascade
+    from imagen_ray.publish import load_cascade
 
-    cascade = Cascade.load(path, device=args.device)
+    cascade = load_cascade(path, device=args.device)
     _ = cascade.encoder  # load it before any progress bar starts
     return cascade
 

@@ -12,6 +12,10 @@ Modules: ``base`` (the strict base class, errors, format version), ``model`` (te
 U-Net, diffusion, sampling, stage, cascade), ``run`` (data, train, wandb, the run file),
 ``serve`` (deployments, ingress, auth, the serve file), ``loading`` (YAML, ``--set``
 overrides, validation messages, file types) and ``reference`` (the generated key table).
+The vocabularies the models validate against live at or below this package, torch-free:
+``dtypes`` (inference dtype names), ``grammar`` (``data.caption_key`` and ``data.filters``),
+:mod:`imagen_ray.diffusion.names` (samplers, schedules, ...) and :mod:`imagen_ray.images`
+(image formats).
 """
 
 from imagen_ray.config.base import CONFIG_FORMAT_VERSION, ConfigError, Strict

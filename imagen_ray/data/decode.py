@@ -18,26 +18,24 @@ import pyarrow as pa
 from PIL import Image
 
 from imagen_ray.config import DataConfig, StageConfig
+from imagen_ray.config.grammar import JSON_ENTRY, JSON_PREFIX, parse_filter
 from imagen_ray.data.encoding import EMBEDDING_ENTRY, load_embedding
 from imagen_ray.data.epochs import EPOCH_COLUMN
 from imagen_ray.data.hygiene import (
     DECODE_ERROR,
-    formats_for,
     open_checked,
     to_rgb,
 )
 from imagen_ray.data.metadata import (
-    JSON_ENTRY,
-    JSON_PREFIX,
     caption_from_json,
     first_failing,
-    parse_filter,
     parse_json_entry,
 )
 from imagen_ray.data.reader import ERROR_COLUMN, KEY_COLUMN
+from imagen_ray.images import formats_for
 
 # Skip reasons (and ``ok``) counted by the pipeline's stats actor; the filters' own are
-# ``filter:FIELD<OP>VALUE`` (see imagen_ray.data.metadata).
+# ``filter:FIELD<OP>VALUE`` (see imagen_ray.config.grammar).
 OK = "ok"
 __all__ = [
     "BAD_ASPECT",

@@ -24,12 +24,12 @@ from PIL import Image
 
 from imagen_ray.data.hygiene import (
     DEFAULT_MAX_PIXELS,
-    formats_for,
     open_checked,
     oriented_size,
     to_rgb,
 )
 from imagen_ray.data.writer import ShardSample, ShardWriteSummary, SkippedItem, write_shards
+from imagen_ray.images import formats_for
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -222,7 +222,7 @@ def run_demo(
         with timer.step(
             "export", "EMA weights -> stage directories -> `imagen-ray cascade assemble`"
         ):
-            from imagen_ray.cascade.assemble import assemble_cascade
+            from imagen_ray.publish.assemble import assemble_cascade
 
             # what `imagen-ray cascade assemble --stage ... --out ...` runs
             assemble_cascade(stage_dirs, cascade_dir)

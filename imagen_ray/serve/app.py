@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 def check_cascade_dir(cfg: ServeConfig) -> list[Path]:
     """The stage directories of ``cfg.cascade``; a clear error when it is unset or unusable."""
-    from imagen_ray.cascade.assemble import check_stages
     from imagen_ray.cascade.io import read_cascade_manifest
+    from imagen_ray.publish.assemble import check_stages
 
     if not cfg.cascade:
         raise ConfigError(
