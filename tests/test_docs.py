@@ -18,7 +18,14 @@ ANCHOR_LINK = re.compile(r"\]\(([^)#\s]*\.md|)#([^)\s]+)\)")
 # Figures live in docs/benchmarks.md beside their commands; a date elsewhere is a diary entry
 # (one inside a file name, such as inception-2015-12-05.pt, is not).
 DATE = re.compile(r"(?<![\w-])20\d\d-[01]\d-[0-3]\d(?![\w.-])")
-DIARY = ("measured again", "latest run", "this stop", "last session", "this week", "earlier that day")
+DIARY = (
+    "measured again",
+    "latest run",
+    "this stop",
+    "last session",
+    "this week",
+    "earlier that day",
+)
 
 
 def _reference_block(text: str) -> str:
