@@ -107,10 +107,12 @@ def test_runtime_env_is_valid_and_uploads_the_code_but_not_the_data() -> None:
 
 
 def test_cluster_launcher_config_passes_rays_schema() -> None:
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    from ray.autoscaler._private.util import prepare_config  # what `ray up` does first
+
+    from imagen_ray.ray_compat import validate_autoscaling_config
 
     cfg = yaml.safe_load((CLUSTER / "aws-gpu.yaml").read_text())
-    validate_config(prepare_config(cfg))  # raises on unknown or mistyped fields
+    validate_autoscaling_config(prepare_config(cfg))  # raises on unknown or mistyped fields
     assert cfg["file_mounts"]["~/imagen-ray"] == "."
     setup = "\n".join(cfg["setup_commands"])
     assert "-c ~/imagen-ray/constraints.txt -e ~/imagen-ray" in setup
