@@ -109,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from imagen_ray.cluster import ClusterTooSmall, check_demands, cluster_capacity, local_num_cpus
     from imagen_ray.runtime import init_ray, logs_hint
-    from imagen_ray.serve.app import build_application, port_in_use, serve_demands
+    from imagen_ray.serve.app import build_application, port_in_use, serve_demands, stop_app
 
     if cfg.auth.enabled:
         read_token(cfg.auth.token_env, cfg.auth.token_file)  # a missing or short token stops
@@ -161,9 +161,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("shutting down…", file=sys.stderr, flush=True)
     finally:
-        if address:
-            serve.delete(cfg.app_name)  # leave the cluster's other applications running
-        else:
-            serve.shutdown()
+        stop_app(cfg.app_name)  # a joined cluster's other applications go on running
         ray.shutdown()
     return 0

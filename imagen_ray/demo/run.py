@@ -306,7 +306,7 @@ def _serve_and_generate(
     from ray import serve
 
     from imagen_ray.config import load_serve_config
-    from imagen_ray.serve.app import build_application
+    from imagen_ray.serve.app import build_application, stop_app
 
     cfg = load_serve_config(
         configs / "serve.yaml",
@@ -320,4 +320,4 @@ def _serve_and_generate(
         print(f"serving at {base}/ (web page), {base}/docs (API)")
         return generate_over_http(base, items, images_per_prompt, cfg.max_prompts)
     finally:
-        serve.shutdown()
+        stop_app(cfg.app_name)

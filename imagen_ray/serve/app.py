@@ -192,6 +192,21 @@ def build_application(cfg: ServeConfig) -> Any:
     ).bind(encoder, stages, cfg.model_dump(mode="json"), str(Path(cfg.cascade).resolve()), digest)
 
 
+def stop_app(name: str) -> None:
+    """Stop serving application ``name``: its replicas finish the requests they hold and stop.
+
+    Serve's controller and HTTP proxies stay: on a joined cluster they go on serving its
+    other applications, and a local cluster's stop with ``ray.shutdown()``. Not
+    ``serve.shutdown()``: in Ray 2.60 it waits on the controller's ``graceful_shutdown`` call,
+    which ends when the controller kills itself; the controller retries its calls without
+    limit, so the driver reports that call as failed and retried, and the console shows the
+    raylet line "Task ServeController.graceful_shutdown failed … killed by `ray.kill`".
+    """
+    from ray import serve
+
+    serve.delete(name)
+
+
 def build_app(args: dict[str, Any]) -> Any:
     """Application builder for Serve config files.
 
