@@ -73,7 +73,8 @@ def filter_raylet_console_lines(drop: Callable[[str], bool]) -> None:
     ``print_to_stdstream`` with ``pid="raylet"``; Ray has no switch for one message, so that
     function is wrapped, once per ``drop``. Other processes' lines pass untouched.
     """
-    original = _internal("ray._private.worker", "print_to_stdstream")
+    module, name = "ray._private.worker", "print_to_stdstream"
+    original = _internal(module, name)
     if drop in getattr(original, "_imagen_ray_drops", ()):
         return
 
@@ -90,8 +91,7 @@ def filter_raylet_console_lines(drop: Callable[[str], bool]) -> None:
         *getattr(original, "_imagen_ray_drops", ()),
         drop,
     )
-    worker = importlib.import_module("ray._private.worker")
-    worker.print_to_stdstream = print_to_stdstream
+    setattr(importlib.import_module(module), name, print_to_stdstream)
 
 
 def global_node_logs_dir() -> Path | None:

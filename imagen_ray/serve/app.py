@@ -10,6 +10,7 @@ The cascade directory must be readable at the same path on every node that runs 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -203,8 +204,10 @@ def stop_app(name: str) -> None:
     raylet line "Task ServeController.graceful_shutdown failed … killed by `ray.kill`".
     """
     from ray import serve
+    from ray.serve.exceptions import RayServeException
 
-    serve.delete(name)
+    with contextlib.suppress(RayServeException):  # Serve never started: nothing to stop
+        serve.delete(name)
 
 
 def build_app(args: dict[str, Any]) -> Any:
