@@ -33,10 +33,11 @@ def test_a_missing_internal_is_a_loud_error_naming_it() -> None:
         ray_compat._internal("ray._private.gone", "x")
 
 
-def test_no_logs_dir_without_a_ray_session() -> None:
+def test_no_logs_dir_and_no_node_groups_without_a_ray_session() -> None:
     if ray.is_initialized():
         ray.shutdown()
     assert ray_compat.global_node_logs_dir() is None
+    assert ray_compat.reported_node_groups() is None
 
 
 class _Records(logging.Handler):
