@@ -213,6 +213,6 @@ def run_soak(
         serve.run(build_application(cfg), name=cfg.app_name, route_prefix="/")
         return soak(f"http://127.0.0.1:{port}", token, requests_total, clients, log)
     finally:
-        serve.shutdown()
+        # ray.shutdown() ends a local cluster's Serve too (see imagen_ray.serve.app.stop_app)
         ray.shutdown()
         os.environ.pop(TOKEN_ENV, None)

@@ -258,7 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
         batches = {v: stage_batches(f"{base}/{v}") for v in VARIANTS}
     finally:
-        serve.shutdown()
+        # ray.shutdown() ends a local cluster's Serve too (see imagen_ray.serve.app.stop_app)
         ray.shutdown()
         tmp.cleanup()
 

@@ -75,7 +75,7 @@ def server(cascade_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_application(cfg), name=cfg.app_name, route_prefix="/")
     yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+    # ray.shutdown() ends a local cluster's Serve too (see imagen_ray.serve.app.stop_app)
     ray.shutdown()
 
 
