@@ -113,7 +113,15 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     esub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
+    _add_probe(esub)
+    _add_sr_fidelity(esub)
+    _add_prompts(esub)
+    _add_fid(esub)
+    _add_clip(esub)
 
+
+def _add_probe(esub: Any) -> None:
+    """``probe``: text-image alignment read back from held-out and seen synthetic prompts."""
     q = esub.add_parser(
         "probe",
         help="text-image alignment on the synthetic set (held-out and seen combinations)",
@@ -145,6 +153,9 @@ def register(sub: Any) -> None:
     _wandb_args(q, stage_run=True)
     q.set_defaults(func=cmd_probe)
 
+
+def _add_sr_fidelity(esub: Any) -> None:
+    """``sr-fidelity``: whether each SR stage follows its low-res input."""
     q = esub.add_parser(
         "sr-fidelity",
         help="does each SR stage follow its low-res input? (PSNR/MAE vs a shuffled control)",
@@ -169,6 +180,9 @@ def register(sub: Any) -> None:
     _wandb_args(q, stage_run=True)  # --log-to-run: each SR stage's result to its own run
     q.set_defaults(func=cmd_sr_fidelity)
 
+
+def _add_prompts(esub: Any) -> None:
+    """``prompts``: a prompt-suite CSV as an HTML gallery, cascades side by side."""
     q = esub.add_parser(
         "prompts",
         help="render a DrawBench-style CSV into an HTML gallery, cascades side by side",
@@ -186,6 +200,9 @@ def register(sub: Any) -> None:
     _wandb_args(q, stage_run=True)  # --log-to-run: each cascade's images to its last stage's run
     q.set_defaults(func=cmd_prompts)
 
+
+def _add_fid(esub: Any) -> None:
+    """``fid``: FID between two image folders."""
     q = esub.add_parser(
         "fid",
         help="FID between two image folders (Inception weights from a local file)",
@@ -206,6 +223,9 @@ def register(sub: Any) -> None:
     _wandb_args(q, stage_run=False)
     q.set_defaults(func=cmd_fid)
 
+
+def _add_clip(esub: Any) -> None:
+    """``clip``: CLIP score of images against their prompts."""
     q = esub.add_parser(
         "clip",
         help="CLIP score of images against their prompts (CLIP model from a local directory)",
