@@ -79,29 +79,35 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _write_serve_config(cfg: Any, out: Path, *, stages: int) -> None:
+    """``--write-serve-config``: the Ray Serve config YAML of ``cfg``, with how to run it."""
+    import yaml
+
+    from imagen_ray.fs import atomic_write_text
+    from imagen_ray.serve.app import serve_deploy_config
+
+    head = (
+        "# Ray Serve config written by `imagen-ray serve --write-serve-config`.\n"
+        f"# Run: serve run {out}   Deploy to a running cluster: serve deploy {out}\n"
+        "# serve.cascade must exist at this path on every node.\n"
+    )
+    atomic_write_text(out, head + yaml.safe_dump(serve_deploy_config(cfg), sort_keys=False))
+    print(f"wrote {out} (application {cfg.app_name!r}, {stages} stages)")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """``imagen-ray serve``: serve in the foreground, or write a Serve config and exit."""
     import os
 
-    import yaml
-
     from imagen_ray.config import load_serve_config
-    from imagen_ray.fs import atomic_write_text
-    from imagen_ray.serve.app import check_cascade_dir, check_exposure, serve_deploy_config
+    from imagen_ray.serve.app import check_cascade_dir, check_exposure
     from imagen_ray.serve.auth import read_token
 
     cfg = load_serve_config(args.config, args.overrides, args.cascade)
     dirs = check_cascade_dir(cfg)
     warning = check_exposure(cfg)  # an exposed host without auth stops here
     if args.write_serve_config:
-        out = Path(args.write_serve_config)
-        head = (
-            "# Ray Serve config written by `imagen-ray serve --write-serve-config`.\n"
-            f"# Run: serve run {out}   Deploy to a running cluster: serve deploy {out}\n"
-            "# serve.cascade must exist at this path on every node.\n"
-        )
-        atomic_write_text(out, head + yaml.safe_dump(serve_deploy_config(cfg), sort_keys=False))
-        print(f"wrote {out} (application {cfg.app_name!r}, {len(dirs)} stages)")
+        _write_serve_config(cfg, Path(args.write_serve_config), stages=len(dirs))
         return 0
 
     import ray
