@@ -301,6 +301,7 @@ def _prepare_output(
     out.write_bytes(f"{PROGRESS_DIR}/{_CONFIG_RECORD}", text_cfg.model_dump_json().encode())
 
 
+# long: the docstring documents each parameter (Ray resources, resuming, caption key)
 def encode_shards(
     in_dir: str | Path | Sequence[str],
     out_dir: str | Path,

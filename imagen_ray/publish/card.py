@@ -62,6 +62,7 @@ def _training(name: str, extra: dict[str, Any]) -> str:
     return f"- `{name}`: " + "; ".join(parts)
 
 
+# long: most of it is the card's Markdown, one source line per line of the card
 def model_card(cascade: str | Path, *, title: str | None = None) -> str:
     """The Markdown model card of a saved cascade (or stage) directory.
 
