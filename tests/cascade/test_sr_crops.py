@@ -23,7 +23,7 @@ STEPS = 60
 
 
 @pytest.fixture(scope="module")
-def trained(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def trained(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved cascade: a random 16 px base + the SR 16 -> 32 stage trained on 16 px crops."""
     from imagen_ray.cascade import Cascade, Stage, load_stage
     from imagen_ray.data.precompute import encode_shards
