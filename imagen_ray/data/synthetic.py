@@ -34,18 +34,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from imagen_ray.data.synthetic_draw import render_objects
 from imagen_ray.data.synthetic_spec import (
-    ATTRIBUTES,
-    CROSS_ARM,
     DEFAULT_HELDOUT,
     SHARD_IMAGE_FORMATS,
     TEMPLATES,
     ShardImageFormat,
-    SyntheticAttributes,
     SyntheticSpec,
     allowed_triples,
+)
+from imagen_ray.data.synthetic_vocab import (
+    ATTRIBUTES,
+    CROSS_ARM,
+    SyntheticAttributes,
     parse_pair,
 )
 from imagen_ray.images import encode_image
@@ -135,11 +138,6 @@ def sample_attributes(spec: SyntheticSpec, index: int) -> dict[str, Any]:
     }
 
 
-def _supersample(size: int) -> int:
-    """4x for sizes up to 512, 2x at 1024 (a 2048 px canvas at most)."""
-    return max(2, min(4, 2048 // size))
-
-
 def render_attributes(attrs: Mapping[str, Any], size: int) -> Image.Image:
     """Draw a sample from its attributes (as returned by :func:`sample_attributes`).
 
@@ -150,29 +148,7 @@ def render_attributes(attrs: Mapping[str, Any], size: int) -> Image.Image:
     Returns:
         An RGB image of ``size x size``: drawn at 4x (2x at 1024), LANCZOS-downsampled.
     """
-    ss = _supersample(size)
-    big = size * ss
-    canvas = Image.new("RGB", (big, big), tuple(attrs["background_rgb"]))
-    draw = ImageDraw.Draw(canvas)
-    fill = tuple(attrs["rgb"])
-    half = attrs["object_size"] * big / 2
-    for cx_f, cy_f in attrs["centers"]:
-        cx, cy = cx_f * big, cy_f * big
-        x0, y0, x1, y1 = cx - half, cy - half, cx + half, cy + half
-        shape = attrs["shape"]
-        if shape == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
-        elif shape == "square":
-            draw.rectangle((x0, y0, x1, y1), fill=fill)
-        elif shape == "triangle":
-            draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
-        elif shape == "cross":
-            arm = CROSS_ARM * half
-            draw.rectangle((cx - arm, y0, cx + arm, y1), fill=fill)
-            draw.rectangle((x0, cy - arm, x1, cy + arm), fill=fill)
-        else:
-            raise ValueError(f"unknown shape {shape!r}; choose one of {ATTRIBUTES.shapes}")
-    return canvas.resize((size, size), Image.Resampling.LANCZOS)
+    return render_objects([attrs], attrs["background_rgb"], size)
 
 
 def make_caption(attrs: Mapping[str, Any], template: str | None = None) -> str:
