@@ -36,6 +36,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from imagen_ray.data.scenes import (
+    caption_scene,
+    heldout_scene_prompts,
+    render_scene,
+    sample_scene,
+    scene_kind,
+)
 from imagen_ray.data.synthetic_draw import render_objects
 from imagen_ray.data.synthetic_spec import (
     DEFAULT_HELDOUT,
@@ -182,12 +189,18 @@ def render_sample(spec: SyntheticSpec, index: int) -> tuple[Image.Image, str, di
     Args:
         spec: the set's settings.
         index: sample number; the result depends only on ``(spec.seed, index)`` and the
-            spec's size, count probabilities, held-out pairs and templates.
+            spec's size, count probabilities, held-out pairs, templates and scenes.
 
     Returns:
         ``(image, caption, attributes)``: an RGB ``spec.size`` square PIL image, its caption
-        and the dict of :func:`sample_attributes`.
+        and the dict of :func:`sample_attributes`, or for a scene of two or three objects
+        (:func:`~imagen_ray.data.scenes.scene_kind`) that of
+        :func:`~imagen_ray.data.scenes.sample_scene` (it has ``objects``).
     """
+    n = scene_kind(spec, index)
+    if n > 1:
+        scene = sample_scene(spec, index, n)
+        return render_scene(scene, spec.size), caption_scene(scene, spec.scenes), scene
     attrs = sample_attributes(spec, index)
     caption = make_caption(attrs, spec.templates[attrs["template"]])
     return render_attributes(attrs, spec.size), caption, attrs
@@ -245,15 +258,25 @@ def heldout_json(spec: SyntheticSpec) -> dict[str, Any]:
 
     Returns:
         ``{"pairs": [[colour, shape], ...], "shape_position_pairs": [[shape, position], ...],
-        "prompts": [str, ...], "items": heldout_prompts(spec)}``.
+        "prompts": [str, ...], "items": heldout_prompts(spec)}``; a set with scenes adds
+        ``"scenes": {**spec.scenes.to_dict(), "prompts": [...], "items":
+        heldout_scene_prompts(spec)}``.
     """
     items = heldout_prompts(spec)
-    return {
+    out: dict[str, Any] = {
         "pairs": [list(p) for p in spec.heldout],
         "shape_position_pairs": [list(p) for p in spec.heldout_shape_positions],
         "prompts": [it["prompt"] for it in items],
         "items": items,
     }
+    if spec.scenes.enabled:
+        scene_items = heldout_scene_prompts(spec)
+        out["scenes"] = {
+            **spec.scenes.to_dict(),
+            "prompts": [it["prompt"] for it in scene_items],
+            "items": scene_items,
+        }
+    return out
 
 
 # ---------------------------------------------------------------------------- writing
