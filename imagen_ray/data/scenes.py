@@ -144,8 +144,24 @@ def sample_scene(spec: SyntheticSpec, index: int, n: int) -> dict[str, Any]:
     else:
         usable = list(range(len(scenes.row_templates)))
     template = usable[int(rng.integers(len(usable)))]
+    return {**scene_attributes(chosen, relation, sizes, background, rng), "template": template}
+
+
+def scene_attributes(
+    objects: Sequence[ObjectName],
+    relation: str,
+    sizes: Sequence[str],
+    background: str,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Lay out a scene: ``objects[k]`` is ``relation`` of ``objects[k + 1]``, each of the
+    named size (``ATTRIBUTES.sizes``), jittered within its slot by ``rng``.
+
+    Returns:
+        :func:`sample_scene`'s dict without ``template``.
+    """
     layout = _layout(rng, [ATTRIBUTES.sizes[s] for s in sizes], relation)
-    objects = [
+    drawn = [
         {
             "colour": colour,
             "rgb": list(ATTRIBUTES.colours[colour]),
@@ -154,14 +170,13 @@ def sample_scene(spec: SyntheticSpec, index: int, n: int) -> dict[str, Any]:
             "object_size": round(s, 4),
             "center": [round(x, 4), round(y, 4)],
         }
-        for (colour, shape), size, (x, y, s) in zip(chosen, sizes, layout, strict=True)
+        for (colour, shape), size, (x, y, s) in zip(objects, sizes, layout, strict=True)
     ]
     return {
-        "objects": objects,
+        "objects": drawn,
         "relation": relation,
         "background": background,
         "background_rgb": list(ATTRIBUTES.backgrounds[background]),
-        "template": template,
     }
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from imagen_ray.data.scene_spec import SceneSpec
 from imagen_ray.data.synthetic import (
     SyntheticSpec,
     allowed_triples,
@@ -46,7 +47,8 @@ def load_spec(path: str | Path | None) -> SyntheticSpec:
             for the default :class:`SyntheticSpec` (its default held-out pairs).
 
     Returns:
-        A spec with the held-out (colour, shape) and (shape, position) pairs of ``path``.
+        A spec with the held-out (colour, shape) and (shape, position) pairs of ``path``,
+        and its scene settings when the set has scenes (else the default held-out scenes).
     """
     if path is None:
         return SyntheticSpec()
@@ -61,9 +63,11 @@ def load_spec(path: str | Path | None) -> SyntheticSpec:
     d = json.loads(p.read_text())
     if "pairs" not in d:
         raise ValueError(f"--heldout {p}: expected a heldout.json with a 'pairs' list")
+    scenes = {k: v for k, v in d.get("scenes", {}).items() if k not in ("prompts", "items")}
     return SyntheticSpec(
         heldout=tuple((c, s) for c, s in d["pairs"]),
         heldout_shape_positions=tuple((s, q) for s, q in d.get("shape_position_pairs", [])),
+        scenes=SceneSpec.model_validate(scenes),
     )
 
 
@@ -164,27 +168,26 @@ def _wrong(reading: Reading, expected: Mapping[str, Any]) -> list[str]:
     return [a for a in PROBED if expected[a] is not None and getattr(reading, a) != expected[a]]
 
 
-def failure_tile(
-    image: np.ndarray, prompt: str, reading: Reading, wrong: Sequence[str]
-) -> Image.Image:
-    """One failure: the image enlarged, the prompt, and what the probe read (wrong in red)."""
+def failure_tile(image: np.ndarray, prompt: str, lines: Sequence[tuple[str, bool]]) -> Image.Image:
+    """One failure: the image enlarged, the prompt, and what the checker read: one
+    ``(text, wrong)`` line each, wrong ones in red."""
     img = Image.fromarray(np.ascontiguousarray(image)).resize(
         (FAILURE_CELL, FAILURE_CELL), Image.Resampling.NEAREST
     )
-    lines = textwrap.wrap(prompt, 22)[:3]
-    read = [f"{a}: {getattr(reading, a)}" for a in PROBED]
+    wrapped = textwrap.wrap(prompt, 22)[:3]
     line_h = 11
-    tile = Image.new("RGB", (FAILURE_CELL, FAILURE_CELL + line_h * (len(lines) + 5) + 4), "white")
+    height = FAILURE_CELL + line_h * (len(wrapped) + len(lines) + 1) + 4
+    tile = Image.new("RGB", (FAILURE_CELL, height), "white")
     tile.paste(img, (0, 0))
     draw = ImageDraw.Draw(tile)
     y = FAILURE_CELL + 2
-    for ln in lines:
+    for ln in wrapped:
         draw.text((2, y), ln, fill=(0, 0, 0))
         y += line_h
     draw.text((2, y), "read:", fill=(90, 90, 90))
     y += line_h
-    for a, text in zip(PROBED, read, strict=True):
-        draw.text((2, y), text, fill=(200, 0, 0) if a in wrong else (0, 110, 0))
+    for text, wrong in lines:
+        draw.text((2, y), text, fill=(200, 0, 0) if wrong else (0, 110, 0))
         y += line_h
     return tile
 
@@ -262,25 +265,42 @@ def evaluate_probe(
         if wrong:
             failures += 1
             if len(tiles) < MAX_FAILURES:
-                tiles.append(failure_tile(image, f"{item['prompt']} [{split}]", reading, wrong))
-    with open(out / "readings.jsonl", "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+                lines = [(f"{a}: {getattr(reading, a)}", a in wrong) for a in PROBED]
+                tiles.append(failure_tile(image, f"{item['prompt']} [{split}]", lines))
     metrics: dict[str, Any] = {
         "splits": {s: score(rs, es) for s, (rs, es) in by_split.items()},
         "n": len(records),
         "failures": failures,
-        "failures_png": None,
         **dict(extra or {}),
     }
-    stale = out / "failures.png"
+    return write_report(out, records, tiles, metrics)
+
+
+def write_report(
+    out_dir: str | Path,
+    records: Sequence[Mapping[str, Any]],
+    tiles: Sequence[Image.Image],
+    metrics: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Write a checker's report: ``readings.jsonl`` (one record per image), ``failures.png``
+    (the tiles in a grid; an earlier run's is removed when there are none) and
+    ``metrics.json``.
+
+    Returns:
+        ``metrics`` with ``failures_png`` (the grid's file name, or None).
+    """
+    out = Path(out_dir)
+    with open(out / "readings.jsonl", "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    grid = out / "failures.png"
     if tiles:
-        save_image(failure_grid(tiles), stale)
-        metrics["failures_png"] = stale.name
-    elif stale.exists():
-        stale.unlink()  # from an earlier run into the same directory
-    atomic_write_json(out / "metrics.json", metrics)
-    return metrics
+        save_image(failure_grid(tiles), grid)
+    elif grid.exists():
+        grid.unlink()  # from an earlier run into the same directory
+    result = {**metrics, "failures_png": grid.name if tiles else None}
+    atomic_write_json(out / "metrics.json", result)
+    return result
 
 
 def summary_table(metrics: Mapping[str, Any]) -> str:
