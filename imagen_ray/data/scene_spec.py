@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ConfigDict, ValidationInfo, field_validator, model_validator
 
 from imagen_ray.config import Strict
-from imagen_ray.data.synthetic_vocab import ATTRIBUTES, check_name
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES, check_name, parse_pair
 
 ObjectName = tuple[str, str]  # (colour, shape)
 ObjectPair = tuple[ObjectName, ObjectName]
@@ -291,7 +291,8 @@ def check_scene_held_outs(scenes: SceneSpec, heldout: Collection[ObjectName]) ->
         if bad or frozenset(other) in held:
             raise ValueError(
                 f"heldout_bindings {pair}: its counterpart {other} must be seen in training, "
-                f"but {'the pair' if not bad else bad[0]} is held out too"
+                f"but {'the pair' if not bad else bad[0]} is held out too; hold out other "
+                "bindings (scenes.heldout_bindings, --heldout-binding)"
             )
     objects = scene_objects(heldout)
     pairs = [(a, b) for a in objects for b in objects if fits(held, [a], b)]
@@ -299,3 +300,14 @@ def check_scene_held_outs(scenes: SceneSpec, heldout: Collection[ObjectName]) ->
         raise ValueError("the held-out choices leave no two objects to draw together")
     if scenes.probs[2] > 0 and not any(fits(held, p, o) for p in pairs for o in objects):
         raise ValueError("the held-out choices leave no three objects to draw together")
+
+
+def parse_object_pair(text: str) -> ObjectPair:
+    """``red:circle+blue:square`` -> ``(("red", "circle"), ("blue", "square"))``, names
+    checked (the message lists the valid ones)."""
+    a, sep, b = text.strip().partition("+")
+    if not sep:
+        raise ValueError(
+            f"expected COLOUR:SHAPE+COLOUR:SHAPE (e.g. red:circle+blue:square), got {text!r}"
+        )
+    return parse_pair(a), parse_pair(b)
