@@ -18,11 +18,13 @@ learn them and a deterministic pixel checker can read them back from generated i
 Sample ``i`` draws everything from ``numpy.random.default_rng([seed, i])``: it does not depend
 on the other samples or on ``num_samples``. Some (colour, shape) pairs, and optionally
 (shape, position) pairs, are held out of training; :func:`heldout_prompts` lists evaluation
-prompts for them.
+prompts for them. With ``SyntheticSpec.scenes`` a share of the samples are scenes of two or
+three objects placed by a relation (:mod:`imagen_ray.data.scenes`).
 
 Here: drawing a sample's attributes, rendering and captioning it, the held-out prompts and
-writing the set through the shard writer. The vocabulary (:data:`ATTRIBUTES`) and the
-settings (:class:`SyntheticSpec`) are in :mod:`imagen_ray.data.synthetic_spec`.
+writing the set through the shard writer. The vocabulary (:data:`ATTRIBUTES`) is in
+:mod:`imagen_ray.data.synthetic_vocab`, the drawing in :mod:`imagen_ray.data.synthetic_draw`,
+the settings (:class:`SyntheticSpec`) in :mod:`imagen_ray.data.synthetic_spec`.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ from imagen_ray.images import encode_image
 if TYPE_CHECKING:
     from imagen_ray.data.writer import ShardSample, ShardWriteSummary
 
-__all__ = [  # the spec's names are re-exported: this module was their home
+__all__ = [  # the spec's and vocabulary's names are re-exported: this module was their home
     "ATTRIBUTES",
     "CROSS_ARM",
     "DEFAULT_HELDOUT",

@@ -37,6 +37,7 @@ from imagen_ray.data.scenes import counterpart_prompts, heldout_scene_prompts, s
 from imagen_ray.data.synthetic import TEMPLATES, SyntheticSpec, allowed_triples, make_caption
 from imagen_ray.data.synthetic_vocab import ATTRIBUTES, check_name
 from imagen_ray.eval.alignment import HELDOUT, SEEN
+from imagen_ray.prompts import read_prompt_file
 
 CATEGORIES = ("colour binding", "spatial relation", "counting", "single object")
 
@@ -155,22 +156,13 @@ def normalise_item(raw: Mapping[str, Any], where: str = "item") -> dict[str, Any
 
 
 def read_prompts(path: str | Path) -> list[dict[str, Any]]:
-    """Read a prompts file (JSONL, see the module docstring); blank lines are skipped."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--prompts {path}: no such file")
-    items = []
-    for k, line in enumerate(p.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}:{k}: not a JSON object ({e.msg})") from e
-        items.append(normalise_item(raw, f"{p}:{k}"))
-    if not items:
-        raise ValueError(f"--prompts {path}: no prompts")
-    return items
+    """Read a prompts file (JSONL, see the module docstring; read by
+    :func:`~imagen_ray.prompts.read_prompt_file`), each record checked."""
+    prompts = read_prompt_file(path, default_format="jsonl")
+    return [
+        normalise_item({"prompt": pr.text, **pr.meta}, f"{path}: prompt {k}")
+        for k, pr in enumerate(prompts, start=1)
+    ]
 
 
 def write_prompts(items: Sequence[Mapping[str, Any]], path: str | Path) -> Path:

@@ -14,6 +14,10 @@ reproduced by hand:
    renderer that made the training images; the best intersection-over-union wins (below
    ``min_iou`` the blob is no shape at all).
 
+:func:`fit_shape` reads a shape by drawing each template at the object's area and centroid
+and comparing pixel coverage; it tells shapes apart down to 5 px objects, and the scene
+checker (:mod:`imagen_ray.eval.scenes`) reads shapes with it.
+
 On the training images themselves it reads every attribute back (``tests/eval``).
 """
 

@@ -6,8 +6,9 @@ built on the alignment probe's pieces (:mod:`imagen_ray.eval.probe`):
 1. background and object pixels as the probe finds them (border median, ``min_contrast``);
 2. objects: connected components (8-neighbourhood) of the object pixels, ignoring specks under
    ``min_component`` of the image; a component in which a second palette colour holds at
-   least ``min_share`` of the pixels (two objects touching) is split by colour;
-3. each object's colour: the majority of its pixels' nearest palette colours; its shape:
+   least ``min_share`` of the pure pixels (two objects touching) is split by colour;
+3. each object's colour: the majority of its pure pixels' nearest palette colours (those
+   within ``PURE`` of one; of all its pixels when none is); its shape:
    :func:`~imagen_ray.eval.probe.fit_shape`; its position: the centroid of its pixels;
 4. matching: the prompt's objects are assigned to distinct objects found, in any order, by
    brute force over the assignments (at most 3 objects asked for, 8 found), maximising
@@ -62,10 +63,10 @@ class SceneObject:
 def _parts(
     x: np.ndarray, obj: np.ndarray, min_px: float, min_share: float
 ) -> list[tuple[int, np.ndarray]]:
-    """(palette index, mask) of each object: components of ``obj`` coloured by their
-    majority, split by colour where a second colour holds ``min_share`` of the component's
-    pure pixels (within ``PURE`` of a palette colour; edge pixels blend into the background
-    and never are)."""
+    """(palette index, mask) of each object: components of ``obj`` coloured by the majority
+    of their pure pixels (within ``PURE`` of a palette colour; edge pixels blend into the
+    background and never are; all pixels when none is pure), split by colour where a second
+    colour holds ``min_share`` of the pure pixels."""
     from scipy import ndimage  # scipy: labelled components; a transitive dependency of ours
 
     cls = np.zeros(obj.shape, dtype=np.int64)
@@ -83,8 +84,8 @@ def _parts(
         colours = [
             c for c in np.argsort(-clean) if clean[c] >= max(min_px, min_share * clean.sum())
         ]
-        if len(colours) <= 1:
-            parts.append((int(votes.argmax()), comp))
+        if len(colours) <= 1:  # the pure pixels' colour: edges blend towards other colours
+            parts.append((int((clean if clean.any() else votes).argmax()), comp))
         else:
             parts += [(int(c), comp & (cls == c)) for c in colours]
     return parts

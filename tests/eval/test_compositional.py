@@ -103,10 +103,10 @@ def test_prompts_file_round_trip_counts_and_errors(tmp_path: Path) -> None:
         (json.dumps({**red, "objects": [{"colour": "red"}]}), "missing 'shape'"),
         (json.dumps({**red, "relation": "near"}), "unknown relation 'near'"),
         (json.dumps({**red, "category": "style"}), "unknown category 'style'"),
-        ("not json", "not a JSON object"),
+        ("not json", "not valid JSON"),
     ):
         bad.write_text(line + "\n")
-        with pytest.raises(ValueError, match=f"bad.jsonl:1: .*{message}"):
+        with pytest.raises(ValueError, match=f"bad.jsonl(:1|: prompt 1): .*{message}"):
             read_prompts(bad)
 
 
