@@ -25,10 +25,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)  ## create .venv with pinned dev installs (CPU torch)
 
-demo: $(STAMP)  ## train, serve and evaluate a tiny cascade on this machine (8-17 min on 2 CPU cores)
+demo: $(STAMP)  ## train, serve and evaluate a tiny cascade on this machine's CPU (docs/demo.md)
 	$(BIN)/imagen-ray demo --out runs/demo
 
-test: $(STAMP)  ## run the test suite (all but the multi-run cluster tests; ~20 min on 2 cores)
+test: $(STAMP)  ## run the test suite (all but the multi-run cluster tests)
 	$(BIN)/python -m pytest tests -m "not cluster" --durations=15
 
 test-cluster: $(STAMP)  ## the multi-run cluster, storage and elastic-resume tests (CI runs them too)

@@ -189,12 +189,8 @@ def run_soak(
     import ray
     from ray import serve
 
-    from imagen_ray.serve.app import (
-        build_application,
-        free_port,
-        load_serve_config,
-        port_in_use,
-    )
+    from imagen_ray.config import load_serve_config
+    from imagen_ray.serve.app import build_application, free_port, port_in_use
 
     token = secrets.token_hex(32)
     os.environ[TOKEN_ENV] = token  # the driver reads it; replicas get only its digest
@@ -217,6 +213,6 @@ def run_soak(
         serve.run(build_application(cfg), name=cfg.app_name, route_prefix="/")
         return soak(f"http://127.0.0.1:{port}", token, requests_total, clients, log)
     finally:
-        serve.shutdown()
+        # ray.shutdown() ends a local cluster's Serve too (see imagen_ray.serve.app.stop_app)
         ray.shutdown()
         os.environ.pop(TOKEN_ENV, None)

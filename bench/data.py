@@ -227,7 +227,7 @@ def bench_wds_loop(shards: list[str]) -> int:
     """(c) one process: webdataset.WebDataset + PIL decode, draft, resize, crop."""
     import webdataset as wds
 
-    from imagen_ray.data.pipeline import resize_crop
+    from imagen_ray.data.decode import resize_crop
 
     n = 0
     for _key, raw, caption in wds.WebDataset(
@@ -245,7 +245,7 @@ def bench_ray_wds(shards: list[str]) -> int:
     """(d) ray.data.read_webdataset (raw bytes) + the same decode_filter_resize map."""
     import ray
 
-    from imagen_ray.data.pipeline import decode_filter_resize
+    from imagen_ray.data.decode import decode_filter_resize
 
     cfg = run_cfg(shards)
     ds = ray.data.read_webdataset(shards, decoder=None, num_cpus=0.25).map_batches(

@@ -109,7 +109,8 @@ def deploy(args: argparse.Namespace, cascade: str) -> dict[str, Any]:
     """Both variants as two applications of one Serve instance; returns their configs."""
     from ray import serve
 
-    from imagen_ray.serve.app import build_application, load_serve_config
+    from imagen_ray.config import load_serve_config
+    from imagen_ray.serve.app import build_application
 
     cfgs = {}
     for variant in VARIANTS:
@@ -257,7 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
         batches = {v: stage_batches(f"{base}/{v}") for v in VARIANTS}
     finally:
-        serve.shutdown()
+        # ray.shutdown() ends a local cluster's Serve too (see imagen_ray.serve.app.stop_app)
         ray.shutdown()
         tmp.cleanup()
 

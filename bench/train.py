@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from imagen_ray.cli import add_overrides_argument
+from imagen_ray.cli.args import add_overrides_argument
 from imagen_ray.train.batches import random_batches
 from imagen_ray.train.memory import ModelStateMemory, PeakMemory
 
@@ -315,7 +315,8 @@ def optimizer_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def write_shards(args: argparse.Namespace, cfg: Any, tmp: Path, samples: int) -> dict[str, Any]:
     """Synthetic shards at the stage's size, and a copy with precomputed embeddings."""
     from imagen_ray.data.precompute import encode_shards
-    from imagen_ray.data.synthetic import SyntheticSpec, write_synthetic
+    from imagen_ray.data.synthetic import write_synthetic
+    from imagen_ray.data.synthetic_spec import SyntheticSpec
 
     per_shard = max(16, samples // 8)
     log(f"throughput: writing {samples} synthetic samples and encoding their captions")

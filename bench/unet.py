@@ -82,7 +82,7 @@ PIP_HINT = (
 TEXT_LEN = 32
 LR = 1e-4
 TARGET_SPEEDUP = 2.0
-# Memory formats kept after trying both (bench/README.md): per model and per workload.
+# channels_last for both models and both workloads: the faster in each (docs/benchmarks.md).
 DEFAULT_FORMATS = {
     "ours_train": "channels_last",
     "ours_sample": "channels_last",

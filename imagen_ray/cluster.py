@@ -9,14 +9,16 @@ the autoscaler (the message says so).
 
 What the autoscaler can add comes from Ray, in this order:
 
-1. the cluster config the autoscaler reports to the GCS (``ray._private.state`` :
-   ``get_cluster_config``: node groups with resources and ``max_count``; KubeRay and other
-   platforms report it, and Ray Data reads it for its own autoscaling);
+1. the cluster config the autoscaler reports to the GCS (node groups with resources and
+   ``max_count``; KubeRay and other platforms report it, and Ray Data reads it for its own
+   autoscaling);
 2. the autoscaling config the head's Ray autoscaler (``ray start --head
    --autoscaling-config FILE``, the cluster launcher's ``~/ray_bootstrap_config.yaml``) was
    started with, validated with Ray's own schema: Ray 2.60's autoscaler (v1 and v2) keeps
    its node types to itself, so the file is found through the autoscaler process on this
    machine.
+
+Both are private to Ray and read through :mod:`imagen_ray.ray_compat`.
 
 With neither, a cluster that runs an autoscaler (``ray status`` has a report) may grow by an
 unknown amount: runs above its current size start with a warning; a cluster without an
@@ -31,6 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from imagen_ray import ray_compat
 
 _EPS = 1e-9
 # Resources every node carries that no run asks for.
@@ -223,63 +227,30 @@ def cluster_capacity(*, local: bool = False) -> Capacity:
 
 def _types_from_gcs() -> list[NodeType] | None:
     """Node groups the autoscaler reported to the GCS (None when none were)."""
-    try:
-        from ray._private.state import state  # no public accessor in Ray 2.60
-
-        config = state.get_cluster_config()
-    except Exception:
-        return None
-    if config is None or not config.node_group_configs:
-        return None
-    return [
-        NodeType(g.name, {k: float(v) for k, v in g.resources.items()}, int(g.max_count))
-        for g in config.node_group_configs
-    ]
-
-
-_MONITORS = (
-    os.path.join("autoscaler", "_private", "monitor.py"),
-    os.path.join("autoscaler", "v2", "monitor.py"),
-)
+    groups = ray_compat.reported_node_groups()
+    return None if groups is None else [NodeType(*g) for g in groups]
 
 
 def _autoscaler_config_path() -> tuple[bool, Path | None]:
     """(the cluster's autoscaler process runs on this machine, its ``--autoscaling-config``)."""
     import ray
 
-    try:
-        import psutil  # comes with ray[serve]
-
-        port = ray.get_runtime_context().gcs_address.rsplit(":", 1)[-1]
-    except Exception:
+    proc = ray_compat.autoscaler_process(ray.get_runtime_context().gcs_address)
+    if proc is None:
         return False, None
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            cmd = proc.info.get("cmdline") or []
-        except Exception:
-            continue
-        if not any(c.endswith(_MONITORS) for c in cmd):
-            continue
-        args = dict(a.split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
-        if args.get("--gcs-address", "").rsplit(":", 1)[-1] != port:
-            continue
-        path = args.get("--autoscaling-config")
-        if path and Path(path).expanduser().is_file():
-            return True, Path(path).expanduser()
-        return True, None
-    return False, None
+    path = Path(proc.autoscaling_config).expanduser() if proc.autoscaling_config else None
+    return True, path if path is not None and path.is_file() else None
 
 
 def _types_from_autoscaling_config(path: Path) -> list[NodeType] | None:
-    """Worker node types of a cluster-launcher config, checked with Ray's schema."""
+    """Worker node types of a cluster-launcher config, checked with Ray's schema (None: the
+    file cannot be read or is not a valid config)."""
     import yaml
 
     try:
-        from ray.autoscaler._private.util import validate_config
-
         config = yaml.safe_load(path.read_text())
-        validate_config(config)
-    except Exception:
+        ray_compat.validate_autoscaling_config(config)
+    except (OSError, yaml.YAMLError, ValueError):
         return None
     head = config.get("head_node_type")
     types = config.get("available_node_types") or {}

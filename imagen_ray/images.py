@@ -2,7 +2,9 @@
 
 Everything that turns model output into pixels or files goes through here, so an image
 from ``imagen-ray sample``, the Serve endpoint, batch generation and the training sample
-grids is the same pixels and, for the same format, the same bytes.
+grids is the same pixels and, for the same format, the same bytes. The image formats an
+input entry extension may hold (:func:`formats_for`: ``data.image_keys`` is validated against
+it, the data pipeline's decoder is restricted to it) are named here too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,18 @@ FORMAT_ALIASES = {"jpg": "jpeg"}
 SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 JPEG_QUALITY = 95  # visually lossless for generated images; ~4x smaller than PNG
 
+# Extensions -> PIL format names (the decoders allowed for that entry).
+_EXT_FORMATS: dict[str, tuple[str, ...]] = {
+    "jpg": ("JPEG",),  # MPO (camera multi-picture) files open through the JPEG decoder
+    "jpeg": ("JPEG",),
+    "png": ("PNG",),
+    "webp": ("WEBP",),
+    "gif": ("GIF",),
+    "bmp": ("BMP",),
+    "tif": ("TIFF",),
+    "tiff": ("TIFF",),
+}
+
 
 def image_format(name: str) -> ImageFormat:
     """The canonical format for a name or suffix (``"jpg"``, ``".JPG"`` -> ``"jpeg"``).
@@ -42,6 +56,24 @@ def image_format(name: str) -> ImageFormat:
             f"unknown image format {name!r}; use one of {', '.join(IMAGE_FORMATS)} (or jpg)"
         )
     return key  # type: ignore[return-value]  # checked against the Literal's values above
+
+
+def formats_for(extensions: Sequence[str]) -> tuple[str, ...]:
+    """PIL format names allowed for entry extensions (``("jpg", "png")`` -> JPEG, PNG).
+
+    Raises:
+        ValueError: an extension with no known image format (names the known ones).
+    """
+    out: list[str] = []
+    for ext in extensions:
+        fmts = _EXT_FORMATS.get(ext.lower().lstrip("."))
+        if fmts is None:
+            raise ValueError(
+                f"image extension {ext!r} names no known image format; use some of "
+                f"{sorted(_EXT_FORMATS)}"
+            )
+        out += [f for f in fmts if f not in out]
+    return tuple(out)
 
 
 def unit_range(x: Tensor) -> Tensor:

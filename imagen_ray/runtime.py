@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from imagen_ray import storage
+from imagen_ray import ray_compat, storage
 
 T = TypeVar("T")
 
@@ -59,6 +59,7 @@ def init_ray(
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
+    notices = _HeldNotices()
     if not ray.is_initialized():
         init: dict[str, Any] = {"log_to_driver": verbose, **kwargs}
         if not verbose:  # "Started a local Ray instance." and other INFO lines of ray.init
@@ -70,7 +71,8 @@ def init_ray(
             # "local": never attach to a stale cluster left in /tmp/ray by `ray start`.
             init.update(address="local", num_cpus=num_cpus, include_dashboard=False)
         ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        ray.init(**init)
+        with contextlib.nullcontext() if verbose else notices.held():
+            ray.init(**init)
         for sig, handler in ours.items():  # ray.init installs its own SIGTERM handler
             if handler is _raise_interrupt:
                 signal.signal(sig, handler)
@@ -83,8 +85,10 @@ def init_ray(
 
         ray.data.DataContext.get_current().enable_operator_progress_bars = False
     logs = ray_logs_dir()
-    if logs is not None and run_dir is not None and not storage.is_uri(run_dir):
-        link_logs(Path(run_dir), logs)
+    if logs is not None:
+        notices.write(logs / DRIVER_LOG)
+        if run_dir is not None and not storage.is_uri(run_dir):
+            link_logs(Path(run_dir), logs)
     return logs
 
 
@@ -129,19 +133,8 @@ def _warnings_and_above(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING
 
 
-# Ray 2.60 warns on every `ray.init` that starts a local cluster that token auth is on by
-# default; a notice, not a problem (the warning that it is OFF still shows).
-_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
-_AUTH_ON_NOTICE = "Token authentication is enabled for this Ray cluster"
-
-
-def _not_the_auth_on_notice(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith(_AUTH_ON_NOTICE)
-
-
 def quiet_driver_loggers() -> None:
-    """Show only warnings and errors of Ray's, Serve's and DeepSpeed's driver-side loggers,
-    without Ray's notice that token auth is on.
+    """Show only warnings and errors of Ray's, Serve's and DeepSpeed's driver-side loggers.
 
     A filter as well as the level: ``serve.start`` sets its logger back to INFO.
     """
@@ -150,9 +143,44 @@ def quiet_driver_loggers() -> None:
         logger.setLevel(logging.WARNING)
         if _warnings_and_above not in logger.filters:
             logger.addFilter(_warnings_and_above)
-    auth = logging.getLogger(_AUTH_LOGGER)
-    if _not_the_auth_on_notice not in auth.filters:
-        auth.addFilter(_not_the_auth_on_notice)
+
+
+# Notices Ray prints on the driver that are not problems go to this file in Ray's log
+# directory instead of the console.
+DRIVER_LOG = "imagen-ray-driver.log"
+
+
+class _HeldNotices(logging.Filter):
+    """Ray's notice, on every ``ray.init`` that starts a local cluster, that token auth is on
+    by default: held off the console while ``ray.init`` runs (the warning that auth is OFF
+    still shows), then written to :data:`DRIVER_LOG`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(ray_compat.AUTH_ON_NOTICE):
+            self.records.append(record)
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        logger = ray_compat.auth_notice_logger()
+        logger.addFilter(self)
+        try:
+            yield
+        finally:
+            logger.removeFilter(self)
+
+    def write(self, path: Path) -> None:
+        if not self.records:
+            return
+        fmt = logging.Formatter("%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s")
+        with path.open("a") as f:
+            f.writelines(fmt.format(r) + "\n" for r in self.records)
+        self.records.clear()
 
 
 # The raylet warns on the driver's console whenever it has started a few times more worker
@@ -162,40 +190,19 @@ def quiet_driver_loggers() -> None:
 _STARTUP_CONCURRENCY = "maximum expected startup concurrency"
 
 
+def _startup_concurrency(line: str) -> bool:
+    return _STARTUP_CONCURRENCY in line
+
+
 def drop_startup_concurrency_warning() -> None:
     """Keep the raylet's startup-concurrency warning off this console (other raylet errors,
-    e.g. a worker killed for memory, still show). Ray prints what its error listener receives
-    through ``ray._private.worker.print_to_stdstream``; there is no public switch for one
-    message, so that function is wrapped once; a Ray without it is left alone."""
-    try:
-        from ray._private import worker as ray_worker
-    except ImportError:  # pragma: no cover - a Ray without the private module
-        return
-    original = getattr(ray_worker, "print_to_stdstream", None)
-    if original is None or getattr(original, "_imagen_ray_filtered", False):
-        return
-
-    def print_to_stdstream(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        if data.get("pid") == "raylet":
-            lines = [ln for ln in data.get("lines", []) if _STARTUP_CONCURRENCY not in ln]
-            if not lines:
-                return None
-            data = {**data, "lines": lines}
-        return original(data, *args, **kwargs)
-
-    print_to_stdstream._imagen_ray_filtered = True  # type: ignore[attr-defined]
-    ray_worker.print_to_stdstream = print_to_stdstream
+    e.g. a worker killed for memory, still show)."""
+    ray_compat.filter_raylet_console_lines(_startup_concurrency)
 
 
 def ray_logs_dir() -> Path | None:
     """The log directory of the Ray session this process is connected to, if on this machine."""
-    import ray
-
-    try:
-        node = ray._private.worker._global_node  # no public accessor in Ray 2.60
-        path = Path(node.get_logs_dir_path()) if node is not None else None
-    except Exception:  # a client connection or a Ray that moved the attribute
-        return None
+    path = ray_compat.global_node_logs_dir()
     return path if path is not None and path.is_dir() else None
 
 

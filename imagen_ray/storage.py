@@ -1,7 +1,7 @@
 """Local paths and remote URIs (``s3://``, ``gs://``) behind one set of helpers.
 
 Every place that takes a directory a user may put on object storage (``train.storage_path``,
-``--resume-from``, ``export --checkpoint/--out``, ``train.init_from``, ``Cascade.load``,
+``--resume-from``, ``export --checkpoint/--out``, ``train.init_from``, ``publish.load_cascade``,
 ``generate --out``) goes through these functions instead of checking for ``://`` itself.
 They are built on ``pyarrow.fs``, the filesystem layer Ray Train and Ray Data use, so a URI
 reaches the same endpoint with the same credentials as Ray's own checkpoint uploads: the

@@ -107,10 +107,12 @@ def test_runtime_env_is_valid_and_uploads_the_code_but_not_the_data() -> None:
 
 
 def test_cluster_launcher_config_passes_rays_schema() -> None:
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    from ray.autoscaler._private.util import prepare_config  # what `ray up` does first
+
+    from imagen_ray.ray_compat import validate_autoscaling_config
 
     cfg = yaml.safe_load((CLUSTER / "aws-gpu.yaml").read_text())
-    validate_config(prepare_config(cfg))  # raises on unknown or mistyped fields
+    validate_autoscaling_config(prepare_config(cfg))  # raises on unknown or mistyped fields
     assert cfg["file_mounts"]["~/imagen-ray"] == "."
     setup = "\n".join(cfg["setup_commands"])
     assert "-c ~/imagen-ray/constraints.txt -e ~/imagen-ray" in setup
@@ -332,7 +334,8 @@ def test_ray_job_submit_trains_from_shards_on_two_nodes_with_token_auth(tmp_path
     file) -> a client without the token is refused -> `ray job submit` with it trains
     through the Ray Data shard pipeline -> SUCCEEDED, a checkpoint, and the two training
     workers on the two nodes -> stop-local.sh, with no Ray process of this cluster left."""
-    from imagen_ray.data.synthetic import SyntheticSpec, write_synthetic
+    from imagen_ray.data.synthetic import write_synthetic
+    from imagen_ray.data.synthetic_spec import SyntheticSpec
     from imagen_ray.train.placement import WORKERS_FILE
 
     shards = tmp_path / "shards"

@@ -132,7 +132,8 @@ def test_node_types_are_read_from_a_cluster_launcher_config_with_rays_schema(
 
 def test_serve_checks_every_deployments_replicas(tmp_path: Path) -> None:
     from imagen_ray.cli import main
-    from imagen_ray.serve.app import load_serve_config, serve_demands
+    from imagen_ray.config import load_serve_config
+    from imagen_ray.serve.app import serve_demands
 
     assert (
         main(["init", "-c", str(ROOT / "configs/tiny/cascade.yaml"), "--out", str(tmp_path / "c")])

@@ -1,4 +1,5 @@
-"""The one tensor -> uint8 conversion and the one image encoder (imagen_ray.images)."""
+"""The one tensor -> uint8 conversion, the one image encoder, and the input formats an entry
+extension may hold (imagen_ray.images)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from PIL import Image
 from imagen_ray.images import (
     IMAGE_FORMATS,
     encode_image,
+    formats_for,
     image_format,
     model_to_uint8,
     save_image,
@@ -56,3 +58,17 @@ def test_save_image_picks_the_format_from_the_suffix(tmp_path: Path) -> None:
     for name, kind in [("a.png", "PNG"), ("a.jpg", "JPEG"), ("a.webp", "WEBP")]:
         path = save_image(pixels, tmp_path / name)
         assert Image.open(path).format == kind
+
+
+def test_formats_for_maps_entry_extensions_to_decoders() -> None:
+    assert formats_for(["jpg", "jpeg", ".PNG"]) == ("JPEG", "PNG")  # each once, in order
+    assert formats_for(["tif", "webp"]) == ("TIFF", "WEBP")
+    with pytest.raises(ValueError, match=r"'txt' names no known image format"):
+        formats_for(["jpg", "txt"])
+
+
+def test_image_keys_must_name_image_formats() -> None:
+    from imagen_ray.config import DataConfig
+
+    with pytest.raises(ValueError, match=r"'txt' names no known image format"):
+        DataConfig(image_keys=("jpg", "txt"))

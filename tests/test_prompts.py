@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from imagen_ray.cli import main
 from imagen_ray.cli.model import read_prompts
 from imagen_ray.eval.suite import SuitePrompt, read_suite
 from imagen_ray.prompts import Prompt, read_csv, read_prompt_file
@@ -66,3 +68,49 @@ def test_eval_suite_reads_through_the_same_csv_reader(tmp_path: Path, bom: str) 
 
 def test_prompt_defaults_to_no_metadata() -> None:
     assert Prompt("a") == Prompt("a", {})
+
+
+def test_prompt_files_txt_csv_jsonl(tmp_path: Path) -> None:
+    (tmp_path / "p.txt").write_text("a red circle\n\n  two blue squares  \n")
+    assert [p.text for p in read_prompt_file(tmp_path / "p.txt")] == [
+        "a red circle",
+        "two blue squares",
+    ]
+    # DrawBench's layout: Prompts, Category; other columns are kept as metadata
+    (tmp_path / "d.csv").write_text('Prompts,Category\n"a cat, on a mat",Animals\nfog,Scenes\n')
+    rows = read_prompt_file(tmp_path / "d.csv")
+    assert [(p.text, p.meta) for p in rows] == [
+        ("a cat, on a mat", {"Category": "Animals"}),
+        ("fog", {"Category": "Scenes"}),
+    ]
+    (tmp_path / "c.csv").write_text("id,words\n1,hello\n")
+    assert read_prompt_file(tmp_path / "c.csv", column="words")[0].meta == {"id": "1"}
+    (tmp_path / "p.jsonl").write_text('{"prompt": "x", "tag": 3}\n\n"y"\n')
+    assert [(p.text, p.meta) for p in read_prompt_file(tmp_path / "p.jsonl")] == [
+        ("x", {"tag": 3}),
+        ("y", {}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("p.yaml", "a: b\n", "unknown format '.yaml'; use one of .txt, .csv, .jsonl"),
+        ("p.txt", "\n  \n", "has no prompts"),
+        ("p.csv", "id,words\n1,hello\n", "columns are ['id', 'words']"),
+        ("p.csv", "prompt\nok\n\n,\n", "p.csv:4: empty prompt"),
+        ("p.jsonl", '{"prompt": "ok"}\n{"text": "no"}\n', "p.jsonl:2: expected an object"),
+        ("p.jsonl", '{"prompt": "ok"}\n{oops\n', "p.jsonl:2: not valid JSON"),
+    ],
+)
+def test_bad_prompt_files_name_the_problem(
+    tmp_path: Path, capsys, name: str, text: str, message: str
+) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_prompt_file(tmp_path / name)
+    # the command exits 2 with the same message, before any cascade or Ray work
+    args = ["generate", "--cascade", str(tmp_path), "--prompts", str(tmp_path / name)]
+    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -197,12 +197,13 @@ def test_remote_shard_directory_lists_its_tars(s3) -> None:
 
 
 def test_stage_on_s3_loads_as_cascade_and_as_init_weights(s3, tmp_path: Path) -> None:
-    """An exported stage on S3: Cascade.load and train.init_from's loader read it (the
-    weights equal the saved ones)."""
+    """An exported stage on S3: publish.load_cascade and train.init_from's loader read it (the
+    weights equal the saved ones); Cascade.load refuses the URI and names load_cascade."""
     import torch
 
-    from imagen_ray.cascade import Cascade, Stage, save_stage
+    from imagen_ray.cascade import Cascade, CheckpointError, Stage, save_stage
     from imagen_ray.config import load_run_config
+    from imagen_ray.publish import load_cascade
     from imagen_ray.train.warmstart import load_init_weights
 
     cfg = load_run_config(
@@ -217,8 +218,12 @@ def test_stage_on_s3_loads_as_cascade_and_as_init_weights(s3, tmp_path: Path) ->
     got = load_init_weights(uri)
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], want[k]) for k in want)
-    loaded = Cascade.load(uri).stages[0].unet.state_dict()
+    loaded = load_cascade(uri).stages[0].unet.state_dict()
     assert all(torch.equal(loaded[k].float(), want[k]) for k in want)
+    again = load_cascade([uri]).stages[0].unet.state_dict()  # a list of stage URIs
+    assert all(torch.equal(again[k].float(), want[k]) for k in want)
+    with pytest.raises(CheckpointError, match=rf"not URIs \({uri}\).*publish\.load_cascade"):
+        Cascade.load(uri)
 
 
 def test_run_files_sync_failure_warns_and_does_not_raise(s3, tmp_path, monkeypatch, capsys):

@@ -99,8 +99,8 @@ def test_training_on_s3_resumes_after_a_killed_worker_and_keeps_its_files(traine
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_export_from_s3_to_s3_then_load_and_sample(trained, capsys) -> None:
-    from imagen_ray.cascade import Cascade
     from imagen_ray.cli import main
+    from imagen_ray.publish import load_cascade
 
     _, run, _ = trained
     out = run.replace("/runs/base", "/export/base")
@@ -109,7 +109,7 @@ def test_export_from_s3_to_s3_then_load_and_sample(trained, capsys) -> None:
     assert set(storage.listdir(out)) == {"config.json", "model.safetensors"}
     meta = json.loads(storage.read_text(f"{out}/config.json"))
     assert meta["extra"]["step"] == 10 and meta["extra"]["checkpoint"].startswith(run)
-    cascade = Cascade.load(out)
+    cascade = load_cascade(out)
     image = cascade.generate(["a red circle"], seed=0).uint8()
     side = meta["stage"]["size"]
     assert image.shape == (1, side, side, 3) and image.std() > 0

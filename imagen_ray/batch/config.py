@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
 
-from imagen_ray.cascade.precision import InferenceDType
 from imagen_ray.config import Strict, apply_overrides, read_yaml, validate
+from imagen_ray.config.dtypes import InferenceDType
 from imagen_ray.images import ImageFormat, image_format
 
 

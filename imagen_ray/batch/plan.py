@@ -49,7 +49,7 @@ def resolved_sampling(stages: list[StageConfig], cfg: GenerateConfig) -> dict[st
 
 def run_dtype(cfg: GenerateConfig) -> str:
     """The U-Nets' dtype in this run's replicas (``auto`` resolved: bfloat16 with GPUs)."""
-    from imagen_ray.cascade.precision import resolve_dtype
+    from imagen_ray.config.dtypes import resolve_dtype
 
     return resolve_dtype(cfg.dtype, "cuda" if cfg.num_gpus > 0 else "cpu")
 

@@ -63,8 +63,6 @@ def generate(
     Returns:
         Summary with the counts and the manifest path.
     """
-    import ray
-
     t0 = time.perf_counter()
     paths = [str(Path(c).resolve()) for c in cascade]
     sampling = resolved_sampling(stage_configs(paths), cfg)
@@ -78,42 +76,8 @@ def generate(
     if todo:
         if not storage.is_uri(out):
             Path(out, IMAGES).mkdir(parents=True, exist_ok=True)
-        if not ray.is_initialized():
-            if start_ray is not None:
-                start_ray()
-            else:
-                from imagen_ray.runtime import init_ray
-
-                init_ray()
-        from imagen_ray.cluster import cluster_capacity
-
-        wait = check_cluster(cfg, cluster_capacity())
-        if wait:
-            log(wait)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = progress
-        # One block per batch, so that every replica gets work and progress moves per batch.
-        blocks = -(-len(todo) // cfg.batch_size)
-        ds = ray.data.from_items(
-            [{"record": json.dumps(r)} for r in todo], override_num_blocks=blocks
-        )
-        results = ds.map_batches(
-            CascadeWorker,
-            fn_constructor_kwargs={
-                "cascade": paths,
-                "out": out,
-                "until": cfg.until,
-                "use_gpu": cfg.num_gpus > 0,
-                "dtype": run_dtype(cfg),
-            },
-            batch_size=cfg.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
-            num_cpus=cfg.num_cpus,
-            num_gpus=cfg.num_gpus,
-        )
-        written = sum(len(b["file"]) for b in results.iter_batches(batch_size=None))
-        if written != len(todo):
-            raise RuntimeError(f"expected {len(todo)} images from the pool, got {written}")
+        _join_ray(cfg, log, start_ray)
+        _run_pool(todo, paths, out, cfg, progress=progress)
     manifest = write_manifest(out, records)
     seconds = time.perf_counter() - t0
     log(
@@ -121,3 +85,54 @@ def generate(
         f"({seconds:.1f} s)"
     )
     return Summary(len(todo), len(done), out, manifest, seconds)
+
+
+def _join_ray(
+    cfg: GenerateConfig, log: Callable[[str], None], start_ray: Callable[[], Any] | None
+) -> None:
+    """Start or join Ray unless it runs (``start_ray``, default ``init_ray``); say when the
+    pool must wait for the cluster to grow."""
+    import ray
+
+    if not ray.is_initialized():
+        if start_ray is not None:
+            start_ray()
+        else:
+            from imagen_ray.runtime import init_ray
+
+            init_ray()
+    from imagen_ray.cluster import cluster_capacity
+
+    wait = check_cluster(cfg, cluster_capacity())
+    if wait:
+        log(wait)
+
+
+def _run_pool(
+    todo: list[dict[str, Any]], paths: list[str], out: str, cfg: GenerateConfig, *, progress: bool
+) -> None:
+    """``todo``'s images made and written by the :class:`CascadeWorker` actor pool."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    # One block per batch, so that every replica gets work and progress moves per batch.
+    blocks = -(-len(todo) // cfg.batch_size)
+    ds = ray.data.from_items([{"record": json.dumps(r)} for r in todo], override_num_blocks=blocks)
+    results = ds.map_batches(
+        CascadeWorker,
+        fn_constructor_kwargs={
+            "cascade": paths,
+            "out": out,
+            "until": cfg.until,
+            "use_gpu": cfg.num_gpus > 0,
+            "dtype": run_dtype(cfg),
+        },
+        batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus,
+    )
+    written = sum(len(b["file"]) for b in results.iter_batches(batch_size=None))
+    if written != len(todo):
+        raise RuntimeError(f"expected {len(todo)} images from the pool, got {written}")

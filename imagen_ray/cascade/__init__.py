@@ -5,11 +5,14 @@ Names load their module on first use (PEP 562), so that the torch-free generatio
 (:mod:`imagen_ray.cascade.plan`, which the Serve ingress uses) can be imported without torch.
 """
 
+# The TYPE_CHECKING imports are the package's names: imagen_ray._lazy builds __all__ from them.
+# ruff: noqa: F401
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from imagen_ray._lazy import lazy_getattr
+from imagen_ray._lazy import lazy_package
 
 if TYPE_CHECKING:
     from imagen_ray.cascade.cascade import Cascade, CascadeOutput
@@ -25,37 +28,4 @@ if TYPE_CHECKING:
     )
     from imagen_ray.cascade.stage import Stage
 
-__getattr__ = lazy_getattr(
-    __name__,
-    {
-        "cascade": ("Cascade", "CascadeOutput"),
-        "io": ("CheckpointError", "load_stage", "save_stage"),
-        "plan": (
-            "SEED_MAX",
-            "GenerationPlan",
-            "PlanError",
-            "plan_generation",
-            "plan_sampling",
-            "resolve_sampling",
-            "stage_generators",
-        ),
-        "stage": ("Stage",),
-    },
-)
-
-
-__all__ = [
-    "SEED_MAX",
-    "Cascade",
-    "CascadeOutput",
-    "CheckpointError",
-    "GenerationPlan",
-    "PlanError",
-    "Stage",
-    "load_stage",
-    "plan_generation",
-    "plan_sampling",
-    "resolve_sampling",
-    "save_stage",
-    "stage_generators",
-]
+__getattr__, __dir__ = lazy_package(__name__)

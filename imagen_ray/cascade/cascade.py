@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,26 +20,10 @@ from imagen_ray.cascade.io import (
     save_stage,
     stage_dirs,
 )
-from imagen_ray.cascade.plan import (
-    SamplingOverrides,
-    last_stage,
-    plan_generation,
-    resolve_sampling,
-    stage_generators,
-)
+from imagen_ray.cascade.plan import SamplingOverrides, last_stage, plan_generation
 from imagen_ray.cascade.stage import Stage
 from imagen_ray.config import CascadeConfig, TextEncoderConfig
 from imagen_ray.images import to_uint8, unit_range
-
-# Moved to imagen_ray.cascade.plan (the one generation plan); importable from here as before.
-__all__ = [
-    "Cascade",
-    "CascadeOutput",
-    "SamplingOverrides",
-    "TextEncoder",
-    "resolve_sampling",
-    "stage_generators",
-]
 
 
 class Encoding(Protocol):
@@ -248,22 +231,29 @@ class Cascade(nn.Module):
         Every stage must expect the same text encoder config; sizes must chain.
 
         Args:
-            path: see above; local directories or URIs (``s3://...``, ``gs://...``: each is
-                downloaded to a temporary directory, removed once the weights are loaded).
+            path: see above; local directories. A URI (``s3://...``, ``gs://...``) or a
+                Hugging Face Hub repo is loaded by :func:`imagen_ray.publish.load_cascade` or
+                :func:`imagen_ray.publish.from_pretrained`, which resolve it to local
+                directories and call this.
             device: where the stages go.
             encoder: a loaded text encoder to reuse (default: built on first use).
             dtype: inference dtype of the U-Nets (``auto``: bfloat16 on CUDA, float32
                 elsewhere; see :meth:`Stage.to_inference`). The default keeps the saved
                 float32 weights exactly.
+
+        Raises:
+            CheckpointError: a URI among the paths (naming it and the function that loads
+                it), a directory that is not a saved stage or cascade, or stages that do not
+                form a cascade.
         """
         paths = [path] if isinstance(path, (str, Path)) else list(path)
-        if any(storage.is_uri(p) for p in paths):
-            with ExitStack() as stack:
-                local = [stack.enter_context(storage.local_dir(p, what="cascade")) for p in paths]
-                one = isinstance(path, (str, Path))
-                return cls.load(
-                    local[0] if one else local, device=device, encoder=encoder, dtype=dtype
-                )
+        remote = [str(p) for p in paths if storage.is_uri(p)]
+        if remote:
+            raise CheckpointError(
+                f"Cascade.load reads local directories, not URIs ({', '.join(remote)}): load "
+                "a cascade on object storage with imagen_ray.publish.load_cascade, which "
+                "downloads it first"
+            )
         dirs = stage_dirs(path)
         loaded = [load_stage(d, device=device) for d in dirs]
         texts = {t.model_dump_json() for _, t in loaded}
@@ -273,57 +263,6 @@ class Cascade(nn.Module):
                 f"({sorted(texts)}); a cascade needs one"
             )
         return cls(loaded[0][1], [s for s, _ in loaded], encoder).to_inference(dtype, device)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        dir_or_repo_id: str | Path,
-        *,
-        device: torch.device | str = "cpu",
-        dtype: str = "auto",
-        encoder: TextEncoder | None = None,
-        revision: str | None = None,
-        cache_dir: str | Path | None = None,
-    ) -> Cascade:
-        """Load a cascade from a local directory or a Hugging Face Hub repo (``org/name``).
-
-        A repo is downloaded into the Hugging Face cache, or read from it alone when offline
-        (``HF_HUB_OFFLINE=1``); see :func:`imagen_ray.cascade.hub.resolve_pretrained`.
-
-        Args:
-            dir_or_repo_id: a cascade or stage directory, or a repo id.
-            device: where the stages go.
-            dtype: the U-Nets' inference dtype (default ``auto``: bfloat16 on CUDA).
-            encoder: a loaded text encoder to reuse.
-            revision: branch, tag or commit of the repo.
-            cache_dir: the Hub cache (default ``HF_HUB_CACHE``).
-        """
-        from imagen_ray.cascade.hub import resolve_pretrained
-
-        path = resolve_pretrained(dir_or_repo_id, revision=revision, cache_dir=cache_dir)
-        return cls.load(path, device=device, encoder=encoder, dtype=dtype)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        private: bool = False,
-        token: str | None = None,
-        commit_message: str | None = None,
-        api: Any = None,
-    ) -> Any:
-        """Upload the cascade (safetensors + configs + a generated model card ``README.md``)
-        to the Hub repo ``repo_id``, created if missing; see
-        :func:`imagen_ray.cascade.hub.push_cascade`. Returns the commit info.
-
-        The weights are uploaded in the dtype they are in: load in float32 (the default of
-        :meth:`load`) to share full-precision weights.
-        """
-        from imagen_ray.cascade.hub import push_cascade
-
-        return push_cascade(
-            self, repo_id, private=private, token=token, commit_message=commit_message, api=api
-        )
 
     def to_inference(
         self, dtype: str = "auto", device: torch.device | str | None = None

@@ -11,11 +11,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from imagen_ray.cascade.precision import resolve_dtype
 from imagen_ray.config import SamplingConfig, StageConfig
+from imagen_ray.config.dtypes import resolve_dtype
 from imagen_ray.diffusion import (
     Callback,
     Generators,
+    ModelFn,
     diffusion_loss,
     get_log_snr_fn,
     make_denoiser,
@@ -61,7 +62,7 @@ class Stage(nn.Module):
 
         The one place inference precision is set (Serve, ``generate``, ``sample``, training
         sample grids). ``auto`` is bfloat16 on CUDA, float32 elsewhere
-        (:func:`imagen_ray.cascade.precision.resolve_dtype`). On CUDA the weights also go
+        (:func:`imagen_ray.config.dtypes.resolve_dtype`). On CUDA the weights also go
         channels_last, which cuDNN's convolutions (and their tensor-core paths) prefer.
 
         Args:
@@ -225,7 +226,44 @@ class Stage(nn.Module):
             aug = torch.full((b,), s.aug_level, device=dev)
             lowres_in = self.augment_lowres(lowres.to(dev), aug, generator, size=side)
 
-        guided = s.guidance_scale != 1.0
+        model_fn = self._model_fn(
+            text_emb, text_mask, lowres_in, aug, neg_emb, neg_mask, guided=s.guidance_scale != 1.0
+        )
+        denoise = make_denoiser(
+            model_fn,
+            log_snr_fn=self.log_snr_fn,
+            objective=self.cfg.diffusion.objective,
+            guidance_scale=s.guidance_scale,
+            threshold=s.threshold,
+            percentile=s.percentile,
+        )
+        noise = randn((b, 3, side, side), generator, dev)  # float32 state
+        x0 = sample(
+            denoise,
+            noise,
+            sampler=s.sampler,
+            steps=s.steps,
+            log_snr_fn=self.log_snr_fn,
+            generator=generator,
+            callback=callback,
+            eta=s.eta,
+        )
+        return x0.clamp(-1.0, 1.0)
+
+    def _model_fn(
+        self,
+        text_emb: Tensor,
+        text_mask: Tensor,
+        lowres_in: Tensor | None,
+        aug: Tensor | None,
+        neg_emb: Tensor | None,
+        neg_mask: Tensor | None,
+        *,
+        guided: bool,
+    ) -> ModelFn:
+        """The U-Net as the sampler's model, ``(x_t, t) -> output``, on the stage's device;
+        with ``guided``, batches of 2B rows run conditional and unconditional at once."""
+        b, dev = text_emb.shape[0], self.device
         if guided:
             # Rows [0, B) conditional, [B, 2B) unconditional (the make_denoiser contract).
             if neg_emb is None or neg_mask is None:
@@ -256,23 +294,4 @@ class Stage(nn.Module):
                 out = self.unet(x_t, t, text_emb, text_mask, lowres_in, aug)
             return out.float()
 
-        denoise = make_denoiser(
-            model_fn,
-            log_snr_fn=self.log_snr_fn,
-            objective=self.cfg.diffusion.objective,
-            guidance_scale=s.guidance_scale,
-            threshold=s.threshold,
-            percentile=s.percentile,
-        )
-        noise = randn((b, 3, side, side), generator, dev)  # float32 state
-        x0 = sample(
-            denoise,
-            noise,
-            sampler=s.sampler,
-            steps=s.steps,
-            log_snr_fn=self.log_snr_fn,
-            generator=generator,
-            callback=callback,
-            eta=s.eta,
-        )
-        return x0.clamp(-1.0, 1.0)
+        return model_fn

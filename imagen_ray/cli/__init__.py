@@ -3,8 +3,9 @@
 Every command group is a module here with ``register(sub)`` (adds its subcommands to the
 top-level subparsers) and ``cmd_*`` handlers; ``COMMANDS`` lists them in ``--help`` order.
 Configuration errors, unloadable checkpoints and missing models print one clear message and
-exit with status 2 (:func:`imagen_ray.cli.args.run_handler`). Nothing outside this package
-imports from it.
+exit with status 2 (:func:`imagen_ray.cli.args.run_handler`). Only the ``__main__.py`` entry
+points (``python -m imagen_ray``, ``python -m imagen_ray.train``) import it from outside this
+package; no library module does.
 """
 
 from __future__ import annotations
@@ -14,24 +15,9 @@ import importlib
 import os
 from collections.abc import Sequence
 
-from imagen_ray.cli.args import (
-    Handler,
-    add_cascade_argument,
-    add_overrides_argument,
-    add_sampling_argument,
-    parse_sampling_overrides,
-    run_handler,
-)
+from imagen_ray.cli.args import Handler, run_handler
 
-__all__ = [
-    "COMMANDS",
-    "add_cascade_argument",
-    "add_overrides_argument",
-    "add_sampling_argument",
-    "build_parser",
-    "main",
-    "parse_sampling_overrides",
-]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 # Command-group modules of imagen_ray.cli, in the order `imagen-ray --help` lists them.
 COMMANDS = ("model", "train", "cascade", "serve", "generate", "demo", "data", "eval")

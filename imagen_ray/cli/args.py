@@ -57,8 +57,8 @@ def add_cascade_argument(p: argparse.ArgumentParser, *, required: bool = True) -
 
 
 def add_dtype_argument(p: argparse.ArgumentParser, *, default: str | None = "auto") -> None:
-    """``--dtype``: the U-Nets' inference dtype (:mod:`imagen_ray.cascade.precision`)."""
-    from imagen_ray.cascade.precision import INFERENCE_DTYPES
+    """``--dtype``: the U-Nets' inference dtype (:mod:`imagen_ray.config.dtypes`)."""
+    from imagen_ray.config.dtypes import INFERENCE_DTYPES
 
     p.add_argument(
         "--dtype",
@@ -70,7 +70,7 @@ def add_dtype_argument(p: argparse.ArgumentParser, *, default: str | None = "aut
 
 
 def cascade_path(dirs: Sequence[str]) -> str | list[str]:
-    """What ``Cascade.load`` takes for ``--cascade``: one directory, or the stage list."""
+    """What ``publish.load_cascade`` takes for ``--cascade``: one directory, or the stage list."""
     return dirs[0] if len(dirs) == 1 else list(dirs)
 
 

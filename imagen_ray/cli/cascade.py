@@ -57,7 +57,7 @@ def register(sub: Any) -> None:
         help="upload a cascade directory (with a generated model card) to the Hugging Face Hub",
         description="Load a cascade (or stage) directory and upload it with a generated "
         "model card to a Hub model repo, created if missing. Uses the token of `hf auth "
-        "login` or HF_TOKEN. Load it back with Cascade.from_pretrained(REPO).",
+        "login` or HF_TOKEN. Load it back with imagen_ray.publish.from_pretrained(REPO).",
     )
     h.add_argument("--cascade", required=True, metavar="DIR", help="cascade or stage directory")
     h.add_argument("--repo", required=True, metavar="ORG/NAME", help="the Hub repo id")
@@ -67,7 +67,7 @@ def register(sub: Any) -> None:
 
 def cmd_assemble(args: argparse.Namespace) -> int:
     """``imagen-ray cascade assemble``: check the stages, write the cascade directory."""
-    from imagen_ray.cascade.assemble import assemble_cascade
+    from imagen_ray.publish.assemble import assemble_cascade
 
     done = assemble_cascade(args.stage, args.out, link=not args.copy)
     how = ", ".join(f"{name} {done.weights[name]}" for name in done.stages)
@@ -78,8 +78,8 @@ def cmd_assemble(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """``imagen-ray cascade push``: upload with a model card."""
-    from imagen_ray.cascade import Cascade
+    from imagen_ray.publish import load_cascade, push_to_hub
 
-    info = Cascade.load(args.cascade).push_to_hub(args.repo, private=args.private)
+    info = push_to_hub(load_cascade(args.cascade), args.repo, private=args.private)
     print(f"pushed {args.cascade} to {args.repo}: {getattr(info, 'commit_url', info)}")
     return 0

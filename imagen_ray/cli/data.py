@@ -81,6 +81,14 @@ def add_data_commands(data_subparsers: Any) -> None:
     Args:
         data_subparsers: the object returned by ``add_subparsers()`` of the ``data`` command.
     """
+    _add_shards(data_subparsers)
+    _add_synthetic(data_subparsers)
+    _add_encode(data_subparsers)
+    _add_preview(data_subparsers)
+
+
+def _add_shards(data_subparsers: Any) -> None:
+    """``shards``: webdataset shards from an image folder, a caption table or a HF dataset."""
     p = data_subparsers.add_parser(
         "shards",
         help="write webdataset shards from an image folder, a caption table or a HF dataset",
@@ -112,6 +120,9 @@ def add_data_commands(data_subparsers: Any) -> None:
     )
     p.set_defaults(func=cmd_shards)
 
+
+def _add_synthetic(data_subparsers: Any) -> None:
+    """``synthetic``: the built-in coloured-shapes caption/image set as shards."""
     p = data_subparsers.add_parser(
         "synthetic",
         help="write the synthetic coloured-shapes caption/image set as shards",
@@ -165,6 +176,9 @@ def add_data_commands(data_subparsers: Any) -> None:
     _add_common(p, default_per_shard=500)
     p.set_defaults(func=cmd_synthetic)
 
+
+def _add_encode(data_subparsers: Any) -> None:
+    """``encode``: precomputed text embeddings into new shards."""
     p = data_subparsers.add_parser(
         "encode",
         help="precompute text embeddings into new shards (training then skips the encoder)",
@@ -195,6 +209,9 @@ def add_data_commands(data_subparsers: Any) -> None:
     add_verbose_argument(p)
     p.set_defaults(func=cmd_encode)
 
+
+def _add_preview(data_subparsers: Any) -> None:
+    """``preview``: a few batches of the training pipeline as a PNG grid and stats."""
     p = data_subparsers.add_parser(
         "preview",
         help="run the training pipeline for a few batches; write a PNG grid and print stats",
@@ -312,12 +329,9 @@ def cmd_shards(args: argparse.Namespace) -> int:
 def cmd_synthetic(args: argparse.Namespace) -> int:
     """``imagen-ray data synthetic``: render the shapes set + heldout.json + preview.png."""
     from imagen_ray.data.preview import write_synthetic_preview
-    from imagen_ray.data.synthetic import (
-        DEFAULT_HELDOUT,
-        SyntheticSpec,
-        parse_pair,
-        write_synthetic,
-    )
+    from imagen_ray.data.synthetic import write_synthetic
+    from imagen_ray.data.synthetic_spec import DEFAULT_HELDOUT, SyntheticSpec
+    from imagen_ray.data.synthetic_vocab import parse_pair
 
     if args.no_heldout and args.heldout:
         raise ValueError("pass either --heldout pairs or --no-heldout, not both")

@@ -119,7 +119,16 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     esub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
+    _add_probe(esub)
+    _add_compositional(esub)
+    _add_sr_fidelity(esub)
+    _add_prompts(esub)
+    _add_fid(esub)
+    _add_clip(esub)
 
+
+def _add_probe(esub: Any) -> None:
+    """``probe``: text-image alignment read back from held-out and seen synthetic prompts."""
     q = esub.add_parser(
         "probe",
         help="text-image alignment on the synthetic set (held-out and seen combinations)",
@@ -151,89 +160,6 @@ def register(sub: Any) -> None:
     _wandb_args(q, stage_run=True)
     q.set_defaults(func=cmd_probe)
 
-    _add_compositional(esub)
-
-    q = esub.add_parser(
-        "sr-fidelity",
-        help="does each SR stage follow its low-res input? (PSNR/MAE vs a shuffled control)",
-        description="For each super-resolution stage: feed low-res inputs (synthetic images "
-        "rendered at the stage's lowres_size, or the previous stage's outputs with --source "
-        "generated), shrink the output back with the stage's own resize, and compare it with "
-        "the input (PSNR in dB and mean absolute error on 0-255). The control gives every "
-        "prompt another prompt's input: a stage that ignores its input scores about the "
-        "control; one that follows it scores far above (verdict at a gap of 3 dB).",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _cascade_args(q)
-    q.add_argument("--n", type=int, default=8, help="inputs per stage (>= 2, default 8)")
-    q.add_argument(
-        "--source",
-        choices=("synthetic", "generated"),
-        default="synthetic",
-        help="low-res inputs: rendered synthetic images (default) or the previous stage's",
-    )
-    q.add_argument("--out", metavar="DIR", help="write fidelity.json and sr_<stage>.png here")
-    _wandb_args(q, stage_run=True)  # --log-to-run: each SR stage's result to its own run
-    q.set_defaults(func=cmd_sr_fidelity)
-
-    q = esub.add_parser(
-        "prompts",
-        help="render a DrawBench-style CSV into an HTML gallery, cascades side by side",
-        description="Read a prompt suite CSV with the columns Prompts and Category (the layout "
-        "of DrawBench, whose CSV works as it is), make N images per prompt with every "
-        "--cascade using the same seeds, and write index.html (grouped by category, one row "
-        "per prompt, one column per cascade), images/ and results.json.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _cascade_args(q, many=True)
-    q.add_argument("--suite", required=True, metavar="CSV", help="prompt suite (Prompts,Category)")
-    q.add_argument("--out", required=True, metavar="DIR", help="gallery directory")
-    q.add_argument("--n", type=int, default=1, help="images per prompt and cascade (default 1)")
-    _wandb_args(q, stage_run=True)  # --log-to-run: each cascade's images to its last stage's run
-    q.set_defaults(func=cmd_prompts)
-
-    q = esub.add_parser(
-        "fid",
-        help="FID between two image folders (Inception weights from a local file)",
-        description="Fréchet Inception Distance (torchmetrics) between --generated and "
-        "--reference image folders. --inception is the local path of the TorchScript "
-        "Inception-v3 that clean-fid uses (inception-2015-12-05.pt); nothing is downloaded. "
-        "Images are resized to 299 px (bicubic). Use thousands of images for a stable value.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    q.add_argument("--generated", required=True, metavar="DIR", help="generated images")
-    q.add_argument("--reference", required=True, metavar="DIR", help="reference images")
-    q.add_argument("--inception", required=True, metavar="WEIGHTS", help="TorchScript Inception")
-    q.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    q.add_argument("--out", metavar="JSON", help="also write the result to this file")
-    q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    _wandb_args(q, stage_run=False)
-    q.set_defaults(func=cmd_fid)
-
-    q = esub.add_parser(
-        "clip",
-        help="CLIP score of images against their prompts (CLIP model from a local directory)",
-        description="CLIP score, max(100 * mean cos(image, text), 0), with a CLIP model "
-        "loaded by transformers from a local directory. --prompts is a manifest: .jsonl with "
-        "file and prompt per record (imagen-ray generate's manifest.jsonl) or .csv with file "
-        "and prompt columns; relative files are under --images.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    q.add_argument("--images", metavar="DIR", help="folder of the manifest's relative files")
-    q.add_argument("--prompts", required=True, metavar="MANIFEST", help=".jsonl or .csv")
-    q.add_argument("--clip", required=True, metavar="MODEL_DIR", help="local CLIP model directory")
-    q.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    q.add_argument("--out", metavar="JSON", help="also write the result to this file")
-    q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    _wandb_args(q, stage_run=False)
-    q.set_defaults(func=cmd_clip)
-
 
 COMPOSITIONAL = """\
 The built-in suite (without --prompts) comes from the synthetic set's settings (--heldout):
@@ -253,6 +179,7 @@ The report's prompts.jsonl is such a file, with the file of each image it scored
 
 
 def _add_compositional(esub: Any) -> None:
+    """``compositional``: scenes of several objects read back, scored per category."""
     q = esub.add_parser(
         "compositional",
         help="scenes of two or three objects: colour binding, relations, counting, per category",
@@ -300,10 +227,103 @@ def _add_compositional(esub: Any) -> None:
     q.set_defaults(func=cmd_compositional)
 
 
-def _load(args: argparse.Namespace, path: Any) -> Any:
-    from imagen_ray.cascade import Cascade
+def _add_sr_fidelity(esub: Any) -> None:
+    """``sr-fidelity``: whether each SR stage follows its low-res input."""
+    q = esub.add_parser(
+        "sr-fidelity",
+        help="does each SR stage follow its low-res input? (PSNR/MAE vs a shuffled control)",
+        description="For each super-resolution stage: feed low-res inputs (synthetic images "
+        "rendered at the stage's lowres_size, or the previous stage's outputs with --source "
+        "generated), shrink the output back with the stage's own resize, and compare it with "
+        "the input (PSNR in dB and mean absolute error on 0-255). The control gives every "
+        "prompt another prompt's input: a stage that ignores its input scores about the "
+        "control; one that follows it scores far above (verdict at a gap of 3 dB).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _cascade_args(q)
+    q.add_argument("--n", type=int, default=8, help="inputs per stage (>= 2, default 8)")
+    q.add_argument(
+        "--source",
+        choices=("synthetic", "generated"),
+        default="synthetic",
+        help="low-res inputs: rendered synthetic images (default) or the previous stage's",
+    )
+    q.add_argument("--out", metavar="DIR", help="write fidelity.json and sr_<stage>.png here")
+    _wandb_args(q, stage_run=True)  # --log-to-run: each SR stage's result to its own run
+    q.set_defaults(func=cmd_sr_fidelity)
 
-    cascade = Cascade.load(path, device=args.device)
+
+def _add_prompts(esub: Any) -> None:
+    """``prompts``: a prompt-suite CSV as an HTML gallery, cascades side by side."""
+    q = esub.add_parser(
+        "prompts",
+        help="render a DrawBench-style CSV into an HTML gallery, cascades side by side",
+        description="Read a prompt suite CSV with the columns Prompts and Category (the layout "
+        "of DrawBench, whose CSV works as it is), make N images per prompt with every "
+        "--cascade using the same seeds, and write index.html (grouped by category, one row "
+        "per prompt, one column per cascade), images/ and results.json.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _cascade_args(q, many=True)
+    q.add_argument("--suite", required=True, metavar="CSV", help="prompt suite (Prompts,Category)")
+    q.add_argument("--out", required=True, metavar="DIR", help="gallery directory")
+    q.add_argument("--n", type=int, default=1, help="images per prompt and cascade (default 1)")
+    _wandb_args(q, stage_run=True)  # --log-to-run: each cascade's images to its last stage's run
+    q.set_defaults(func=cmd_prompts)
+
+
+def _add_fid(esub: Any) -> None:
+    """``fid``: FID between two image folders."""
+    q = esub.add_parser(
+        "fid",
+        help="FID between two image folders (Inception weights from a local file)",
+        description="Fréchet Inception Distance (torchmetrics) between --generated and "
+        "--reference image folders. --inception is the local path of the TorchScript "
+        "Inception-v3 that clean-fid uses (inception-2015-12-05.pt); nothing is downloaded. "
+        "Images are resized to 299 px (bicubic). Use thousands of images for a stable value.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument("--generated", required=True, metavar="DIR", help="generated images")
+    q.add_argument("--reference", required=True, metavar="DIR", help="reference images")
+    q.add_argument("--inception", required=True, metavar="WEIGHTS", help="TorchScript Inception")
+    q.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    q.add_argument("--out", metavar="JSON", help="also write the result to this file")
+    q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _wandb_args(q, stage_run=False)
+    q.set_defaults(func=cmd_fid)
+
+
+def _add_clip(esub: Any) -> None:
+    """``clip``: CLIP score of images against their prompts."""
+    q = esub.add_parser(
+        "clip",
+        help="CLIP score of images against their prompts (CLIP model from a local directory)",
+        description="CLIP score, max(100 * mean cos(image, text), 0), with a CLIP model "
+        "loaded by transformers from a local directory. --prompts is a manifest: .jsonl with "
+        "file and prompt per record (imagen-ray generate's manifest.jsonl) or .csv with file "
+        "and prompt columns; relative files are under --images.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument("--images", metavar="DIR", help="folder of the manifest's relative files")
+    q.add_argument("--prompts", required=True, metavar="MANIFEST", help=".jsonl or .csv")
+    q.add_argument("--clip", required=True, metavar="MODEL_DIR", help="local CLIP model directory")
+    q.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    q.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    q.add_argument("--out", metavar="JSON", help="also write the result to this file")
+    q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _wandb_args(q, stage_run=False)
+    q.set_defaults(func=cmd_clip)
+
+
+def _load(args: argparse.Namespace, path: Any) -> Any:
+    from imagen_ray.publish import load_cascade
+
+    cascade = load_cascade(path, device=args.device)
     _ = cascade.encoder  # load it before any progress bar starts
     return cascade
 

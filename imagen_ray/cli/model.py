@@ -153,13 +153,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """``imagen-ray sample``: images, grid.png and settings.json from a saved cascade."""
     from tqdm import tqdm
 
-    from imagen_ray.cascade import Cascade, plan_sampling
+    from imagen_ray.cascade import plan_sampling
     from imagen_ray.fs import atomic_write_json
     from imagen_ray.images import grid, save_image, to_pil
+    from imagen_ray.publish import load_cascade
 
     prompts = read_prompts(args.prompt, args.prompts_file)
     sampling = parse_sampling_overrides(args.sampling)
-    cascade = Cascade.load(cascade_path(args.cascade), device=args.device, dtype=args.dtype)
+    cascade = load_cascade(cascade_path(args.cascade), device=args.device, dtype=args.dtype)
     planned = plan_sampling(
         [s.cfg for s in cascade.stage_list], until=args.until, sampling=sampling
     )  # checked before the encoder loads

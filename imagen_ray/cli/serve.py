@@ -79,33 +79,35 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _write_serve_config(cfg: Any, out: Path, *, stages: int) -> None:
+    """``--write-serve-config``: the Ray Serve config YAML of ``cfg``, with how to run it."""
+    import yaml
+
+    from imagen_ray.fs import atomic_write_text
+    from imagen_ray.serve.app import serve_deploy_config
+
+    head = (
+        "# Ray Serve config written by `imagen-ray serve --write-serve-config`.\n"
+        f"# Run: serve run {out}   Deploy to a running cluster: serve deploy {out}\n"
+        "# serve.cascade must exist at this path on every node.\n"
+    )
+    atomic_write_text(out, head + yaml.safe_dump(serve_deploy_config(cfg), sort_keys=False))
+    print(f"wrote {out} (application {cfg.app_name!r}, {stages} stages)")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """``imagen-ray serve``: serve in the foreground, or write a Serve config and exit."""
     import os
 
-    import yaml
-
-    from imagen_ray.fs import atomic_write_text
-    from imagen_ray.serve.app import (
-        check_cascade_dir,
-        check_exposure,
-        load_serve_config,
-        serve_deploy_config,
-    )
+    from imagen_ray.config import load_serve_config
+    from imagen_ray.serve.app import check_cascade_dir, check_exposure
     from imagen_ray.serve.auth import read_token
 
     cfg = load_serve_config(args.config, args.overrides, args.cascade)
     dirs = check_cascade_dir(cfg)
     warning = check_exposure(cfg)  # an exposed host without auth stops here
     if args.write_serve_config:
-        out = Path(args.write_serve_config)
-        head = (
-            "# Ray Serve config written by `imagen-ray serve --write-serve-config`.\n"
-            f"# Run: serve run {out}   Deploy to a running cluster: serve deploy {out}\n"
-            "# serve.cascade must exist at this path on every node.\n"
-        )
-        atomic_write_text(out, head + yaml.safe_dump(serve_deploy_config(cfg), sort_keys=False))
-        print(f"wrote {out} (application {cfg.app_name!r}, {len(dirs)} stages)")
+        _write_serve_config(cfg, Path(args.write_serve_config), stages=len(dirs))
         return 0
 
     import ray
@@ -113,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from imagen_ray.cluster import ClusterTooSmall, check_demands, cluster_capacity, local_num_cpus
     from imagen_ray.runtime import init_ray, logs_hint
-    from imagen_ray.serve.app import build_application, port_in_use, serve_demands
+    from imagen_ray.serve.app import build_application, port_in_use, serve_demands, stop_app
 
     if cfg.auth.enabled:
         read_token(cfg.auth.token_env, cfg.auth.token_file)  # a missing or short token stops
@@ -165,9 +167,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("shutting down…", file=sys.stderr, flush=True)
     finally:
-        if address:
-            serve.delete(cfg.app_name)  # leave the cluster's other applications running
-        else:
-            serve.shutdown()
+        stop_app(cfg.app_name)  # a joined cluster's other applications go on running
         ray.shutdown()
     return 0

@@ -127,9 +127,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported {args.weights} weights of {args.checkpoint} to {out}")
     if not args.no_artifact:
         print(log_stage_artifact(out))
-    if storage.is_uri(out):  # sample and Cascade.load read URIs; serve, generate, assemble not
+    if storage.is_uri(out):  # sample, publish.load_cascade read URIs; serve, generate, assemble not
         print(
-            f"next: `imagen-ray sample --cascade {out}` or Cascade.load('{out}') samples it; "
+            f"next: `imagen-ray sample --cascade {out}` or "
+            f"imagen_ray.publish.load_cascade('{out}') samples it; "
             "copy it to a local directory to serve it, generate with it or assemble a cascade"
         )
         return 0

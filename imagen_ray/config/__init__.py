@@ -12,6 +12,10 @@ Modules: ``base`` (the strict base class, errors, format version), ``model`` (te
 U-Net, diffusion, sampling, stage, cascade), ``run`` (data, train, wandb, the run file),
 ``serve`` (deployments, ingress, auth, the serve file), ``loading`` (YAML, ``--set``
 overrides, validation messages, file types) and ``reference`` (the generated key table).
+The vocabularies the models validate against live at or below this package, torch-free:
+``dtypes`` (inference dtype names), ``grammar`` (``data.caption_key`` and ``data.filters``),
+:mod:`imagen_ray.diffusion.names` (samplers, schedules, ...) and :mod:`imagen_ray.images`
+(image formats).
 """
 
 from imagen_ray.config.base import CONFIG_FORMAT_VERSION, ConfigError, Strict
@@ -35,16 +39,11 @@ from imagen_ray.config.model import (
     CascadeConfig,
     DiffusionConfig,
     LevelConfig,
-    LossWeighting,
     NoiseAugConfig,
-    Objective,
-    SamplerName,
     SamplingConfig,
-    ScheduleName,
     StageConfig,
     TextDType,
     TextEncoderConfig,
-    ThresholdMode,
     UNetConfig,
 )
 from imagen_ray.config.reference import config_reference, config_reference_markdown
@@ -59,7 +58,6 @@ from imagen_ray.config.run import (
     WandbMode,
 )
 from imagen_ray.config.serve import (
-    ImageFormat,
     ServeAuthConfig,
     ServeAutoscalingConfig,
     ServeConfig,
@@ -78,17 +76,12 @@ __all__ = [
     "DataConfig",
     "DiffusionConfig",
     "FileKind",
-    "ImageFormat",
     "LevelConfig",
-    "LossWeighting",
     "NoiseAugConfig",
-    "Objective",
     "OptimizerName",
     "Precision",
     "RunConfig",
-    "SamplerName",
     "SamplingConfig",
-    "ScheduleName",
     "ServeAuthConfig",
     "ServeAutoscalingConfig",
     "ServeConfig",
@@ -101,7 +94,6 @@ __all__ = [
     "Strict",
     "TextDType",
     "TextEncoderConfig",
-    "ThresholdMode",
     "TrainConfig",
     "UNetConfig",
     "WandbConfig",

@@ -13,9 +13,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from imagen_ray.cascade.precision import InferenceDType
 from imagen_ray.config.base import CONFIG_FORMAT_VERSION, Strict, check_version
+from imagen_ray.config.dtypes import InferenceDType
+from imagen_ray.config.grammar import check_caption_key, parse_filter
 from imagen_ray.config.model import StageConfig, TextEncoderConfig
+from imagen_ray.images import formats_for
 
 Crop = Literal["center", "random"]
 
@@ -73,15 +75,11 @@ class DataConfig(Strict):
     @field_validator("caption_key")
     @classmethod
     def _check_caption_key(cls, v: str) -> str:
-        from imagen_ray.data.metadata import check_caption_key
-
         return check_caption_key(v)
 
     @field_validator("filters")
     @classmethod
     def _check_filters(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        from imagen_ray.data.metadata import parse_filter
-
         for text in v:
             parse_filter(text)
         return v
@@ -89,8 +87,6 @@ class DataConfig(Strict):
     @field_validator("image_keys")
     @classmethod
     def _check_image_keys(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        from imagen_ray.data.hygiene import formats_for
-
         formats_for(v)
         return v
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from imagen_ray.cascade.precision import InferenceDType, resolve_dtype
 from imagen_ray.config.base import CONFIG_FORMAT_VERSION, Strict, check_version
+from imagen_ray.config.dtypes import InferenceDType, resolve_dtype
 from imagen_ray.images import ImageFormat
 
 

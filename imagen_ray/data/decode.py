@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,47 +19,34 @@ import pyarrow as pa
 from PIL import Image
 
 from imagen_ray.config import DataConfig, StageConfig
+from imagen_ray.config.grammar import JSON_ENTRY, JSON_PREFIX, MetadataFilter, parse_filter
 from imagen_ray.data.encoding import EMBEDDING_ENTRY, load_embedding
 from imagen_ray.data.epochs import EPOCH_COLUMN
 from imagen_ray.data.hygiene import (
     DECODE_ERROR,
-    MEMBER_TOO_LARGE,
-    TOO_MANY_PIXELS,
-    WRONG_FORMAT,
-    formats_for,
     open_checked,
     to_rgb,
 )
 from imagen_ray.data.metadata import (
-    BAD_JSON,
-    JSON_ENTRY,
-    JSON_PREFIX,
-    NO_JSON,
     caption_from_json,
     first_failing,
-    parse_filter,
     parse_json_entry,
 )
 from imagen_ray.data.reader import ERROR_COLUMN, KEY_COLUMN
+from imagen_ray.images import formats_for
 
 # Skip reasons (and ``ok``) counted by the pipeline's stats actor; the filters' own are
-# ``filter:FIELD<OP>VALUE`` (see imagen_ray.data.metadata).
+# ``filter:FIELD<OP>VALUE`` (see imagen_ray.config.grammar).
 OK = "ok"
 __all__ = [
     "BAD_ASPECT",
     "BAD_EMBEDDING",
-    "BAD_JSON",
     "CAPTION_LENGTH",
-    "DECODE_ERROR",
-    "MEMBER_TOO_LARGE",
     "NO_CAPTION",
     "NO_EMBEDDING",
     "NO_IMAGE",
-    "NO_JSON",
     "OK",
-    "TOO_MANY_PIXELS",
     "TOO_SMALL",
-    "WRONG_FORMAT",
     "aligned_crop",
     "batch_or_empty_block",
     "decode_filter_resize",
@@ -216,13 +204,89 @@ def decode_filter_resize(
         (B, C*s/S, C*s/S, 3)), and when precomputed ``emb`` (B, L, D) float16
         and ``mask`` (B, L) bool; an empty Arrow table of that schema when no row survives.
     """
-    data = DataConfig.model_validate(data_cfg)
-    stage = StageConfig.model_validate(stage_cfg)
-    size, lowres_size = stage.size, stage.lowres_size
-    crop = data.train_crop if lowres_size is not None else None
-    needs_rng = data.crop == "random" or crop is not None
-    out_size = crop or size  # SR crop training: images are train_crop px
-    out_lowres = crop * lowres_size // size if crop and lowres_size else lowres_size
+    plan = _Plan.build(data_cfg, stage_cfg, precomputed=precomputed, emb_shape=emb_shape)
+    counts: Counter[str] = Counter()
+    kept = _Kept()
+    for sample in _samples(batch, plan):
+        reason = _first_skip(sample, plan)
+        if reason is not None:
+            counts[reason] += 1
+            continue
+        counts[OK] += 1
+        kept.add(sample, plan)
+    if stats is not None and counts:
+        stats.add.remote(dict(counts))
+    return batch_or_empty_block(kept.columns(plan, columns))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What each sample of a batch is checked and cut against: the configs, read once."""
+
+    data: DataConfig
+    size: int  # the stage's image side
+    lowres_size: int | None  # SR stages: the low-res input's side
+    crop: int | None  # SR stages: data.train_crop
+    filters: tuple[MetadataFilter, ...]
+    json_caption: bool  # data.caption_key names a field of the json entry
+    formats: tuple[str, ...]
+    precomputed: bool
+    emb_shape: tuple[int, int] | None
+
+    @classmethod
+    def build(
+        cls,
+        data_cfg: dict[str, Any],
+        stage_cfg: dict[str, Any],
+        *,
+        precomputed: bool,
+        emb_shape: tuple[int, int] | None,
+    ) -> _Plan:
+        data = DataConfig.model_validate(data_cfg)
+        stage = StageConfig.model_validate(stage_cfg)
+        return cls(
+            data=data,
+            size=stage.size,
+            lowres_size=stage.lowres_size,
+            crop=data.train_crop if stage.lowres_size is not None else None,
+            filters=tuple(parse_filter(f) for f in data.filters),
+            json_caption=data.caption_key.startswith(JSON_PREFIX),
+            formats=formats_for(data.image_keys),
+            precomputed=precomputed,
+            emb_shape=emb_shape,
+        )
+
+    @property
+    def needs_json(self) -> bool:
+        return self.json_caption or bool(self.filters)
+
+    @property
+    def needs_rng(self) -> bool:
+        return self.data.crop == "random" or self.crop is not None
+
+
+@dataclass
+class _Sample:
+    """One reader row on its way through the steps; each step fills in what later ones use."""
+
+    key: str
+    epoch: int | None
+    error: str | None  # the reader's skip reason (e.g. member_too_large)
+    image_entries: list[bytes | None]  # one per data.image_keys column present
+    json_entry: bytes | None
+    caption_entry: bytes | None
+    embedding_entry: bytes | None
+    raw: bytes = b""  # the image's bytes
+    meta: dict[str, Any] = field(default_factory=dict)  # the parsed json entry
+    caption: str = ""
+    emb: np.ndarray | None = None  # (L, D)
+    mask: np.ndarray | None = None  # (L,)
+    rng: np.random.Generator | None = None
+    image: Image.Image | None = None  # the decoded size x size square
+
+
+def _samples(batch: pa.Table, plan: _Plan) -> Iterator[_Sample]:
+    """The batch's rows, reading only the columns the plan's steps use."""
     n = batch.num_rows
     cols = set(batch.column_names)
 
@@ -232,100 +296,162 @@ def decode_filter_resize(
     keys = column(KEY_COLUMN)
     epochs = column(EPOCH_COLUMN)
     errors = column(ERROR_COLUMN)
-    filters = tuple(parse_filter(f) for f in data.filters)
-    json_caption = data.caption_key.startswith(JSON_PREFIX)
-    needs_json = json_caption or bool(filters)
-    metas = column(JSON_ENTRY) if needs_json else [None] * n
-    captions_raw: list[Any] = [None] * n if json_caption else column(data.caption_key)
-    formats = formats_for(data.image_keys)
-    embeddings_raw = column(EMBEDDING_ENTRY) if precomputed else [None] * n
-    image_cols = [column(k) for k in data.image_keys if k in cols]
-
-    counts: Counter[str] = Counter()
-    out_keys: list[str] = []
-    out_captions: list[str] = []
-    images: list[np.ndarray] = []
-    lowres: list[np.ndarray] = []
-    embs: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
+    metas = column(JSON_ENTRY) if plan.needs_json else [None] * n
+    captions = [None] * n if plan.json_caption else column(plan.data.caption_key)
+    embeddings = column(EMBEDDING_ENTRY) if plan.precomputed else [None] * n
+    image_cols = [column(k) for k in plan.data.image_keys if k in cols]
     for i in range(n):
-        if errors[i]:
-            counts[errors[i]] += 1
-            continue
-        raw = next((c[i] for c in image_cols if c[i] is not None), None)
-        if raw is None:
-            counts[NO_IMAGE] += 1
-            continue
-        caption_text: str | None = None
-        if needs_json:
-            meta = parse_json_entry(metas[i])
-            if isinstance(meta, str):
-                counts[meta] += 1
-                continue
-            failed = first_failing(filters, meta)
-            if failed is not None:
-                counts[failed] += 1
-                continue
-            if json_caption:
-                caption_text = caption_from_json(meta, data.caption_key)
-        raw_caption = captions_raw[i]
-        if raw_caption is not None:
-            caption_text = raw_caption.decode("utf-8", errors="replace")
-        if caption_text is None:
-            counts[NO_CAPTION] += 1
-            continue
-        caption = caption_text.strip()
-        if not data.caption_min_chars <= len(caption) <= data.caption_max_chars:
-            counts[CAPTION_LENGTH] += 1
-            continue
-        if precomputed:
-            npz = embeddings_raw[i]
-            if npz is None:
-                counts[NO_EMBEDDING] += 1
-                continue
-            try:
-                emb, mask = load_embedding(npz, emb_shape)
-            except Exception:
-                counts[BAD_EMBEDDING] += 1
-                continue
-        # One RNG per sample, seeded from (data.seed, epoch, key): the square crop draws
-        # first, then the training crop.
-        rng = _rng_for(data.seed, keys[i], epochs[i] or 0) if needs_rng else None
-        img = _decode_image(raw, data, formats, size, rng)
-        if isinstance(img, str):
-            counts[img] += 1
-            continue
-        counts[OK] += 1
-        out_keys.append(keys[i])
-        out_captions.append(caption)
-        pixels = np.asarray(img, dtype=np.uint8)  # (S, S, 3)
-        if lowres_size is not None:
-            small = img.resize((lowres_size, lowres_size), Image.Resampling.BICUBIC)
-            small_pixels = np.asarray(small, dtype=np.uint8)  # (s, s, 3)
-            if crop is not None and rng is not None:
-                pixels, small_pixels = aligned_crop(pixels, small_pixels, crop, rng)
-            lowres.append(small_pixels)  # (s, s, 3) or (crop/f, crop/f, 3)
-        images.append(pixels)
-        if precomputed:
-            embs.append(emb)
-            masks.append(mask)
+        entries = [c[i] for c in image_cols]
+        yield _Sample(keys[i], epochs[i], errors[i], entries, metas[i], captions[i], embeddings[i])
 
-    if stats is not None and counts:
-        stats.add.remote(dict(counts))
-    out: dict[str, np.ndarray] = {
-        KEY_COLUMN: np.array(out_keys, dtype=object),
-        "caption": np.array(out_captions, dtype=object),
-        "image": _stack(images, (out_size, out_size, 3), np.uint8),
-    }
-    if out_lowres is not None:
-        out["lowres"] = _stack(lowres, (out_lowres, out_lowres, 3), np.uint8)
-    if precomputed:
-        length, dim = emb_shape if emb_shape is not None else (0, 0)
-        out["emb"] = _stack(embs, (length, dim), np.float16)
-        out["mask"] = _stack(masks, (length,), np.bool_)
-    if columns is not None:
-        out = {k: v for k, v in out.items() if k in columns}
-    return batch_or_empty_block(out)
+
+# The per-sample steps, cheapest first. Each returns the skip reason it owns, or None to
+# pass the sample on.
+
+
+def _reader_error(s: _Sample, plan: _Plan) -> str | None:
+    """The reader's own reason for the row (``member_too_large`` among them)."""
+    return s.error or None
+
+
+def _has_image(s: _Sample, plan: _Plan) -> str | None:
+    """``no_image``: none of ``data.image_keys`` is in the sample."""
+    raw = next((entry for entry in s.image_entries if entry is not None), None)
+    if raw is None:
+        return NO_IMAGE
+    s.raw = raw
+    return None
+
+
+def _json_entry(s: _Sample, plan: _Plan) -> str | None:
+    """``no_json`` / ``bad_json``, when filters or a ``json:`` caption key need the entry."""
+    if not plan.needs_json:
+        return None
+    meta = parse_json_entry(s.json_entry)
+    if isinstance(meta, str):
+        return meta
+    s.meta = meta
+    return None
+
+
+def _metadata_filters(s: _Sample, plan: _Plan) -> str | None:
+    """``filter:FIELD<OP>VALUE``: the first of ``data.filters`` the json entry fails."""
+    return first_failing(plan.filters, s.meta) if plan.needs_json else None
+
+
+def _has_caption(s: _Sample, plan: _Plan) -> str | None:
+    """``no_caption``: nothing at ``data.caption_key`` (an entry, or a json field)."""
+    text = caption_from_json(s.meta, plan.data.caption_key) if plan.json_caption else None
+    if s.caption_entry is not None:
+        text = s.caption_entry.decode("utf-8", errors="replace")
+    if text is None:
+        return NO_CAPTION
+    s.caption = text.strip()
+    return None
+
+
+def _caption_length(s: _Sample, plan: _Plan) -> str | None:
+    """``caption_length``: the stripped caption is outside the allowed length."""
+    if not plan.data.caption_min_chars <= len(s.caption) <= plan.data.caption_max_chars:
+        return CAPTION_LENGTH
+    return None
+
+
+def _embedding(s: _Sample, plan: _Plan) -> str | None:
+    """``no_embedding`` / ``bad_embedding`` for precomputed shards' ``text.npz`` entry."""
+    if not plan.precomputed:
+        return None
+    if s.embedding_entry is None:
+        return NO_EMBEDDING
+    try:
+        s.emb, s.mask = load_embedding(s.embedding_entry, plan.emb_shape)
+    except Exception:
+        return BAD_EMBEDDING
+    return None
+
+
+def _decode(s: _Sample, plan: _Plan) -> str | None:
+    """The image's reasons (:func:`_decode_image`): header, size and aspect checks, decode."""
+    # One RNG per sample, seeded from (data.seed, epoch, key): the square crop draws
+    # first, then the training crop.
+    if plan.needs_rng:
+        s.rng = _rng_for(plan.data.seed, s.key, s.epoch or 0)
+    img = _decode_image(s.raw, plan.data, plan.formats, plan.size, s.rng)
+    if isinstance(img, str):
+        return img
+    s.image = img
+    return None
+
+
+_STEPS: tuple[Callable[[_Sample, _Plan], str | None], ...] = (
+    _reader_error,
+    _has_image,
+    _json_entry,
+    _metadata_filters,
+    _has_caption,
+    _caption_length,
+    _embedding,
+    _decode,
+)
+
+
+def _first_skip(s: _Sample, plan: _Plan) -> str | None:
+    """The sample through :data:`_STEPS` in order: the first skip reason, or None to keep it."""
+    for step in _STEPS:
+        reason = step(s, plan)
+        if reason is not None:
+            return reason
+    return None
+
+
+@dataclass
+class _Kept:
+    """The output columns of the samples that passed every step."""
+
+    keys: list[str] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
+    lowres: list[np.ndarray] = field(default_factory=list)
+    embs: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, s: _Sample, plan: _Plan) -> None:
+        """The sample's pixels, with the SR stage's low-res input and training crop."""
+        assert s.image is not None
+        self.keys.append(s.key)
+        self.captions.append(s.caption)
+        pixels = np.asarray(s.image, dtype=np.uint8)  # (S, S, 3)
+        if plan.lowres_size is not None:
+            small = s.image.resize((plan.lowres_size, plan.lowres_size), Image.Resampling.BICUBIC)
+            small_pixels = np.asarray(small, dtype=np.uint8)  # (s, s, 3)
+            if plan.crop is not None and s.rng is not None:
+                pixels, small_pixels = aligned_crop(pixels, small_pixels, plan.crop, s.rng)
+            self.lowres.append(small_pixels)  # (s, s, 3) or (crop/f, crop/f, 3)
+        self.images.append(pixels)
+        if plan.precomputed:
+            assert s.emb is not None and s.mask is not None
+            self.embs.append(s.emb)
+            self.masks.append(s.mask)
+
+    def columns(self, plan: _Plan, keep: Sequence[str] | None) -> dict[str, np.ndarray]:
+        """Stacked columns (empty ones keep their shapes), only ``keep`` when given."""
+        size, lowres_size, crop = plan.size, plan.lowres_size, plan.crop
+        out_size = crop or size  # SR crop training: images are train_crop px
+        out_lowres = crop * lowres_size // size if crop and lowres_size else lowres_size
+        out: dict[str, np.ndarray] = {
+            KEY_COLUMN: np.array(self.keys, dtype=object),
+            "caption": np.array(self.captions, dtype=object),
+            "image": _stack(self.images, (out_size, out_size, 3), np.uint8),
+        }
+        if out_lowres is not None:
+            out["lowres"] = _stack(self.lowres, (out_lowres, out_lowres, 3), np.uint8)
+        if plan.precomputed:
+            length, dim = plan.emb_shape if plan.emb_shape is not None else (0, 0)
+            out["emb"] = _stack(self.embs, (length, dim), np.float16)
+            out["mask"] = _stack(self.masks, (length,), np.bool_)
+        if keep is not None:
+            out = {k: v for k, v in out.items() if k in keep}
+        return out
 
 
 def _stack(arrays: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:

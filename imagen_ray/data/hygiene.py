@@ -37,17 +37,6 @@ MEMBER_TOO_LARGE = "member_too_large"
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 WHITE = (255, 255, 255)
 
-# Extensions -> PIL format names (the decoders allowed for that entry).
-_EXT_FORMATS: dict[str, tuple[str, ...]] = {
-    "jpg": ("JPEG",),  # MPO (camera multi-picture) files open through the JPEG decoder
-    "jpeg": ("JPEG",),
-    "png": ("PNG",),
-    "webp": ("WEBP",),
-    "gif": ("GIF",),
-    "bmp": ("BMP",),
-    "tif": ("TIFF",),
-    "tiff": ("TIFF",),
-}
 # Magic numbers of formats PIL could parse: what tells wrong_format from decode_error.
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -74,24 +63,6 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 
 
-def formats_for(extensions: Sequence[str]) -> tuple[str, ...]:
-    """PIL format names allowed for entry extensions (``("jpg", "png")`` -> JPEG, PNG).
-
-    Raises:
-        ValueError: an extension with no known image format (names the known ones).
-    """
-    out: list[str] = []
-    for ext in extensions:
-        fmts = _EXT_FORMATS.get(ext.lower().lstrip("."))
-        if fmts is None:
-            raise ValueError(
-                f"image extension {ext!r} names no known image format; use some of "
-                f"{sorted(_EXT_FORMATS)}"
-            )
-        out += [f for f in fmts if f not in out]
-    return tuple(out)
-
-
 def sniff_format(raw: bytes) -> str | None:
     """The image format the leading bytes announce (``RIFF....WEBP`` too), or None."""
     if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
@@ -113,7 +84,7 @@ def open_checked(
 
     Args:
         raw: the encoded file content.
-        formats: PIL format names the decoder may use (:func:`formats_for`).
+        formats: PIL format names the decoder may use (:func:`imagen_ray.images.formats_for`).
         max_pixels: most ``width * height`` (from the header) accepted.
         max_bytes: most encoded bytes accepted (None: no cap).
 

@@ -52,7 +52,7 @@ import pyarrow as pa
 import ray
 
 from imagen_ray.config import DataConfig, RunConfig, StageConfig, TextEncoderConfig
-from imagen_ray.data.decode import OK, batch_or_empty_block, decode_filter_resize, resize_crop
+from imagen_ray.data.decode import OK, batch_or_empty_block, decode_filter_resize
 from imagen_ray.data.encoding import CAPTION_ENTRY, resolve_encoding
 from imagen_ray.data.epochs import RESUME_SKIPPED, epoch_seed, read_epoch_shards
 from imagen_ray.data.reader import KEY_COLUMN, expand_shards
@@ -60,17 +60,15 @@ from imagen_ray.data.reader import KEY_COLUMN, expand_shards
 if TYPE_CHECKING:  # torch is imported where it is used: decode workers never need it
     import torch
 
-__all__ = [  # resize_crop and decode_filter_resize: re-exported from decode (old path)
+__all__ = [
     "PipelineStats",
     "TextEncoderActor",
     "build_dataset",
     "collate",
     "create_stats",
-    "decode_filter_resize",
     "iter_training_batches",
     "model_columns",
     "read_stats",
-    "resize_crop",
 ]
 
 
@@ -288,14 +286,7 @@ def build_dataset(
         raise ValueError(f"keep={sorted(unknown)}: only '__key__' and 'caption' can be kept")
     paths = expand_shards(data.shards)
     encoding = resolve_encoding(run_cfg, paths) if text else None
-    encoded_key = encoding.get("caption_key", CAPTION_ENTRY) if encoding else None
-    if encoded_key is not None and data.caption_key != encoded_key:
-        raise ValueError(
-            f"data.caption_key={data.caption_key!r} but the shards hold embeddings of their "
-            f"{encoded_key!r} captions (imagen-ray data encode); encode them again with this "
-            f"caption_key, set data.precomputed=false to encode on the fly, or use "
-            f"caption_key {encoded_key}"
-        )
+    _check_caption_key(data, encoding)
     if stats is None:
         stats = create_stats()
     emb_shape = (run_cfg.text.max_length, int(encoding["dim"])) if encoding else None
@@ -331,22 +322,42 @@ def build_dataset(
         },
     )
     if text and encoding is None:
-        ds = ds.map_batches(
-            TextEncoderActor,
-            fn_constructor_kwargs={
-                "text_cfg": run_cfg.text.model_dump(),
-                "keep_caption": "caption" in keep,
-                "cache_bytes": int(data.caption_cache_mb * 2**20),
-            },
-            batch_format="numpy",
-            batch_size=data.encoder_batch_size,
-            compute=ray.data.ActorPoolStrategy(size=data.encoder_concurrency),
-            num_cpus=data.encoder_num_cpus,
-            num_gpus=data.encoder_num_gpus,
-        )
+        ds = _encode_text(ds, run_cfg, keep_caption="caption" in keep)
     if data.preserve_order:  # the launcher passes it on to Ray Train's split as well
         ds.context.execution_options.preserve_order = True
     return ds, stats
+
+
+def _check_caption_key(data: DataConfig, encoding: dict[str, Any] | None) -> None:
+    """Precomputed embeddings are of one caption key (``encoding.json``): refuse another."""
+    encoded_key = encoding.get("caption_key", CAPTION_ENTRY) if encoding else None
+    if encoded_key is not None and data.caption_key != encoded_key:
+        raise ValueError(
+            f"data.caption_key={data.caption_key!r} but the shards hold embeddings of their "
+            f"{encoded_key!r} captions (imagen-ray data encode); encode them again with this "
+            f"caption_key, set data.precomputed=false to encode on the fly, or use "
+            f"caption_key {encoded_key}"
+        )
+
+
+def _encode_text(
+    ds: ray.data.Dataset, run_cfg: RunConfig, *, keep_caption: bool
+) -> ray.data.Dataset:
+    """The text-encoder actor pool step: ``caption`` -> ``emb``, ``mask``."""
+    data = run_cfg.data
+    return ds.map_batches(
+        TextEncoderActor,
+        fn_constructor_kwargs={
+            "text_cfg": run_cfg.text.model_dump(),
+            "keep_caption": keep_caption,
+            "cache_bytes": int(data.caption_cache_mb * 2**20),
+        },
+        batch_format="numpy",
+        batch_size=data.encoder_batch_size,
+        compute=ray.data.ActorPoolStrategy(size=data.encoder_concurrency),
+        num_cpus=data.encoder_num_cpus,
+        num_gpus=data.encoder_num_gpus,
+    )
 
 
 # --------------------------------------------------------------------------- training side

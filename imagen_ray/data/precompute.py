@@ -45,11 +45,8 @@ from imagen_ray.data.encoding import (
     CAPTION_ENTRY,
     EMBEDDING_ENTRY,
     ENCODING_FILE,
-    check_encoding,
     embedding_bytes,
     encoding_info,
-    read_encoding_info,
-    resolve_encoding,
 )
 from imagen_ray.data.metadata import sample_caption
 from imagen_ray.data.pipeline import TextEncoderActor
@@ -71,11 +68,8 @@ from imagen_ray.data.writer import (
 
 __all__ = [
     "PROGRESS_DIR",
-    "check_encoding",
     "check_output",
     "encode_shards",
-    "read_encoding_info",
-    "resolve_encoding",
 ]
 
 PROGRESS_DIR = ".encode-progress"
@@ -307,6 +301,7 @@ def _prepare_output(
     out.write_bytes(f"{PROGRESS_DIR}/{_CONFIG_RECORD}", text_cfg.model_dump_json().encode())
 
 
+# long: the docstring documents each parameter (Ray resources, resuming, caption key)
 def encode_shards(
     in_dir: str | Path | Sequence[str],
     out_dir: str | Path,
@@ -374,36 +369,82 @@ def encode_shards(
     todo = [(i, p) for i, p in enumerate(paths) if _output_name(p) not in done]
     records: dict[str, dict[str, Any]] = {}
     if todo:
-        actor: Any = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(TextEncoderActor)
-        encoders = [
-            actor.remote(text_cfg.model_dump(), keep_caption=False, cache_bytes=cache_bytes)
-            for _ in range(min(concurrency, len(todo)))
-        ]
-        task: Any = ray.remote(num_cpus=writer_num_cpus, max_retries=3)(encode_one_shard)
-        pending: list[Any] = []
-        for i, path in todo:
-            if len(pending) >= writers:
-                ready, pending = ray.wait(pending, num_returns=1)
-                for r in ray.get(ready):
-                    records[r["name"]] = r
-            pending.append(
-                task.remote(
-                    path, out, encoders, i, encoder_batch_size, caption_key, max_member_bytes
-                )
-            )
-        for r in ray.get(pending):
-            records[r["name"]] = r
-        for e in encoders:
-            ray.kill(e)
+        records = _encode_todo(
+            todo,
+            out,
+            text_cfg,
+            encoder_batch_size=encoder_batch_size,
+            concurrency=concurrency,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            writers=writers,
+            writer_num_cpus=writer_num_cpus,
+            cache_bytes=cache_bytes,
+            caption_key=caption_key,
+            max_member_bytes=max_member_bytes,
+        )
     for name in {_output_name(p) for p in paths} - set(records):
         records[name] = out.read_json(PROGRESS_DIR, f"{name}.json")
 
     ordered = [records[_output_name(p)] for p in paths]
+    source = paths[0] if len(paths) == 1 else f"{len(paths)} shards in {in_dir}"
+    summary = _summary(ordered, source=source, t0=t0)
+    summary["encode"] = {"written": len(todo), "kept": len(paths) - len(todo), "writers": writers}
+    with_embeddings = summary["samples_with_embeddings"]
+    info = encoding_info(text_cfg, dim, with_embeddings, caption_key)
+    out.write_bytes(ENCODING_FILE, (json.dumps(info, indent=2) + "\n").encode())
+    out.write_bytes(
+        SUMMARY_NAME, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode()
+    )
+    return summary
+
+
+def _encode_todo(
+    todo: list[tuple[int, str]],
+    out: Location,
+    text_cfg: TextEncoderConfig,
+    *,
+    encoder_batch_size: int,
+    concurrency: int,
+    num_cpus: float,
+    num_gpus: float,
+    writers: int,
+    writer_num_cpus: float,
+    cache_bytes: int,
+    caption_key: str,
+    max_member_bytes: int | None,
+) -> dict[str, dict[str, Any]]:
+    """Encode the ``(index, path)`` shards of ``todo``: encoder actors shared by at most
+    ``writers`` shard tasks at once. Returns each written shard's record, by output name."""
+    records: dict[str, dict[str, Any]] = {}
+    actor: Any = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(TextEncoderActor)
+    encoders = [
+        actor.remote(text_cfg.model_dump(), keep_caption=False, cache_bytes=cache_bytes)
+        for _ in range(min(concurrency, len(todo)))
+    ]
+    task: Any = ray.remote(num_cpus=writer_num_cpus, max_retries=3)(encode_one_shard)
+    pending: list[Any] = []
+    for i, path in todo:
+        if len(pending) >= writers:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for r in ray.get(ready):
+                records[r["name"]] = r
+        pending.append(
+            task.remote(path, out, encoders, i, encoder_batch_size, caption_key, max_member_bytes)
+        )
+    for r in ray.get(pending):
+        records[r["name"]] = r
+    for e in encoders:
+        ray.kill(e)
+    return records
+
+
+def _summary(ordered: list[dict[str, Any]], *, source: str, t0: float) -> dict[str, Any]:
+    """summary.json from the shards' records, in input order (without the ``encode`` counts)."""
     written = [r for r in ordered if r["samples"]]
     skipped = [SkippedItem(**s) for r in ordered for s in r["skipped"]]
     counts = Counter(s.reason for s in skipped)
-    with_embeddings = sum(r["with_embeddings"] for r in ordered)
-    summary = {
+    return {
         "format": SHARD_FORMAT,
         "version": SHARD_FORMAT_VERSION,
         "shards": [r["name"] for r in written],
@@ -414,15 +455,8 @@ def encode_shards(
         "skipped_total": len(skipped),
         "skipped_items": [s.to_dict() for s in skipped[:MAX_LISTED_SKIPS]],
         "skipped_items_omitted": max(0, len(skipped) - MAX_LISTED_SKIPS),
-        "source": paths[0] if len(paths) == 1 else f"{len(paths)} shards in {in_dir}",
+        "source": source,
         "seconds": round(time.perf_counter() - t0, 3),
-        "samples_with_embeddings": with_embeddings,
+        "samples_with_embeddings": sum(r["with_embeddings"] for r in ordered),
         "text_encoding": ENCODING_FILE,
-        "encode": {"written": len(todo), "kept": len(paths) - len(todo), "writers": writers},
     }
-    info = encoding_info(text_cfg, dim, with_embeddings, caption_key)
-    out.write_bytes(ENCODING_FILE, (json.dumps(info, indent=2) + "\n").encode())
-    out.write_bytes(
-        SUMMARY_NAME, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode()
-    )
-    return summary

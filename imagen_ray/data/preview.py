@@ -17,7 +17,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from imagen_ray.config import RunConfig
-    from imagen_ray.data.synthetic import SyntheticSpec
+    from imagen_ray.data.synthetic_spec import SyntheticSpec
 
 PREVIEW_LABEL_WIDTH = 320
 SYNTHETIC_PREVIEW = 16  # images in a synthetic set's preview.png

@@ -156,22 +156,10 @@ def iter_tar_samples(
                     raise ShardFormatError(BAD_TAR, f"duplicate entry {info.name} in {url}")
                 if ERROR_COLUMN in current:
                     continue
-                if max_member_bytes is not None and info.size > max_member_bytes:
-                    log.warning(
-                        "%s: entry %s is %d bytes > data.max_member_bytes=%d; sample dropped",
-                        url,
-                        info.name,
-                        info.size,
-                        max_member_bytes,
-                    )
+                data = _read_member(tar, info, url, max_member_bytes)
+                if data is None:
                     current = {KEY_COLUMN: key, ERROR_COLUMN: MEMBER_TOO_LARGE}
                     continue
-                member = tar.extractfile(info)
-                data = member.read() if member is not None else b""
-                if len(data) != info.size:
-                    raise ShardFormatError(
-                        TRUNCATED_TAR, f"{info.name}: {len(data)} of {info.size} bytes"
-                    )
                 current[ext] = data
         except tarfile.ReadError as e:
             msg = str(e)
@@ -184,6 +172,30 @@ def iter_tar_samples(
         raise end
     if current is not None:
         yield current
+
+
+def _read_member(
+    tar: tarfile.TarFile, info: tarfile.TarInfo, url: str, max_member_bytes: int | None
+) -> bytes | None:
+    """The member's bytes, or None (logged, never read) when it is over ``max_member_bytes``.
+
+    Raises:
+        ShardFormatError: fewer bytes than the header promised (``truncated_tar``).
+    """
+    if max_member_bytes is not None and info.size > max_member_bytes:
+        log.warning(
+            "%s: entry %s is %d bytes > data.max_member_bytes=%d; sample dropped",
+            url,
+            info.name,
+            info.size,
+            max_member_bytes,
+        )
+        return None
+    member = tar.extractfile(info)
+    data = member.read() if member is not None else b""
+    if len(data) != info.size:
+        raise ShardFormatError(TRUNCATED_TAR, f"{info.name}: {len(data)} of {info.size} bytes")
+    return data
 
 
 def _rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:

@@ -6,9 +6,6 @@ Each source turns its items into :class:`~imagen_ray.data.writer.ShardSample` or
 the atomic publish). Here: key sanitising, the image check (decodable, original bytes kept
 for JPEG/PNG/WebP, others re-encoded to PNG), the folder walk (sorted, hidden entries
 ignored) and the table readers (CSV, JSONL, Parquet).
-
-The writer's names are re-exported so ``from imagen_ray.data.shards import write_shards``
-keeps working.
 """
 
 from __future__ import annotations
@@ -27,49 +24,22 @@ from PIL import Image
 
 from imagen_ray.data.hygiene import (
     DEFAULT_MAX_PIXELS,
-    formats_for,
     open_checked,
     oriented_size,
     to_rgb,
 )
-from imagen_ray.data.writer import (
-    MAX_LISTED_SKIPS,
-    SHARD_FORMAT,
-    SHARD_FORMAT_VERSION,
-    SHARD_NAME,
-    SHARD_RE,
-    SKIP_REASONS,
-    SUMMARY_NAME,
-    RawSample,
-    ShardSample,
-    ShardWriteSummary,
-    SkippedItem,
-    read_summary,
-    write_shards,
-)
+from imagen_ray.data.writer import ShardSample, ShardWriteSummary, SkippedItem, write_shards
+from imagen_ray.images import formats_for
 
 __all__ = [
     "IMAGE_SUFFIXES",
-    "MAX_LISTED_SKIPS",
-    "SHARD_FORMAT",
-    "SHARD_FORMAT_VERSION",
-    "SHARD_NAME",
-    "SHARD_RE",
-    "SKIP_REASONS",
-    "SUMMARY_NAME",
     "TABLE_SUFFIXES",
     "ImageRejected",
-    "RawSample",
-    "ShardSample",
-    "ShardWriteSummary",
-    "SkippedItem",
     "image_sample",
     "prepare_image",
-    "read_summary",
     "read_table",
     "sanitize_key",
     "write_folder_shards",
-    "write_shards",
     "write_table_shards",
 ]
 

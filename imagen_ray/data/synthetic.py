@@ -5,7 +5,8 @@ a shape in one saturated colour on a plain background, rendered with PIL ImageDr
 at 1024 px) and downsampled with LANCZOS. The attributes are chosen so that a tiny model can
 learn them and a deterministic pixel checker can read them back from generated images:
 
-* colour: the object's RGB is one of :data:`ATTRIBUTES` ``.colours`` (nearest-colour
+* colour: the object's RGB is one of
+  :data:`~imagen_ray.data.synthetic_vocab.ATTRIBUTES` ``.colours`` (nearest-colour
   classification; the background is never the object colour);
 * position: the centroid of the object pixels lies near the ``positions`` anchor of the
   named region (left/right/top/bottom/center, anchors 0.25 apart, jitter at most 0.04);
@@ -46,39 +47,17 @@ from imagen_ray.data.scenes import (
     scene_kind,
 )
 from imagen_ray.data.synthetic_draw import render_objects
-from imagen_ray.data.synthetic_spec import (
-    DEFAULT_HELDOUT,
-    SHARD_IMAGE_FORMATS,
-    TEMPLATES,
-    ShardImageFormat,
-    SyntheticSpec,
-    allowed_triples,
-)
-from imagen_ray.data.synthetic_vocab import (
-    ATTRIBUTES,
-    CROSS_ARM,
-    SyntheticAttributes,
-    parse_pair,
-)
+from imagen_ray.data.synthetic_spec import TEMPLATES, SyntheticSpec, allowed_triples
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES
 from imagen_ray.images import encode_image
 
 if TYPE_CHECKING:
     from imagen_ray.data.writer import ShardSample, ShardWriteSummary
 
-__all__ = [  # the spec's and vocabulary's names are re-exported: this module was their home
-    "ATTRIBUTES",
-    "CROSS_ARM",
-    "DEFAULT_HELDOUT",
-    "SHARD_IMAGE_FORMATS",
-    "TEMPLATES",
-    "ShardImageFormat",
-    "SyntheticAttributes",
-    "SyntheticSpec",
-    "allowed_triples",
+__all__ = [
     "heldout_json",
     "heldout_prompts",
     "make_caption",
-    "parse_pair",
     "prompt_item",
     "render_attributes",
     "render_sample",
@@ -285,7 +264,7 @@ def heldout_json(spec: SyntheticSpec) -> dict[str, Any]:
 
 
 def synthetic_sample(spec: SyntheticSpec, index: int) -> ShardSample:
-    """Sample ``index`` encoded for :func:`~imagen_ray.data.shards.write_shards`.
+    """Sample ``index`` encoded for :func:`~imagen_ray.data.writer.write_shards`.
 
     Args:
         spec: the set's settings.

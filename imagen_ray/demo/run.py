@@ -34,7 +34,7 @@ def demo_spec(samples: int | None = None) -> Any:
     the position signal in the loss: in a single-process run of the demo's base recipe (without
     the schedule shift) they left held-out colour at 30 % and shape at 17 % after 600 steps.
     """
-    from imagen_ray.data.synthetic import SyntheticSpec
+    from imagen_ray.data.synthetic_spec import SyntheticSpec
 
     return SyntheticSpec(
         num_samples=8000 if samples is None else samples,
@@ -160,10 +160,7 @@ def run_demo(
 
     out = Path(out).resolve()
     config_dir = Path(configs) if configs is not None else demo_configs_dir()
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("WANDB_MODE", "offline")
+    _prepare(out, fresh=fresh)
     timer = Timer(total_steps=6)
     spec = demo_spec(samples)
     raw, encoded = out / "data" / "shards", out / "data" / "encoded"
@@ -177,13 +174,7 @@ def run_demo(
     cfgs = run_configs(config_dir, out, encoded, {"base": base_steps, "sr64": sr_steps})
 
     with timer.step("data", f"synthetic shards: {spec.num_samples} images at {spec.size} px"):
-        if _same_spec(raw, spec):
-            print(f"reusing {raw}")
-        else:
-            from imagen_ray.data.synthetic import write_synthetic
-
-            write_synthetic(spec, raw)
-            shutil.rmtree(encoded, ignore_errors=True)
+        _synthetic_shards(spec, raw, encoded)
 
     from imagen_ray.runtime import init_ray, logs_hint
 
@@ -192,68 +183,118 @@ def run_demo(
     print(logs_hint(logs, verbose), flush=True)
     try:
         with timer.step("encode", "text embeddings, computed once (MiniLM on Ray Data)"):
-            if (encoded / "encoding.json").is_file():
-                print(f"reusing {encoded}")
-            else:
-                from imagen_ray.data.precompute import encode_shards
+            _encode(raw, encoded, cfgs[0])
 
-                encode_shards(
-                    raw,
-                    encoded,
-                    cfgs[0].text,
-                    concurrency=1,
-                    num_cpus=1.0,
-                    writers=cfgs[0].data.read_tasks or 2,
-                )
-
-        stage_dirs = []
-        with timer.step(
-            "train",
-            " and ".join(
-                f"{c.stage.name} ({c.train.steps} steps, {c.train.num_workers} "
-                f"worker{'s' if c.train.num_workers > 1 else ''})"
-                for c in cfgs
-            )
-            + f" at once: Ray Data -> Ray Train + DeepSpeed ZeRO-{cfgs[0].train.zero_stage}",
-        ):
+        with timer.step("train", _train_title(cfgs)):
             stage_dirs = _train(cfgs, out)
 
         cascade_dir = out / "cascade"
         with timer.step(
             "export", "EMA weights -> stage directories -> `imagen-ray cascade assemble`"
         ):
-            from imagen_ray.cascade.assemble import assemble_cascade
+            from imagen_ray.publish.assemble import assemble_cascade
 
             # what `imagen-ray cascade assemble --stage ... --out ...` runs
             assemble_cascade(stage_dirs, cascade_dir)
             print(f"cascade: {cascade_dir} (with a model card, README.md)")
 
-        from imagen_ray.data.synthetic import heldout_prompts
-
-        items = heldout_prompts(spec)
-        with timer.step(
-            "serve",
-            f"Ray Serve on 127.0.0.1:{port}; {len(items)} held-out prompts x "
-            f"{images_per_prompt} seeds over HTTP",
-        ):
-            images, expected, settings = _serve_and_generate(
-                config_dir, cascade_dir, items, port, images_per_prompt
-            )
-
-        with timer.step("eval", "alignment probe + report"):
-            metrics = write_report(
-                out,
-                images,
-                expected,
-                timer,
-                {
-                    "settings": settings,
-                    "heldout_pairs": [list(p) for p in spec.heldout],
-                    "train_steps": {c.stage.name: c.train.steps for c in cfgs},
-                },
-            )
+        metrics = _serve_and_evaluate(
+            out, config_dir, cascade_dir, spec, cfgs, timer, port, images_per_prompt
+        )
     finally:
         ray.shutdown()
+    _finish_report(out, metrics, timer)
+    return metrics
+
+
+def _prepare(out: Path, *, fresh: bool) -> None:
+    """``out`` created (emptied first when ``fresh``); W&B offline unless configured."""
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def _synthetic_shards(spec: Any, raw: Path, encoded: Path) -> None:
+    """The data step: the synthetic shards in ``raw``, reused when written from ``spec``
+    (new shards make the embeddings in ``encoded`` stale: they are deleted)."""
+    if _same_spec(raw, spec):
+        print(f"reusing {raw}")
+    else:
+        from imagen_ray.data.synthetic import write_synthetic
+
+        write_synthetic(spec, raw)
+        shutil.rmtree(encoded, ignore_errors=True)
+
+
+def _encode(raw: Path, encoded: Path, cfg: Any) -> None:
+    """The encode step: ``raw`` shards with their text embeddings in ``encoded`` (reused)."""
+    if (encoded / "encoding.json").is_file():
+        print(f"reusing {encoded}")
+    else:
+        from imagen_ray.data.precompute import encode_shards
+
+        encode_shards(
+            raw,
+            encoded,
+            cfg.text,
+            concurrency=1,
+            num_cpus=1.0,
+            writers=cfg.data.read_tasks or 2,
+        )
+
+
+def _train_title(cfgs: list[Any]) -> str:
+    """The train step's line: each stage's steps and workers, trained at once."""
+    return (
+        " and ".join(
+            f"{c.stage.name} ({c.train.steps} steps, {c.train.num_workers} "
+            f"worker{'s' if c.train.num_workers > 1 else ''})"
+            for c in cfgs
+        )
+        + f" at once: Ray Data -> Ray Train + DeepSpeed ZeRO-{cfgs[0].train.zero_stage}"
+    )
+
+
+def _serve_and_evaluate(
+    out: Path,
+    config_dir: Path,
+    cascade_dir: Path,
+    spec: Any,
+    cfgs: list[Any],
+    timer: Timer,
+    port: int,
+    images_per_prompt: int,
+) -> dict[str, Any]:
+    """The serve step (held-out prompts over HTTP) and the eval step; the report's metrics."""
+    from imagen_ray.data.synthetic import heldout_prompts
+
+    items = heldout_prompts(spec)
+    with timer.step(
+        "serve",
+        f"Ray Serve on 127.0.0.1:{port}; {len(items)} held-out prompts x "
+        f"{images_per_prompt} seeds over HTTP",
+    ):
+        images, expected, settings = _serve_and_generate(
+            config_dir, cascade_dir, items, port, images_per_prompt
+        )
+
+    with timer.step("eval", "alignment probe + report"):
+        return write_report(
+            out,
+            images,
+            expected,
+            timer,
+            {
+                "settings": settings,
+                "heldout_pairs": [list(p) for p in spec.heldout],
+                "train_steps": {c.stage.name: c.train.steps for c in cfgs},
+            },
+        )
+
+
+def _finish_report(out: Path, metrics: dict[str, Any], timer: Timer) -> None:
+    """metrics.json with every step's time and the total; the held-out scores printed."""
     # the report was written inside the last step: add that step's time and the final total
     from imagen_ray.fs import atomic_write_json
 
@@ -268,7 +309,6 @@ def run_demo(
         print(f"  {a:9s} {acc.get(a, 0):6.1%}   target {t:.0%}   {mark}")
     print(f"  all three {metrics['heldout']['all']:6.1%}")
     print(f"report: {out / 'report' / 'report.html'}  (grid.png, metrics.json)")
-    return metrics
 
 
 def _train(cfgs: list[Any], out: Path) -> list[Path]:
@@ -305,7 +345,8 @@ def _serve_and_generate(
 ) -> tuple[list[np.ndarray], list[dict[str, Any]], dict[str, Any]]:
     from ray import serve
 
-    from imagen_ray.serve.app import build_application, load_serve_config
+    from imagen_ray.config import load_serve_config
+    from imagen_ray.serve.app import build_application, stop_app
 
     cfg = load_serve_config(
         configs / "serve.yaml",
@@ -319,4 +360,4 @@ def _serve_and_generate(
         print(f"serving at {base}/ (web page), {base}/docs (API)")
         return generate_over_http(base, items, images_per_prompt, cfg.max_prompts)
     finally:
-        serve.shutdown()
+        stop_app(cfg.app_name)

@@ -20,10 +20,10 @@ import torch
 from torch import Tensor
 
 from imagen_ray.diffusion._checks import check_choice, check_percentile
-from imagen_ray.diffusion.guidance import THRESHOLDS, apply_guidance, threshold_x0
-from imagen_ray.diffusion.names import SAMPLER_NAMES
+from imagen_ray.diffusion.guidance import apply_guidance, threshold_x0
+from imagen_ray.diffusion.names import OBJECTIVES, SAMPLER_NAMES, THRESHOLDS
 from imagen_ray.diffusion.noise import Generators, randn
-from imagen_ray.diffusion.process import OBJECTIVES, pred_to_x0
+from imagen_ray.diffusion.process import pred_to_x0
 from imagen_ray.diffusion.schedules import LogSNRFn, alpha_sigma
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]

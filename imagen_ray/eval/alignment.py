@@ -18,12 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from imagen_ray.data.scene_spec import SceneSpec
-from imagen_ray.data.synthetic import (
-    SyntheticSpec,
-    allowed_triples,
-    heldout_prompts,
-    prompt_item,
-)
+from imagen_ray.data.synthetic import heldout_prompts, prompt_item
+from imagen_ray.data.synthetic_spec import SyntheticSpec, allowed_triples
 from imagen_ray.eval.probe import PROBED, Reading, read_image, score
 from imagen_ray.fs import atomic_write_json
 from imagen_ray.images import save_image

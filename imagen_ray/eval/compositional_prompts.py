@@ -34,7 +34,8 @@ import numpy as np
 
 from imagen_ray.data.scene_spec import RELATIONS
 from imagen_ray.data.scenes import counterpart_prompts, heldout_scene_prompts, seen_scene_prompts
-from imagen_ray.data.synthetic import TEMPLATES, SyntheticSpec, allowed_triples, make_caption
+from imagen_ray.data.synthetic import make_caption
+from imagen_ray.data.synthetic_spec import TEMPLATES, SyntheticSpec, allowed_triples
 from imagen_ray.data.synthetic_vocab import ATTRIBUTES, check_name
 from imagen_ray.eval.alignment import HELDOUT, SEEN
 from imagen_ray.prompts import read_prompt_file

@@ -21,7 +21,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from imagen_ray.data.synthetic import SyntheticSpec, render_sample
+from imagen_ray.data.synthetic import render_sample
+from imagen_ray.data.synthetic_spec import SyntheticSpec
 
 if TYPE_CHECKING:
     from imagen_ray.cascade import Cascade, Stage

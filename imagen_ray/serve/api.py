@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from importlib import resources
 from typing import Any, Protocol
 
@@ -164,42 +165,58 @@ def create_app(ingress: Backend) -> FastAPI:
         openapi_url=None if auth_on else "/openapi.json",
     )
     app.add_middleware(BodyLimit, limit=ingress.max_body_bytes)
-    bearer = HTTPBearer(auto_error=False, description="serve.auth: the server's token")
-    page = resources.files("imagen_ray.serve").joinpath("page.html").read_text()
+    _add_error_handlers(app)
+    guarded = [Depends(_authorizer(ingress))]
+    if auth_on:  # the docs follow the same switch as the API
+        _add_guarded_docs(app, guarded)
+    _add_page(app)
+    _add_meta_routes(app, ingress, guarded)
+    _add_generate_route(app, ingress, guarded)
+    _add_openai_route(app, ingress, guarded)
+    return app
 
-    def is_openai(request: Request) -> bool:
-        return request.url.path.endswith(OPENAI_ROUTE)
 
-    def answer(
-        request: Request, message: str, status: int, headers: dict[str, str] | None = None
-    ) -> JSONResponse:
-        message = _safe(message)
-        if is_openai(request):
-            # OpenAI answers invalid requests with 400 (the client's BadRequestError).
-            status = 400 if status in (406, 422) else status
-            return JSONResponse(openai_error(message, status), status, headers=headers)
-        return JSONResponse({"detail": message}, status, headers=headers)
+def _answer(
+    request: Request, message: str, status: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error as ``{"detail": ...}``, or as an OpenAI error on the Images API's route."""
+    message = _safe(message)
+    if request.url.path.endswith(OPENAI_ROUTE):
+        # OpenAI answers invalid requests with 400 (the client's BadRequestError).
+        status = 400 if status in (406, 422) else status
+        return JSONResponse(openai_error(message, status), status, headers=headers)
+    return JSONResponse({"detail": message}, status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Invalid bodies (400/422), request problems (their own status) and server failures
+    (500), each answered in the route's error format."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
-            return answer(request, f"request body is not valid JSON: {_readable(errors)}", 400)
-        return answer(request, _readable(errors), 422)
+            return _answer(request, f"request body is not valid JSON: {_readable(errors)}", 400)
+        return _answer(request, _readable(errors), 422)
 
     @app.exception_handler(RequestProblem)
     async def problem(request: Request, exc: RequestProblem) -> JSONResponse:
-        return answer(request, str(exc), exc.status, exc.headers or None)
+        return _answer(request, str(exc), exc.status, exc.headers or None)
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:
         log.error("request %s failed: %r", request.url.path, exc)
-        return answer(
+        return _answer(
             request,
             f"generation failed on the server ({type(exc).__name__}); other requests are "
             "unaffected; the server log has the details",
             500,
         )
+
+
+def _authorizer(ingress: Backend) -> Callable[..., None]:
+    """The dependency that refuses a request without the bearer token (401) when auth is on."""
+    bearer = HTTPBearer(auto_error=False, description="serve.auth: the server's token")
 
     # FastAPI's default-argument form: an Annotated[...] naming the local `bearer` would be a
     # string here (postponed annotations) that FastAPI cannot resolve.
@@ -213,22 +230,33 @@ def create_app(ingress: Backend) -> FastAPI:
                 "missing or wrong bearer token: send `Authorization: Bearer <token>`", 401
             )
 
-    guarded = [Depends(authorize)]
+    return authorize
 
-    if auth_on:  # the docs follow the same switch as the API
 
-        @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
-        async def openapi() -> JSONResponse:
-            return JSONResponse(app.openapi())
+def _add_guarded_docs(app: FastAPI, guarded: list[Any]) -> None:
+    """``/openapi.json`` and ``/docs`` behind the bearer token."""
 
-        @app.get("/docs", include_in_schema=False, dependencies=guarded)
-        async def docs() -> HTMLResponse:
-            return get_swagger_ui_html(openapi_url="openapi.json", title="imagen-ray")
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guarded)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="openapi.json", title="imagen-ray")
+
+
+def _add_page(app: FastAPI) -> None:
+    """The web page at ``/``, told the root path it is served under."""
+    page = resources.files("imagen_ray.serve").joinpath("page.html").read_text()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(request: Request) -> HTMLResponse:
         root = json.dumps(request.scope.get("root_path", "").rstrip("/"))
         return HTMLResponse(page.replace("__ROOT_PATH__", root))
+
+
+def _add_meta_routes(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None:
+    """``/healthz`` (open), ``/v1/models`` and ``/v1/stats``."""
 
     @app.get("/healthz", summary="liveness: the ingress answers and knows its stages")
     async def healthz() -> dict[str, Any]:
@@ -249,6 +277,10 @@ def create_app(ingress: Backend) -> FastAPI:
     )
     async def stats() -> dict[str, Any]:
         return await ingress.stats()
+
+
+def _add_generate_route(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None:
+    """``POST /v1/generate``: JSON with base64 images, or one image when ``Accept`` asks."""
 
     @app.post(
         "/v1/generate",
@@ -295,6 +327,10 @@ def create_app(ingress: Backend) -> FastAPI:
             },
         )
 
+
+def _add_openai_route(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None:
+    """``POST /v1/images/generations``: the OpenAI Images API over the same generation."""
+
     @app.post(
         OPENAI_ROUTE,
         summary="OpenAI Images API: n images of one prompt, size = a stage's output size",
@@ -310,5 +346,3 @@ def create_app(ingress: Backend) -> FastAPI:
                 msg = msg.replace(ours, theirs)
             raise RequestProblem(msg, e.status, e.headers) from None
         return to_images_response(out)
-
-    return app

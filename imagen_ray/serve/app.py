@@ -10,6 +10,7 @@ The cascade directory must be readable at the same path on every node that runs 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,8 @@ log = logging.getLogger(__name__)
 
 def check_cascade_dir(cfg: ServeConfig) -> list[Path]:
     """The stage directories of ``cfg.cascade``; a clear error when it is unset or unusable."""
-    from imagen_ray.cascade.assemble import check_stages
     from imagen_ray.cascade.io import read_cascade_manifest
+    from imagen_ray.publish.assemble import check_stages
 
     if not cfg.cascade:
         raise ConfigError(
@@ -190,6 +191,23 @@ def build_application(cfg: ServeConfig) -> Any:
         backpressure_config=_backpressure(cfg.retry_after_s),
         ray_actor_options={"num_cpus": ing.num_cpus},
     ).bind(encoder, stages, cfg.model_dump(mode="json"), str(Path(cfg.cascade).resolve()), digest)
+
+
+def stop_app(name: str) -> None:
+    """Stop serving application ``name``: its replicas finish the requests they hold and stop.
+
+    Serve's controller and HTTP proxies stay: on a joined cluster they go on serving its
+    other applications, and a local cluster's stop with ``ray.shutdown()``. Not
+    ``serve.shutdown()``: in Ray 2.60 it waits on the controller's ``graceful_shutdown`` call,
+    which ends when the controller kills itself; the controller retries its calls without
+    limit, so the driver reports that call as failed and retried, and the console shows the
+    raylet line "Task ServeController.graceful_shutdown failed … killed by `ray.kill`".
+    """
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    with contextlib.suppress(RayServeException):  # Serve never started: nothing to stop
+        serve.delete(name)
 
 
 def build_app(args: dict[str, Any]) -> Any:

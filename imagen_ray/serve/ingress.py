@@ -25,15 +25,11 @@ from typing import TYPE_CHECKING, Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from imagen_ray.serve.auth import read_token
 from imagen_ray.serve.problems import RequestProblem, unicode_problem
 from imagen_ray.serve.schemas import GeneratedImage, GenerateRequest, GenerateResponse
 
 if TYPE_CHECKING:
     from imagen_ray.cascade.plan import GenerationPlan
-
-# Moved to their own modules; importable from here as before.
-__all__ = ["Ingress", "RequestProblem", "read_token"]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})

@@ -78,6 +78,10 @@ def resume_batches(
         ctx: this worker; its ``start`` is replaced by the state's position.
         state: the restored run state (fresh: position (0, 0)).
     """
+    # Reached by loop._restore of a checkpoint whose state/rank_*.json has no epoch and
+    # epoch_samples (imagen-ray before the data position was kept): its format version is
+    # the same 1 and launcher.resolve_resume accepts it when the stage config matches.
+    # tests/data/test_resume_position.py resumes such a state.
     legacy = state.micro_batches > 0 and (state.epoch, state.epoch_samples) == (0, 0)
     stream = factory(replace(ctx, start=DataPosition(state.epoch, state.epoch_samples)))
     for _ in range(state.micro_batches if legacy else 0):

@@ -54,7 +54,8 @@ def export_checkpoint(
 
     Returns:
         The stage directory (a URI when ``out_dir`` is one), loadable with
-        ``Cascade.load([...])`` / ``load_stage``.
+        ``imagen_ray.publish.load_cascade([...])`` (a local one also with ``Cascade.load`` /
+        ``load_stage``).
 
     Raises:
         NonFiniteWeights: the weights hold NaN/inf (nothing is written).
@@ -83,7 +84,7 @@ def _export(d: Path, source: str, out_dir: str | Path, weights: str) -> str | Pa
         "step": meta["step"],
         "weights": weights,
         "checkpoint": source,
-        # for the model card (imagen_ray.cascade.card): what it was trained on and how far
+        # for the model card (imagen_ray.publish.card): what it was trained on and how far
         "samples": meta.get("samples"),
         "metrics": meta.get("metrics") or {},
         "data": cfg.data.shards,

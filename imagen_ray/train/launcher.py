@@ -268,12 +268,8 @@ def build_trainer(
         check: check the run against the cluster (:func:`check_resources`); False when
             the caller checked all of its runs together.
     """
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from imagen_ray.train.batches import PipelineCounts, ShardBatches
-    from imagen_ray.train.loop import WorkerArgs, train_loop_per_worker
+    from imagen_ray.train.loop import WorkerArgs
 
     if check:
         from imagen_ray.cluster import cluster_capacity
@@ -309,13 +305,25 @@ def build_trainer(
         hooks=tuple(hooks),
         console=console,
     )
+    return _torch_trainer(cfg, args.to_dict(), datasets)
+
+
+def _torch_trainer(cfg: RunConfig, loop_config: dict[str, Any], datasets: dict[str, Any]) -> Any:
+    """Ray Train's ``TorchTrainer`` of ``train_loop_per_worker``: workers, storage, failure
+    and checkpoint policy, the workers' environment and the dataset."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from imagen_ray.train.loop import train_loop_per_worker
+
     name = cfg.train.name or cfg.stage.name
     env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
     if not cfg.train.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"  # CPU workers on a GPU box: DeepSpeed's CPU backend
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=args.to_dict(),
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,

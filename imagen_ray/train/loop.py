@@ -12,7 +12,8 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,11 @@ from imagen_ray.train.deepspeed_config import build_deepspeed_config
 from imagen_ray.train.ema import EMA, local_part
 from imagen_ray.train.extensions import clear_stale_build_locks
 from imagen_ray.train.finite import (
+    NonFiniteStreak,
     NonFiniteWeights,
     all_ranks_true,
-    local_grads_finite,
+    guarded_step,
     nonfinite_names,
-    optimizer_skips_nonfinite,
     require_finite,
 )
 from imagen_ray.train.hooks import StepContext, StepHook
@@ -43,11 +44,6 @@ from imagen_ray.train.perf import TrainPerf
 from imagen_ray.train.placement import report_worker_nodes
 from imagen_ray.train.tracking import SampleGrids, log_metrics
 from imagen_ray.train.warmstart import load_init_weights
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss or the gradients were NaN/inf for ``train.nan_patience`` micro batches in a
-    row."""
 
 
 @dataclass
@@ -114,23 +110,69 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     Args:
         config: :meth:`WorkerArgs.to_dict` of the run.
     """
-    import deepspeed
     import ray.train
     import ray.train.torch
 
     args = WorkerArgs.from_dict(config)
-    cfg = args.run
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if rank == 0:  # a run stopped while DeepSpeed compiled would hang this one silently
         clear_stale_build_locks(say=lambda line: _say(line, args.console))
+    resume = ray.train.get_checkpoint()  # this run's own latest checkpoint (a restart)
+    w = _build(args, rank, world, device, warm_start=resume is None and args.resume_from is None)
+    _resume(w, resume)
+    if rank == 0:
+        _start_tracking(w)
+    # Data position: the stream starts at the checkpoint's epoch and samples taken from it
+    # (global, any worker count) without drawing the batches before it again.
+    cfg = args.run
+    batches = resume_batches(args.batches, WorkerContext(cfg, rank, world, args.text_dim), w.state)
+    _train(w, batches)
+    if w.wandb_run is not None:
+        w.wandb_run.finish()
+    if rank == 0:
+        storage.sync_run_files(args.run_dir)
 
-    # ---------------------------------------------------------------- build
+
+@dataclass
+class _Worker:
+    """One rank's run: what the build gives the loop."""
+
+    args: WorkerArgs
+    rank: int
+    world: int
+    device: torch.device
+    paths: TrainDevicePaths
+    engine: Any  # the DeepSpeed engine around the stage
+    ema: EMA
+    gen: torch.Generator
+    state: RunState = field(default_factory=RunState)
+    wandb_run: Any = None
+    grids: SampleGrids | None = None  # rank 0 samples; its encoder loads once, at the 1st grid
+
+    @property
+    def cfg(self) -> RunConfig:
+        return self.args.run
+
+    def step_ctx(self) -> StepContext:
+        return StepContext(
+            rank=self.rank, world_size=self.world, step=self.state.step, engine=self.engine
+        )
+
+
+# ------------------------------------------------------------------------ build
+
+
+def _build(
+    args: WorkerArgs, rank: int, world: int, device: torch.device, *, warm_start: bool
+) -> _Worker:
+    """The stage (warm-started from ``args.init_from`` when ``warm_start``), its DeepSpeed
+    engine, the EMA and this rank's generator."""
+    cfg = args.run
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     stage = Stage(cfg.stage, text_dim=args.text_dim)
-    resume = ray.train.get_checkpoint()  # this run's own latest checkpoint (a restart)
-    if args.init_from and resume is None and args.resume_from is None:
+    if args.init_from and warm_start:
         # warm start: weights only, before DeepSpeed wraps (and ZeRO-3 partitions) the
         # module, so the engine, its optimizer and the EMA all start from them
         stage.unet.load_state_dict(load_init_weights(args.init_from), strict=True)
@@ -138,6 +180,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _say(f"[{cfg.stage.name}] initialised from {args.init_from}", args.console)
     paths = TrainDevicePaths.resolve(cfg.train, device.type)
     paths.prepare(stage)  # autocast in its forward, channels_last on CUDA
+    engine = _engine(stage, cfg, world, device)
+    # the process group exists now: rank 0 records which node each rank runs on
+    report_worker_nodes(rank, args.run_dir, args.console, name=cfg.stage.name)
+    ema = EMA(engine.module, cfg.train.ema_decay, cfg.train.ema_warmup_steps)
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1_000_003 + rank)
+    return _Worker(args, rank, world, device, paths, engine, ema, gen)
+
+
+def _engine(stage: Stage, cfg: RunConfig, world: int, device: torch.device) -> Any:
+    """DeepSpeed's engine around ``stage``, with Adafactor when the run asks for it."""
+    import deepspeed
+
     ds_config = build_deepspeed_config(
         cfg.train, cfg.data, world_size=world, device_type=device.type
     )
@@ -155,127 +209,142 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer=client_opt,
         config=ds_config,
     )
-    # the process group exists now: rank 0 records which node each rank runs on
-    report_worker_nodes(rank, args.run_dir, args.console, name=cfg.stage.name)
-    ema = EMA(engine.module, cfg.train.ema_decay, cfg.train.ema_warmup_steps)
-    gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 1_000_003 + rank)
-    state = RunState()
+    return engine
 
-    # ---------------------------------------------------------------- resume
+
+def _resume(w: _Worker, resume: Any) -> None:
+    """Restore from ``resume`` (this run's latest Ray Train checkpoint, after a failure) or
+    else from ``args.resume_from``; neither: a fresh start."""
+    name, console = w.cfg.stage.name, w.args.console
     if resume is not None:  # a restart after a failure: this run's latest checkpoint
         with resume.as_directory() as d:
-            how = _restore(Path(d), engine, ema, gen, state, rank)
-        if rank == 0:
-            _say(f"[{cfg.stage.name}] restarted from its latest checkpoint {how}", args.console)
-    elif args.resume_from:  # a local directory, or a URI every worker downloads
-        with storage.local_dir(args.resume_from, what="checkpoint") as d:
-            how = _restore(d, engine, ema, gen, state, rank)
-        if rank == 0:
-            _say(f"[{cfg.stage.name}] resumed from {args.resume_from} {how}", args.console)
+            how = _restore(Path(d), w)
+        if w.rank == 0:
+            _say(f"[{name}] restarted from its latest checkpoint {how}", console)
+    elif w.args.resume_from:  # a local directory, or a URI every worker downloads
+        with storage.local_dir(w.args.resume_from, what="checkpoint") as d:
+            how = _restore(d, w)
+        if w.rank == 0:
+            _say(f"[{name}] resumed from {w.args.resume_from} {how}", console)
 
-    is_main = rank == 0
-    wandb_run = None
-    grids: SampleGrids | None = None  # rank 0 samples; its encoder loads once, at the 1st grid
-    if is_main:
-        from imagen_ray.train.tracking import start_wandb
 
-        local_dir = storage.local_run_dir(args.run_dir)  # a run URI: synced to it below
-        grids = SampleGrids(cfg, text_dim=args.text_dim, run_dir=local_dir)
-        wandb_run = start_wandb(cfg, local_dir, state.wandb_run_id)
-        state.wandb_run_id = wandb_run.id if wandb_run is not None else None
+def _start_tracking(w: _Worker) -> None:
+    """Rank 0's sample grids and W&B run (resumed when the checkpoint names one)."""
+    from imagen_ray.train.tracking import start_wandb
 
-    # Data position: the stream starts at the checkpoint's epoch and samples taken from it
-    # (global, any worker count) without drawing the batches before it again.
-    batches = resume_batches(args.batches, WorkerContext(cfg, rank, world, args.text_dim), state)
+    local_dir = storage.local_run_dir(w.args.run_dir)  # a run URI: synced to it below
+    w.grids = SampleGrids(w.cfg, text_dim=w.args.text_dim, run_dir=local_dir)
+    w.wandb_run = start_wandb(w.cfg, local_dir, w.state.wandb_run_id)
+    w.state.wandb_run_id = w.wandb_run.id if w.wandb_run is not None else None
 
-    # ---------------------------------------------------------------- loop
-    def step_ctx() -> StepContext:
-        return StepContext(rank=rank, world_size=world, step=state.step, engine=engine)
 
-    nan_streak = 0  # non-finite losses/gradients in a row
-    perf = TrainPerf.for_run(cfg, args.text_dim, device)  # FLOPs, MFU, peak GPU memory
+# ------------------------------------------------------------------------- loop
+
+
+def _train(w: _Worker, batches: Iterator[dict[str, Tensor]]) -> None:
+    """Micro batches until ``train.steps`` optimizer steps; a report when one is due."""
+    cfg = w.cfg
+    streak = NonFiniteStreak(cfg.train.nan_patience)  # non-finite losses/gradients in a row
+    perf = TrainPerf.for_run(cfg, w.args.text_dim, w.device)  # FLOPs, MFU, peak GPU memory
     window = _Window(perf)
     t_start = time.perf_counter()
-    while state.step < cfg.train.steps:
+    while w.state.step < cfg.train.steps:
         t0 = time.perf_counter()
         batch = next(batches)
         t_data = time.perf_counter() - t0
-        x0 = paths.image(batch["image"], device)  # (B, 3, S, S)
-        emb = paths.tokens(batch["emb"], device)  # (B, L, D)
-        mask = batch["mask"].to(device)  # (B, L)
-        lowres = paths.image(batch["lowres"], device) if "lowres" in batch else None
-
-        loss = engine(x0, emb, mask, lowres, generator=gen).float().mean()  # autocast inside
-        finite = all_ranks_true(bool(torch.isfinite(loss)), device)
-        state.micro_batches += 1
-        if not finite:
-            engine.zero_grad()
-            nan_streak = _skipped(state, nan_streak, cfg, "loss")
+        if not _micro_step(w, batch, streak, window, t0, t_data):
             continue
-        boundary = engine.is_gradient_accumulation_boundary()
-        engine.backward(loss)
-        if boundary:
-            for hook in args.hooks:
-                hook.before_step(step_ctx())
-        # A finite loss can still give NaN/inf gradients (an overflow in backward): the step
-        # is skipped as for a non-finite loss. fp16 is left to its dynamic loss scale, whose
-        # overflow skips are routine (counted in nonfinite_skipped, not as a streak).
-        grads_ok = True
-        if boundary and cfg.train.resolved_precision != "fp16":
-            grads_ok = all_ranks_true(local_grads_finite(engine), device)
-        skipped_before = engine.skipped_steps
-        if grads_ok or optimizer_skips_nonfinite(engine):
-            engine.step()  # DeepSpeed's ZeRO/bf16 optimizers discard a non-finite step
-        else:
-            engine.zero_grad()  # a plain torch optimizer (ZeRO 0, fp32) would apply it
-        if boundary and (not grads_ok or engine.skipped_steps > skipped_before):
-            if grads_ok:  # DeepSpeed skipped by itself: an fp16 loss-scale overflow
-                state.nonfinite_skipped += 1
-            else:
-                nan_streak = _skipped(state, nan_streak, cfg, "gradient")
-            continue
-        nan_streak = 0
-        window.add(loss.item(), x0.shape[0], t_data, time.perf_counter() - t0)
-        if not boundary:
-            continue
-        ema.update()
-        state.step += 1
-        state.samples += x0.shape[0] * world * cfg.train.grad_accum
-        for hook in args.hooks:
-            hook.after_step(step_ctx())
-
-        last = state.step == cfg.train.steps
-        due_log = state.step % cfg.train.log_every == 0 or last
-        due_ckpt = state.step % cfg.train.checkpoint_every == 0 or last
+        last = w.state.step == cfg.train.steps
+        due_log = w.state.step % cfg.train.log_every == 0 or last
+        due_ckpt = w.state.step % cfg.train.checkpoint_every == 0 or last
         if not (due_log or due_ckpt):
             continue
-        metrics = window.metrics(engine, device, world)
-        metrics.update(
-            step=state.step,
-            samples_seen=state.samples,
-            nonfinite_skipped=state.nonfinite_skipped,
-            elapsed_s=round(time.perf_counter() - t_start, 2),
-        )
-        for hook in args.hooks:
-            metrics.update(hook.metrics(step_ctx()))
-        if is_main:
-            _print_progress(cfg, state.step, metrics, t_start, args.console)
-            log_metrics(wandb_run, metrics, state.step)  # every numeric metric, vs step
-        if cfg.train.sample_every and state.step % cfg.train.sample_every == 0:
-            _log_samples(ema, batch, state.step, wandb_run, grids)
-        if due_ckpt:
-            with tempfile.TemporaryDirectory(prefix="imagen-ray-ckpt-") as tmp:
-                _save(Path(tmp), engine, ema, gen, state, cfg, args.text_dim, rank, world, metrics)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            if is_main:
-                storage.sync_run_files(args.run_dir)  # W&B files, sample grids
-        else:
-            ray.train.report(metrics)
+        _report(w, batch, window, t_start, checkpoint=due_ckpt)
         window = _Window(perf)
-    if wandb_run is not None:
-        wandb_run.finish()
-    if is_main:
-        storage.sync_run_files(args.run_dir)
+
+
+def _micro_step(
+    w: _Worker,
+    batch: dict[str, Tensor],
+    streak: NonFiniteStreak,
+    window: _Window,
+    t0: float,
+    t_data: float,
+) -> bool:
+    """Forward and backward on one micro batch, and the optimizer step at an accumulation
+    boundary unless the loss or the gradients are non-finite. True when an optimizer step
+    completed (``w.state.step`` advanced)."""
+    cfg, engine, state = w.cfg, w.engine, w.state
+    x0 = w.paths.image(batch["image"], w.device)  # (B, 3, S, S)
+    emb = w.paths.tokens(batch["emb"], w.device)  # (B, L, D)
+    mask = batch["mask"].to(w.device)  # (B, L)
+    lowres = w.paths.image(batch["lowres"], w.device) if "lowres" in batch else None
+
+    loss = engine(x0, emb, mask, lowres, generator=w.gen).float().mean()  # autocast inside
+    finite = all_ranks_true(bool(torch.isfinite(loss)), w.device)
+    state.micro_batches += 1
+    if not finite:
+        engine.zero_grad()
+        state.nonfinite_skipped += 1
+        streak.skipped("loss", step=state.step + 1)
+        return False
+    boundary = engine.is_gradient_accumulation_boundary()
+    engine.backward(loss)
+    if boundary:
+        for hook in w.args.hooks:
+            hook.before_step(w.step_ctx())
+    # A finite loss can still give NaN/inf gradients (an overflow in backward): the step
+    # is skipped as for a non-finite loss. fp16 is left to its dynamic loss scale, whose
+    # overflow skips are routine (counted in nonfinite_skipped, not as a streak).
+    check_grads = cfg.train.resolved_precision != "fp16"
+    outcome = guarded_step(engine, w.device, boundary=boundary, check_grads=check_grads)
+    if outcome != "stepped":
+        state.nonfinite_skipped += 1
+        if outcome == "gradient":
+            streak.skipped("gradient", step=state.step + 1)
+        return False
+    streak.reset()
+    window.add(loss.item(), x0.shape[0], t_data, time.perf_counter() - t0)
+    if not boundary:
+        return False
+    w.ema.update()
+    state.step += 1
+    state.samples += x0.shape[0] * w.world * cfg.train.grad_accum
+    for hook in w.args.hooks:
+        hook.after_step(w.step_ctx())
+    return True
+
+
+def _report(
+    w: _Worker, batch: dict[str, Tensor], window: _Window, t_start: float, *, checkpoint: bool
+) -> None:
+    """Metrics for the window just ended, to Ray Train (with a checkpoint when
+    ``checkpoint``), the console and W&B; a sample grid when one is due."""
+    import ray.train
+
+    cfg, state = w.cfg, w.state
+    metrics = window.metrics(w.engine, w.device, w.world)
+    metrics.update(
+        step=state.step,
+        samples_seen=state.samples,
+        nonfinite_skipped=state.nonfinite_skipped,
+        elapsed_s=round(time.perf_counter() - t_start, 2),
+    )
+    for hook in w.args.hooks:
+        metrics.update(hook.metrics(w.step_ctx()))
+    if w.rank == 0:
+        _print_progress(cfg, state.step, metrics, t_start, w.args.console)
+        log_metrics(w.wandb_run, metrics, state.step)  # every numeric metric, vs step
+    if cfg.train.sample_every and state.step % cfg.train.sample_every == 0:
+        _log_samples(w.ema, batch, state.step, w.wandb_run, w.grids)
+    if checkpoint:
+        with tempfile.TemporaryDirectory(prefix="imagen-ray-ckpt-") as tmp:
+            _save(Path(tmp), w, metrics)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        if w.rank == 0:
+            storage.sync_run_files(w.args.run_dir)  # W&B files, sample grids
+    else:
+        ray.train.report(metrics)
 
 
 # -------------------------------------------------------------------- helpers
@@ -325,21 +394,6 @@ def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def _skipped(state: RunState, streak: int, cfg: RunConfig, what: str) -> int:
-    """Count a micro batch skipped for a non-finite ``what``; stop after train.nan_patience
-    in a row. Returns the new streak."""
-    streak += 1
-    state.nonfinite_skipped += 1
-    if streak >= cfg.train.nan_patience:
-        raise NonFiniteLoss(
-            f"the {what} was non-finite for {streak} micro batches in a row, the last at "
-            f"step {state.step + 1}; training stopped. The last good checkpoint is kept: lower "
-            "train.lr, raise train.warmup_steps or check the data, then rerun with the same "
-            "name to resume from it."
-        )
-    return streak
-
-
 def _print_progress(
     cfg: RunConfig, step: int, m: dict[str, Any], t_start: float, console: Any = None
 ) -> None:
@@ -375,24 +429,14 @@ def _hms(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def _save(
-    d: Path,
-    engine: Any,
-    ema: EMA,
-    gen: torch.Generator,
-    state: RunState,
-    cfg: RunConfig,
-    text_dim: int,
-    rank: int,
-    world: int,
-    metrics: dict[str, Any] | None = None,
-) -> None:
+def _save(d: Path, w: _Worker, metrics: dict[str, Any] | None = None) -> None:
     """Write this rank's part of a checkpoint; the complete marker goes last. The latest
     reported metrics go into its config (exports carry them into the model card).
 
     Weights or EMA weights with NaN/inf on any rank are refused on every rank before
     anything is written or reported, so the last good checkpoint stays the latest.
     """
+    engine, ema, state, rank = w.engine, w.ema, w.state, w.rank
     mine = [(f"weights {n}", local_part(p)) for n, p in engine.module.named_parameters()]
     mine += [(f"EMA {n}", s) for n, s in zip(ema.names, ema.shadow, strict=True)]
     if not all_ranks_true(not nonfinite_names(mine), engine.device):
@@ -413,15 +457,15 @@ def _save(
         rank=rank,
         ema_state=ema.state_dict(),
         state={**state.__dict__},
-        rng={"generator": gen.get_state(), "torch": torch.get_rng_state()},
+        rng={"generator": w.gen.get_state(), "torch": torch.get_rng_state()},
     )
     if rank == 0:
         ckpt_io.write_config(
             d,
-            cfg.model_dump(mode="json"),
-            text_dim=text_dim,
-            world_size=world,
-            zero_stage=cfg.train.zero_stage,
+            w.cfg.model_dump(mode="json"),
+            text_dim=w.args.text_dim,
+            world_size=w.world,
+            zero_stage=w.cfg.train.zero_stage,
             step=state.step,
             samples=state.samples,
             metrics={k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
@@ -429,12 +473,11 @@ def _save(
     ckpt_io.mark_complete(d, rank)
 
 
-def _restore(
-    d: Path, engine: Any, ema: EMA, gen: torch.Generator, state: RunState, rank: int
-) -> str:
+def _restore(d: Path, w: _Worker) -> str:
     """Resume weights, optimizer, LR schedule (DeepSpeed), EMA, counters and RNG; on
     another world size or ZeRO stage through :mod:`imagen_ray.train.reshard`. Returns where
     it resumed, for the user ("at step N", and how it was re-sharded)."""
+    engine, ema, gen, state, rank = w.engine, w.ema, w.gen, w.state, w.rank
     meta = ckpt_io.read_config(d)
     world = dist.get_world_size() if dist.is_initialized() else 1
     rng: dict[str, Tensor] | None

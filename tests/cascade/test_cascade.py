@@ -184,6 +184,17 @@ def test_load_never_unpickles(cascade: Cascade, tmp_path: Path, monkeypatch) -> 
     assert (tmp_path / "c" / "base" / "model.safetensors").read_bytes()[8:9] == b"{"
 
 
+def test_load_refuses_uris_and_names_the_loader_that_reads_them(tmp_path: Path) -> None:
+    """Cascade.load reads local directories; a URI (one, or in the stage list) is refused
+    before anything is read, naming it and imagen_ray.publish.load_cascade."""
+    for path in ("s3://bucket/c", [tmp_path / "base", "gs://bucket/sr"]):
+        with pytest.raises(
+            CheckpointError, match=r"not URIs \((s3://bucket/c|gs://bucket/sr)\)"
+        ) as e:
+            Cascade.load(path)
+        assert "imagen_ray.publish.load_cascade" in str(e.value)
+
+
 def test_load_errors_are_clear(cascade: Cascade, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"cascade\.json is missing"):
         Cascade.load(tmp_path / "missing")

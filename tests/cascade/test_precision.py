@@ -1,4 +1,4 @@
-"""Inference precision: bf16 U-Nets, float32 sampler state, and the dtype vocabulary."""
+"""Inference precision of a stage: bf16 U-Nets, float32 sampler state."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from imagen_ray.cascade import Cascade
-from imagen_ray.cascade.precision import resolve_dtype
 from tests.cascade.test_cascade import FakeEncoder, cascade_config, perturb
 
 PROMPTS = ["a red circle", "two blue squares on the left", "green", "a b c d"]
@@ -76,12 +75,10 @@ def test_only_the_unet_runs_in_bf16(fp32: Cascade) -> None:
 def test_to_inference_resolves_auto_and_refuses_fp16_on_cpu(fp32: Cascade) -> None:
     c = copy.deepcopy(fp32)
     assert c.to_inference("auto").dtypes == {"base": "float32", "sr": "float32"}
-    assert resolve_dtype("auto", "cuda") == "bfloat16"
-    assert resolve_dtype("float16", "cuda") == "float16"
     with pytest.raises(ValueError, match="float16 needs a CUDA device"):
         c.to_inference("float16")
     with pytest.raises(ValueError, match="'fp8' is not one of"):
-        resolve_dtype("fp8", "cpu")
+        c.to_inference("fp8")
 
 
 def test_load_in_bf16(fp32: Cascade, tmp_path: Path) -> None:

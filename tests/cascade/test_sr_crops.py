@@ -27,7 +27,8 @@ def trained(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:  # n
     """A saved cascade: a random 16 px base + the SR 16 -> 32 stage trained on 16 px crops."""
     from imagen_ray.cascade import Cascade, Stage, load_stage
     from imagen_ray.data.precompute import encode_shards
-    from imagen_ray.data.synthetic import SyntheticSpec, write_synthetic
+    from imagen_ray.data.synthetic import write_synthetic
+    from imagen_ray.data.synthetic_spec import SyntheticSpec
     from imagen_ray.train.export import export_checkpoint
 
     tmp = tmp_path_factory.mktemp("srcrops")

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from imagen_ray.cli.data import add_data_commands
-from imagen_ray.data.shards import read_summary
+from imagen_ray.data.writer import read_summary
 
 datasets = pytest.importorskip("datasets")
 

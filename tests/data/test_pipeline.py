@@ -20,14 +20,9 @@ import pytest
 import torch
 
 from imagen_ray.config import DataConfig, RunConfig, StageConfig, TextEncoderConfig
+from imagen_ray.data.decode import decode_filter_resize
 from imagen_ray.data.encoding import check_encoding
-from imagen_ray.data.pipeline import (
-    TextEncoderActor,
-    build_dataset,
-    collate,
-    decode_filter_resize,
-    iter_training_batches,
-)
+from imagen_ray.data.pipeline import TextEncoderActor, build_dataset, collate, iter_training_batches
 from imagen_ray.data.precompute import encode_shards
 from imagen_ray.data.reader import (
     ShardFormatError,

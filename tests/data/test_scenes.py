@@ -27,7 +27,8 @@ from imagen_ray.data.scenes import (
     scene_kind,
     seen_scene_prompts,
 )
-from imagen_ray.data.synthetic import SyntheticSpec, heldout_json, render_sample, write_synthetic
+from imagen_ray.data.synthetic import heldout_json, render_sample, write_synthetic
+from imagen_ray.data.synthetic_spec import SyntheticSpec
 from imagen_ray.data.writer import read_summary
 from imagen_ray.eval.alignment import load_spec
 

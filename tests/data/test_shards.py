@@ -17,13 +17,13 @@ from PIL import Image
 
 from imagen_ray.cli.data import add_data_commands as register
 from imagen_ray.data import shards
-from imagen_ray.data.shards import (
+from imagen_ray.data.shards import sanitize_key, write_folder_shards, write_table_shards
+from imagen_ray.data.writer import (
     SHARD_FORMAT,
+    ShardSample,
+    SkippedItem,
     read_summary,
-    sanitize_key,
-    write_folder_shards,
     write_shards,
-    write_table_shards,
 )
 
 
@@ -214,12 +214,12 @@ def test_failure_mid_run_keeps_the_previous_output(
 
 def test_write_shards_directly_with_zero_samples_removes_old_shards(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    sample = shards.ShardSample("k", image_bytes(8, 8, "PNG"), "png", "cap", 8, 8, "s")
+    sample = ShardSample("k", image_bytes(8, 8, "PNG"), "png", "cap", 8, 8, "s")
     write_shards([sample], out, samples_per_shard=1, progress=False)
     assert (out / "shard-000000.tar").exists()
     (out / "shard-000007.tar").write_bytes(b"stale")
     (out / "notes.tar").write_bytes(b"not ours")
-    s = write_shards([shards.SkippedItem("s", "missing_image", "gone")], out, progress=False)
+    s = write_shards([SkippedItem("s", "missing_image", "gone")], out, progress=False)
     assert s.samples == 0 and s.shards == ()
     assert sorted(p.name for p in out.iterdir()) == ["notes.tar", "summary.json"]
     assert read_summary(out)["skipped"] == {"missing_image": 1}
@@ -228,7 +228,7 @@ def test_write_shards_directly_with_zero_samples_removes_old_shards(tmp_path: Pa
 
 
 def test_skipped_items_list_is_capped(tmp_path: Path) -> None:
-    items = [shards.SkippedItem(f"s{i}", "empty_caption") for i in range(1003)]
+    items = [SkippedItem(f"s{i}", "empty_caption") for i in range(1003)]
     s = write_shards(items, tmp_path / "out", progress=False)
     data = read_summary(tmp_path / "out")
     assert len(data["skipped_items"]) == 1000 and data["skipped_items_omitted"] == 3

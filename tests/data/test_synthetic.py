@@ -14,16 +14,10 @@ from PIL import Image
 from scipy import ndimage
 
 from imagen_ray.cli.data import add_data_commands as register
-from imagen_ray.data.shards import read_summary
-from imagen_ray.data.synthetic import (
-    ATTRIBUTES,
-    SyntheticSpec,
-    heldout_prompts,
-    make_caption,
-    parse_pair,
-    render_sample,
-    write_synthetic,
-)
+from imagen_ray.data.synthetic import heldout_prompts, make_caption, render_sample, write_synthetic
+from imagen_ray.data.synthetic_spec import SyntheticSpec
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES, parse_pair
+from imagen_ray.data.writer import read_summary
 
 NUMBER_WORDS = {1: "a", 2: "two", 3: "three"}
 

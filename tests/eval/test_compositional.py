@@ -15,7 +15,9 @@ from imagen_ray.cli import main
 from imagen_ray.config import CascadeConfig, StageConfig, TextEncoderConfig
 from imagen_ray.data.scene_spec import SceneSpec, swapped
 from imagen_ray.data.scenes import render_scene, scene_attributes
-from imagen_ray.data.synthetic import ATTRIBUTES, SyntheticSpec, heldout_json, render_attributes
+from imagen_ray.data.synthetic import heldout_json, render_attributes
+from imagen_ray.data.synthetic_spec import SyntheticSpec
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES
 from imagen_ray.eval.alignment import HELDOUT, SEEN
 from imagen_ray.eval.compositional import evaluate_compositional, summary_table
 from imagen_ray.eval.compositional_prompts import (

@@ -11,7 +11,8 @@ from PIL import Image
 from imagen_ray.cascade import Cascade
 from imagen_ray.cli import main
 from imagen_ray.config import CascadeConfig, StageConfig, TextEncoderConfig
-from imagen_ray.data.synthetic import SyntheticSpec, heldout_json
+from imagen_ray.data.synthetic import heldout_json
+from imagen_ray.data.synthetic_spec import SyntheticSpec
 from imagen_ray.text.tiny import build_tiny_t5
 from tests.cascade.test_cascade import UNET, perturb
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imagen_ray.data.synthetic import SyntheticSpec, render_sample
+from imagen_ray.data.synthetic import render_sample
+from imagen_ray.data.synthetic_spec import SyntheticSpec
 from imagen_ray.eval.clip import clip_score, load_clip, read_manifest
 from imagen_ray.eval.fid import fid, load_inception
 from imagen_ray.eval.tiny import build_standin_inception, build_tiny_clip

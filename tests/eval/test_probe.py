@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imagen_ray.data.synthetic import ATTRIBUTES, SyntheticSpec, render_attributes, render_sample
+from imagen_ray.data.synthetic import render_attributes, render_sample
+from imagen_ray.data.synthetic_spec import SyntheticSpec
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES
 from imagen_ray.eval.probe import Reading, read_image, score
 
 

@@ -10,14 +10,13 @@ import yaml
 from pydantic import Field
 
 from imagen_ray.cli import main
-from imagen_ray.config import ConfigError, SamplingConfig, ServeConfig
+from imagen_ray.config import ConfigError, SamplingConfig, ServeConfig, load_serve_config
 from imagen_ray.serve.app import (
     IMPORT_PATH,
     build_app,
     check_cascade_dir,
     check_exposure,
     deployment_options,
-    load_serve_config,
     serve_deploy_config,
 )
 from imagen_ray.serve.auth import read_token, token_digest, token_matches

@@ -42,7 +42,8 @@ def cascade_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(cascade_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The base URL of the served tiny cascade (auth on)."""
-    from imagen_ray.serve.app import build_application, free_port, load_serve_config, port_in_use
+    from imagen_ray.config import load_serve_config
+    from imagen_ray.serve.app import build_application, free_port, port_in_use
 
     # Serve's proxy binds with SO_REUSEPORT: on a machine where another Serve already
     # listens on 8000 (a second test run), sharing the port would mix the two servers.
@@ -74,7 +75,7 @@ def server(cascade_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_application(cfg), name=cfg.app_name, route_prefix="/")
     yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+    # ray.shutdown() ends a local cluster's Serve too (see imagen_ray.serve.app.stop_app)
     ray.shutdown()
 
 

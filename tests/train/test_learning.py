@@ -29,7 +29,8 @@ def shards(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """256 synthetic 32 px samples in 4 webdataset shards, MiniLM embeddings precomputed once
     (the pipeline then reads them instead of running the encoder in every run)."""
     from imagen_ray.data.precompute import encode_shards
-    from imagen_ray.data.synthetic import SyntheticSpec, write_synthetic
+    from imagen_ray.data.synthetic import write_synthetic
+    from imagen_ray.data.synthetic_spec import SyntheticSpec
 
     tmp = tmp_path_factory.mktemp("synthetic")
     spec = SyntheticSpec(num_samples=256, size=32, samples_per_shard=64)

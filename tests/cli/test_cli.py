@@ -16,7 +16,7 @@ from imagen_ray.cli import main
 from imagen_ray.config import load_run_config
 from imagen_ray.text import build_tiny_t5
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny"
 
 

@@ -1,6 +1,6 @@
-"""A cascade directory on the Hugging Face Hub: resolve a repo id to a local snapshot, and
-upload a cascade with its model card. ``huggingface_hub`` is imported only here, inside the
-functions (the rest of ``imagen_ray.cascade`` needs only torch and safetensors).
+"""A cascade directory on the Hugging Face Hub: resolve a repo id to a local snapshot and load
+it, and upload a cascade with its model card. ``huggingface_hub`` is imported only here,
+inside the functions.
 """
 
 from __future__ import annotations
@@ -10,8 +10,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from imagen_ray.cascade.card import CARD, model_card
+import torch
+
+from imagen_ray.cascade.cascade import Cascade, TextEncoder
 from imagen_ray.cascade.io import CONFIG, MANIFEST, CheckpointError
+from imagen_ray.publish.card import CARD, model_card
 
 
 def _offline() -> bool:
@@ -82,8 +85,34 @@ def resolve_pretrained(
     return path
 
 
-def push_cascade(
-    cascade: Any,
+def from_pretrained(
+    dir_or_repo_id: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: str = "auto",
+    encoder: TextEncoder | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> Cascade:
+    """Load a cascade from a local directory or a Hugging Face Hub repo (``org/name``).
+
+    A repo is downloaded into the Hugging Face cache, or read from it alone when offline
+    (``HF_HUB_OFFLINE=1``); see :func:`resolve_pretrained`.
+
+    Args:
+        dir_or_repo_id: a cascade or stage directory, or a repo id.
+        device: where the stages go.
+        dtype: the U-Nets' inference dtype (default ``auto``: bfloat16 on CUDA).
+        encoder: a loaded text encoder to reuse.
+        revision: branch, tag or commit of the repo.
+        cache_dir: the Hub cache (default ``HF_HUB_CACHE``).
+    """
+    path = resolve_pretrained(dir_or_repo_id, revision=revision, cache_dir=cache_dir)
+    return Cascade.load(path, device=device, encoder=encoder, dtype=dtype)
+
+
+def push_to_hub(
+    cascade: Cascade,
     repo_id: str,
     *,
     private: bool = False,
@@ -91,10 +120,15 @@ def push_cascade(
     commit_message: str | None = None,
     api: Any = None,
 ) -> Any:
-    """Save ``cascade`` with a model card and upload the directory to the Hub repo.
+    """Save ``cascade`` (safetensors + configs) with a generated model card ``README.md`` and
+    upload the directory to the Hub repo ``repo_id``, created if missing.
+
+    The weights are uploaded in the dtype they are in: load in float32 (the default of
+    :func:`imagen_ray.publish.load_cascade` and :meth:`Cascade.load`) to share
+    full-precision weights.
 
     Args:
-        cascade: the :class:`imagen_ray.cascade.Cascade`.
+        cascade: the cascade to share.
         repo_id: ``org/name`` (created if missing).
         private: create the repo private.
         token: Hub token (default: the logged-in one / ``HF_TOKEN``).

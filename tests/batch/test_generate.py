@@ -1,9 +1,9 @@
-"""Offline batch generation (``imagen-ray generate``): prompt files, seeds, resume, Ray pool."""
+"""Offline batch generation (``imagen-ray generate``): settings, seeds, resume, Ray pool (its
+prompt files are read by :mod:`imagen_ray.prompts`, tested in tests/test_prompts.py)."""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -13,59 +13,13 @@ from PIL import Image
 from imagen_ray.batch.config import GenerateConfig, load_generate_config
 from imagen_ray.batch.plan import image_seed, plan_records
 from imagen_ray.cli import main
-from imagen_ray.prompts import Prompt, read_prompt_file
+from imagen_ray.prompts import Prompt
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--sampling", "base.steps=2", "--sampling", "sr64.steps=1"]
 
 
-# ------------------------------------------------------------------ prompt files (no Ray)
-
-
-def test_prompt_files_txt_csv_jsonl(tmp_path: Path) -> None:
-    (tmp_path / "p.txt").write_text("a red circle\n\n  two blue squares  \n")
-    assert [p.text for p in read_prompt_file(tmp_path / "p.txt")] == [
-        "a red circle",
-        "two blue squares",
-    ]
-    # DrawBench's layout: Prompts, Category; other columns are kept as metadata
-    (tmp_path / "d.csv").write_text('Prompts,Category\n"a cat, on a mat",Animals\nfog,Scenes\n')
-    rows = read_prompt_file(tmp_path / "d.csv")
-    assert [(p.text, p.meta) for p in rows] == [
-        ("a cat, on a mat", {"Category": "Animals"}),
-        ("fog", {"Category": "Scenes"}),
-    ]
-    (tmp_path / "c.csv").write_text("id,words\n1,hello\n")
-    assert read_prompt_file(tmp_path / "c.csv", column="words")[0].meta == {"id": "1"}
-    (tmp_path / "p.jsonl").write_text('{"prompt": "x", "tag": 3}\n\n"y"\n')
-    assert [(p.text, p.meta) for p in read_prompt_file(tmp_path / "p.jsonl")] == [
-        ("x", {"tag": 3}),
-        ("y", {}),
-    ]
-
-
-@pytest.mark.parametrize(
-    ("name", "text", "message"),
-    [
-        ("p.yaml", "a: b\n", "unknown format '.yaml'; use one of .txt, .csv, .jsonl"),
-        ("p.txt", "\n  \n", "has no prompts"),
-        ("p.csv", "id,words\n1,hello\n", "columns are ['id', 'words']"),
-        ("p.csv", "prompt\nok\n\n,\n", "p.csv:4: empty prompt"),
-        ("p.jsonl", '{"prompt": "ok"}\n{"text": "no"}\n', "p.jsonl:2: expected an object"),
-        ("p.jsonl", '{"prompt": "ok"}\n{oops\n', "p.jsonl:2: not valid JSON"),
-    ],
-)
-def test_bad_prompt_files_name_the_problem(
-    tmp_path: Path, capsys, name: str, text: str, message: str
-) -> None:
-    (tmp_path / name).write_text(text)
-    with pytest.raises(ValueError, match=re.escape(message)):
-        read_prompt_file(tmp_path / name)
-    # the command exits 2 with the same message, before any cascade or Ray work
-    args = ["generate", "--cascade", str(tmp_path), "--prompts", str(tmp_path / name)]
-    assert main([*args, "--out", str(tmp_path / "o")]) == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
+# ------------------------------------------------------------------ settings and plan (no Ray)
 
 
 def test_missing_prompt_file_and_bad_settings(tmp_path: Path, capsys) -> None:

@@ -62,6 +62,7 @@ def _training(name: str, extra: dict[str, Any]) -> str:
     return f"- `{name}`: " + "; ".join(parts)
 
 
+# long: most of it is the card's Markdown, one source line per line of the card
 def model_card(cascade: str | Path, *, title: str | None = None) -> str:
     """The Markdown model card of a saved cascade (or stage) directory.
 
@@ -137,9 +138,9 @@ def model_card(cascade: str | Path, *, title: str | None = None) -> str:
             "```",
             "",
             "```python",
-            "from imagen_ray.cascade import Cascade",
+            "from imagen_ray.publish import from_pretrained",
             "",
-            'cascade = Cascade.from_pretrained("DIR or org/name", dtype="auto")',
+            'cascade = from_pretrained("DIR or org/name", dtype="auto")',
             'images = cascade.generate(["a red circle on the left"], seed=0).uint8()',
             "```",
             "",

@@ -1,5 +1,5 @@
-"""Inference precision: the dtype vocabulary and its resolution (torch-free, so that configs
-and the Serve ingress can import it without torch).
+"""Inference precision: the dtype vocabulary the configs validate against, and its resolution
+on a device. Torch-free, so that configs and the Serve ingress import it without torch.
 
 The weights of a stage are cast with :meth:`imagen_ray.cascade.Stage.to_inference`; only the
 U-Net's forward runs in the low dtype. What stays in float32 and why is said where it

@@ -9,7 +9,9 @@ import numpy as np
 from PIL import Image
 
 from imagen_ray.cli import build_parser
-from imagen_ray.data.synthetic import ATTRIBUTES, SyntheticSpec, heldout_prompts, render_attributes
+from imagen_ray.data.synthetic import heldout_prompts, render_attributes
+from imagen_ray.data.synthetic_spec import SyntheticSpec
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES
 from imagen_ray.demo.configs import demo_configs_dir
 from imagen_ray.demo.report import TARGETS, write_report
 from imagen_ray.demo.run import demo_spec
@@ -83,4 +85,4 @@ def test_demo_spec_and_cli() -> None:
 def test_demo_configs_are_found_through_the_package() -> None:
     path = demo_configs_dir()
     assert sorted(p.name for p in path.glob("*.yaml")) == ["base.yaml", "serve.yaml", "sr64.yaml"]
-    assert path.samefile(Path(__file__).resolve().parents[1] / "configs" / "demo")
+    assert path.samefile(Path(__file__).resolve().parents[2] / "configs" / "demo")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from imagen_ray.cascade import Cascade, CheckpointError
-from imagen_ray.cascade.assemble import assemble_cascade
-from imagen_ray.cascade.card import model_card
+from imagen_ray.publish.assemble import assemble_cascade
+from imagen_ray.publish.card import model_card
 from tests.cascade.test_cascade import TEXT, FakeEncoder, cascade_config, perturb
 
 PROMPTS = ["a red circle", "two blue squares"]
@@ -83,6 +83,11 @@ def test_model_card_has_architecture_encoder_and_training(saved: Path, tmp_path:
     assert "W&B run `imagen-ray/abc123`" in card  # the run `eval --wandb-run` takes
     assert "- `sr`: no training record" in card
     assert card == model_card(tmp_path / "a", title="a")
+    # the card's Python example imports what exists
+    example = card.split("```python\n")[1].split("```")[0]
+    imports = [line for line in example.splitlines() if line.startswith("from ")]
+    assert imports == ["from imagen_ray.publish import from_pretrained"]
+    exec(imports[0], {})
 
 
 def _edit_stage(src: Path, dst: Path, **changes: object) -> Path:

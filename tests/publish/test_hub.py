@@ -1,5 +1,5 @@
-"""Cascade.from_pretrained (a directory, a repo id in the Hugging Face cache, offline) and
-Cascade.push_to_hub (against a recording stand-in for HfApi): no network."""
+"""publish.from_pretrained (a directory, a repo id in the Hugging Face cache, offline) and
+publish.push_to_hub (against a recording stand-in for HfApi): no network."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from imagen_ray.cascade import Cascade, CheckpointError
+from imagen_ray.publish import from_pretrained, push_to_hub
 from tests.cascade.test_cascade import FakeEncoder, cascade_config, perturb
 
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -41,10 +42,10 @@ def same_images(a: Cascade, b: Cascade) -> None:
 
 def test_from_pretrained_a_local_directory(cascade: Cascade, tmp_path: Path) -> None:
     cascade.save(tmp_path / "c")
-    c = Cascade.from_pretrained(tmp_path / "c", encoder=FakeEncoder())
+    c = from_pretrained(tmp_path / "c", encoder=FakeEncoder())
     assert c.dtypes == {"base": "float32", "sr": "float32"}  # auto on CPU
     same_images(c, cascade)
-    one = Cascade.from_pretrained(str(tmp_path / "c" / "base"), encoder=FakeEncoder())
+    one = from_pretrained(str(tmp_path / "c" / "base"), encoder=FakeEncoder())
     assert [s.cfg.name for s in one.stage_list] == ["base"]
 
 
@@ -57,15 +58,15 @@ def test_from_pretrained_a_repo_id_from_the_offline_cache(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    c = Cascade.from_pretrained("org/tiny-imagen", encoder=FakeEncoder(), dtype="bfloat16")
+    c = from_pretrained("org/tiny-imagen", encoder=FakeEncoder(), dtype="bfloat16")
     assert c.dtypes == {"base": "bfloat16", "sr": "bfloat16"}
-    assert Cascade.from_pretrained(
+    assert from_pretrained(
         "org/tiny-imagen", encoder=FakeEncoder(), revision=REV, cache_dir=cache
     ).dtypes == {"base": "float32", "sr": "float32"}
     with pytest.raises(CheckpointError, match=r"'org/missing' is not in the local Hugging Face"):
-        Cascade.from_pretrained("org/missing")
+        from_pretrained("org/missing")
     with pytest.raises(CheckpointError, match=r"neither a directory nor a Hugging Face repo"):
-        Cascade.from_pretrained(str(tmp_path / "nope" / "deeper" / "x"))
+        from_pretrained(str(tmp_path / "nope" / "deeper" / "x"))
 
 
 class RecordingApi:
@@ -93,7 +94,7 @@ def test_push_to_hub_uploads_weights_configs_and_a_model_card(
     cascade: Cascade, tmp_path: Path
 ) -> None:
     api = RecordingApi()
-    got = cascade.push_to_hub("org/tiny-imagen", private=True, api=api)
+    got = push_to_hub(cascade, "org/tiny-imagen", private=True, api=api)
     assert got.endswith("/commit/1") and api.created == [("org/tiny-imagen", True)]
     assert set(api.files) == {
         "README.md",
@@ -111,7 +112,7 @@ def test_push_to_hub_uploads_weights_configs_and_a_model_card(
     for name, data in api.files.items():
         (tmp_path / "up" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "up" / name).write_bytes(data)
-    same_images(Cascade.from_pretrained(tmp_path / "up", encoder=FakeEncoder()), cascade)
+    same_images(from_pretrained(tmp_path / "up", encoder=FakeEncoder()), cascade)
 
 
 def test_cascade_push_command_uploads_through_hfapi(

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagen_ray.cascade.card import CARD, model_card
 from imagen_ray.cascade.io import (
     CONFIG,
     WEIGHTS,
@@ -28,6 +27,7 @@ from imagen_ray.cascade.io import (
 )
 from imagen_ray.config import ConfigError, StageConfig, TextEncoderConfig, validate
 from imagen_ray.fs import atomic_dir
+from imagen_ray.publish.card import CARD, model_card
 
 
 @dataclass
