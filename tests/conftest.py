@@ -19,6 +19,23 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(request: pytest.FixtureRequest):
+    """A local Ray for one test module: 4 logical CPUs by default (read, decode and encode
+    tasks run beside two training workers on 2 cores), or the module's ``RAY_NUM_CPUS``."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=getattr(request.module, "RAY_NUM_CPUS", 4),
+        object_store_memory=500 * 1024**2,
+        include_dashboard=False,
+    )
+    yield
+    ray.shutdown()

@@ -85,15 +85,7 @@ def test_jpg_is_accepted_and_names_jpg_files() -> None:
 # ------------------------------------------------------------------ the Ray actor pool
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(
-        address="local", num_cpus=2, object_store_memory=500 * 1024**2, include_dashboard=False
-    )
-    yield
-    ray.shutdown()
+RAY_NUM_CPUS = 2  # the ray_cluster fixture's size for this module
 
 
 @pytest.fixture(scope="module")

@@ -141,16 +141,3 @@ def good_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         samples.append(make_sample(f"s{i:04d}", w, h, colour="purple", fmt="jpg"))
     write_shard_dir(out, [samples[0:8], samples[8:16], samples[16:24]])
     return out
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray for one test module (4 logical CPUs: the read, decode and encode tasks of
-    a pipeline run side by side on 2 cores); modules that need another size define their own."""
-    import ray
-
-    ray.init(
-        address="local", num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False
-    )
-    yield
-    ray.shutdown()

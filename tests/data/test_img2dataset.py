@@ -190,15 +190,7 @@ def img2dataset_out(img2dataset_bin: Path, served, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(
-        address="local", num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False
-    )
-    yield
-    ray.shutdown()
+RAY_NUM_CPUS = 2  # the ray_cluster fixture's size for this module
 
 
 @pytest.mark.slow

@@ -297,15 +297,6 @@ def test_encoder_actor_caches_repeated_captions():
 # --------------------------------------------------------------------------- Ray
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(
-        address="local", num_cpus=4, object_store_memory=500 * 1024**2, include_dashboard=False
-    )
-    yield
-    ray.shutdown()
-
-
 def collect(ds) -> dict[str, dict[str, Any]]:
     """All rows of a dataset with ``__key__`` kept, by key."""
     rows: dict[str, dict[str, Any]] = {}

@@ -12,7 +12,6 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 from imagen_ray.config import RunConfig, load_run_config
@@ -21,16 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TEXT_DIM = 384  # MiniLM's width: the in-memory data needs no encoder to know it
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/torch_extensions"))
-    ray.init(
-        address="local", num_cpus=4, object_store_memory=500 * 1024**2, include_dashboard=False
-    )
-    yield
-    ray.shutdown()
+# DeepSpeed's JIT-built ops are cached across test runs.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/torch_extensions"))
 
 
 def tiny_cfg(tmp: Path, name: str, *extra: str) -> RunConfig:
