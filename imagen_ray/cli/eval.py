@@ -390,29 +390,16 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_images(items: list[dict[str, Any]], folder: str) -> list[Any]:
-    """The image of each item's ``file`` under ``folder``, as (H, W, 3) uint8."""
-    import numpy as np
-    from PIL import Image
-
-    missing = [it["prompt"] for it in items if not it.get("file")]
-    if missing:
-        raise ValueError(f"--images: the prompt {missing[0]!r} has no 'file' to score")
-    images = []
-    for it in items:
-        path = Path(folder) / it["file"]
-        if not path.is_file():
-            raise FileNotFoundError(f"--images: no image {path} for {it['prompt']!r}")
-        with Image.open(path) as im:
-            images.append(np.asarray(im.convert("RGB")))
-    return images
-
-
 def cmd_compositional(args: argparse.Namespace) -> int:
     """``imagen-ray eval compositional``: the compositional suite, per category."""
     from imagen_ray.eval.alignment import load_spec
     from imagen_ray.eval.compositional import evaluate_compositional, summary_table
-    from imagen_ray.eval.compositional_prompts import read_prompts, suite_items, write_prompts
+    from imagen_ray.eval.compositional_prompts import (
+        read_images,
+        read_prompts,
+        suite_items,
+        write_prompts,
+    )
 
     _check_counts(args)
     if bool(args.cascade) == bool(args.images or args.prompts_only):
@@ -429,7 +416,7 @@ def cmd_compositional(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     seeds: list[int] | None = None
     if args.images:
-        items, images = base, _read_images(base, args.images)
+        items, images = base, read_images(base, args.images)
     else:
         runs = _stage_runs(args, args.until)
         items, images, seeds, extra = _generate_for(args, base)

@@ -1,10 +1,11 @@
-"""Scenes of two (or three) objects: relations, caption phrasings and what is held out.
+"""Scenes of two (or three) objects: caption phrasings and what is held out.
 
 A scene places objects of their own colour, shape and size by a relation ("a red circle to
-the left of a blue square"). :data:`RELATIONS` names the relations and how captions say them;
-:func:`scene_caption` phrases a scene with a template. :class:`SceneSpec` is the scene part of
-a set's settings (``SyntheticSpec.scenes``): the share of 1-, 2- and 3-object samples, the
-relations drawn, the phrasings, and what training never shows:
+the left of a blue square"; the relations are
+:data:`~imagen_ray.data.synthetic_vocab.RELATIONS`). :func:`scene_caption` phrases a scene
+with a template. :class:`SceneSpec` is the scene part of a set's settings
+(``SyntheticSpec.scenes``): the share of 1-, 2- and 3-object samples, the relations drawn,
+the phrasings, and what training never shows:
 
 * ``heldout_bindings``: two objects never together, while the same colours on the swapped
   shapes are (blue circle + red square held out, red circle + blue square seen);
@@ -17,47 +18,16 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 from pydantic import ConfigDict, ValidationInfo, field_validator, model_validator
 
 from imagen_ray.config import Strict
-from imagen_ray.data.synthetic_vocab import ATTRIBUTES, check_name, parse_pair
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES, RELATIONS, check_name, parse_pair
 
 ObjectName = tuple[str, str]  # (colour, shape)
 ObjectPair = tuple[ObjectName, ObjectName]
 
-
-@dataclass(frozen=True)
-class Relation:
-    """How a relation of the first object to the second is said and laid out."""
-
-    phrase: str  # "to the left of"
-    short: str  # "left of"
-    inverse: str  # name of the second object's relation to the first
-    axis: int  # 0: x (left/right), 1: y (above/below)
-    first_lower: bool  # the first object has the smaller coordinate (left of, above)
-    order: str  # objects in a row in this relation: "from left to right"
-
-    @property
-    def sides(self) -> tuple[str, str]:
-        """Region names (``ATTRIBUTES.positions``) of the first and the second object."""
-        names = ("left", "right") if self.axis == 0 else ("top", "bottom")
-        return names if self.first_lower else (names[1], names[0])
-
-
-RELATIONS = MappingProxyType(
-    {
-        "left of": Relation("to the left of", "left of", "right of", 0, True, "from left to right"),
-        "right of": Relation(
-            "to the right of", "right of", "left of", 0, False, "from right to left"
-        ),
-        "above": Relation("above", "above", "below", 1, True, "from top to bottom"),
-        "below": Relation("below", "below", "above", 1, False, "from bottom to top"),
-    }
-)
 
 # {a} {b} {c}: "a red circle"; {rel}/{rel_short}: a's relation to b ("to the left of"/"left
 # of"), {inv}/{inv_short}: b's to a; {the_a}: "the circle" ("the red circle" when b shares the

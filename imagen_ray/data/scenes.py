@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image
 
 from imagen_ray.data.scene_spec import (
-    RELATIONS,
     ObjectName,
     SceneSpec,
     fits,
@@ -34,7 +33,7 @@ from imagen_ray.data.scene_spec import (
 )
 from imagen_ray.data.synthetic_draw import render_objects
 from imagen_ray.data.synthetic_spec import SyntheticSpec
-from imagen_ray.data.synthetic_vocab import ATTRIBUTES
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES, RELATIONS
 
 JITTER = 0.04  # max shift of an object's centre along the relation's axis (image fractions)
 ACROSS_JITTER = 0.1  # ... and across it: below the 0.23 the slot centres are apart at least

@@ -1,7 +1,8 @@
 """The synthetic shapes set's attribute vocabulary: the names a set and a checker may use.
 
-:data:`ATTRIBUTES` (colours, shapes, positions, sizes, backgrounds, counts, caption words) is
-shared by the renderer (``synthetic.py``, ``scenes.py``), the settings (``synthetic_spec.py``,
+:data:`ATTRIBUTES` (colours, shapes, positions, sizes, backgrounds, counts, caption words)
+and :data:`RELATIONS` (how a scene places two objects and how captions say it) are shared by
+the renderer (``synthetic.py``, ``scenes.py``), the settings (``synthetic_spec.py``,
 ``scene_spec.py``) and the pixel checkers (``eval/probe.py``, ``eval/scenes.py``).
 :func:`check_name` and :func:`parse_pair` turn names from files and flags into checked ones.
 """
@@ -98,6 +99,36 @@ ATTRIBUTES = SyntheticAttributes(
             "cross": 2 * CROSS_ARM - CROSS_ARM**2,
         }
     ),
+)
+
+
+@dataclass(frozen=True)
+class Relation:
+    """How a relation of the first object to the second is said and laid out."""
+
+    phrase: str  # "to the left of"
+    short: str  # "left of"
+    inverse: str  # name of the second object's relation to the first
+    axis: int  # 0: x (left/right), 1: y (above/below)
+    first_lower: bool  # the first object has the smaller coordinate (left of, above)
+    order: str  # objects in a row in this relation: "from left to right"
+
+    @property
+    def sides(self) -> tuple[str, str]:
+        """Region names (``ATTRIBUTES.positions``) of the first and the second object."""
+        names = ("left", "right") if self.axis == 0 else ("top", "bottom")
+        return names if self.first_lower else (names[1], names[0])
+
+
+RELATIONS = MappingProxyType(
+    {
+        "left of": Relation("to the left of", "left of", "right of", 0, True, "from left to right"),
+        "right of": Relation(
+            "to the right of", "right of", "left of", 0, False, "from right to left"
+        ),
+        "above": Relation("above", "above", "below", 1, True, "from top to bottom"),
+        "below": Relation("below", "below", "above", 1, False, "from bottom to top"),
+    }
 )
 
 

@@ -9,27 +9,24 @@ Generation and scoring are separate so that images made in this process
 from __future__ import annotations
 
 import json
-import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from imagen_ray.data.scene_spec import SceneSpec
 from imagen_ray.data.synthetic import heldout_prompts, prompt_item
 from imagen_ray.data.synthetic_spec import SyntheticSpec, allowed_triples
 from imagen_ray.eval.probe import PROBED, Reading, read_image, score
-from imagen_ray.fs import atomic_write_json
+from imagen_ray.eval.report import MAX_FAILURES, failure_tile, write_report
 from imagen_ray.images import save_image
 
 if TYPE_CHECKING:
     from imagen_ray.cascade import Cascade
 
 HELDOUT, SEEN = "heldout", "seen"
-FAILURE_CELL = 128  # px: failures are enlarged (nearest) to this side in the grid
-MAX_FAILURES = 64  # at most this many tiles in failures.png
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -164,43 +161,6 @@ def _wrong(reading: Reading, expected: Mapping[str, Any]) -> list[str]:
     return [a for a in PROBED if expected[a] is not None and getattr(reading, a) != expected[a]]
 
 
-def failure_tile(image: np.ndarray, prompt: str, lines: Sequence[tuple[str, bool]]) -> Image.Image:
-    """One failure: the image enlarged, the prompt, and what the checker read: one
-    ``(text, wrong)`` line each, wrong ones in red."""
-    img = Image.fromarray(np.ascontiguousarray(image)).resize(
-        (FAILURE_CELL, FAILURE_CELL), Image.Resampling.NEAREST
-    )
-    wrapped = textwrap.wrap(prompt, 22)[:3]
-    line_h = 11
-    height = FAILURE_CELL + line_h * (len(wrapped) + len(lines) + 1) + 4
-    tile = Image.new("RGB", (FAILURE_CELL, height), "white")
-    tile.paste(img, (0, 0))
-    draw = ImageDraw.Draw(tile)
-    y = FAILURE_CELL + 2
-    for ln in wrapped:
-        draw.text((2, y), ln, fill=(0, 0, 0))
-        y += line_h
-    draw.text((2, y), "read:", fill=(90, 90, 90))
-    y += line_h
-    for text, wrong in lines:
-        draw.text((2, y), text, fill=(200, 0, 0) if wrong else (0, 110, 0))
-        y += line_h
-    return tile
-
-
-def failure_grid(tiles: Sequence[Image.Image], *, cols: int = 8, pad: int = 4) -> Image.Image:
-    """Tiles of :func:`failure_tile` in rows of ``cols``."""
-    w = max(t.width for t in tiles)
-    h = max(t.height for t in tiles)
-    cols = min(cols, len(tiles))
-    rows = -(-len(tiles) // cols)
-    sheet = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (220, 220, 220))
-    for k, t in enumerate(tiles):
-        r, c = divmod(k, cols)
-        sheet.paste(t, (pad + c * (w + pad), pad + r * (h + pad)))
-    return sheet
-
-
 def evaluate_probe(
     images: Sequence[np.ndarray],
     items: Sequence[Mapping[str, Any]],
@@ -270,33 +230,6 @@ def evaluate_probe(
         **dict(extra or {}),
     }
     return write_report(out, records, tiles, metrics)
-
-
-def write_report(
-    out_dir: str | Path,
-    records: Sequence[Mapping[str, Any]],
-    tiles: Sequence[Image.Image],
-    metrics: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Write a checker's report: ``readings.jsonl`` (one record per image), ``failures.png``
-    (the tiles in a grid; an earlier run's is removed when there are none) and
-    ``metrics.json``.
-
-    Returns:
-        ``metrics`` with ``failures_png`` (the grid's file name, or None).
-    """
-    out = Path(out_dir)
-    with open(out / "readings.jsonl", "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    grid = out / "failures.png"
-    if tiles:
-        save_image(failure_grid(tiles), grid)
-    elif grid.exists():
-        grid.unlink()  # from an earlier run into the same directory
-    result = {**metrics, "failures_png": grid.name if tiles else None}
-    atomic_write_json(out / "metrics.json", result)
-    return result
 
 
 def summary_table(metrics: Mapping[str, Any]) -> str:

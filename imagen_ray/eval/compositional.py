@@ -4,8 +4,8 @@ Each image is read with the scene checker (:mod:`imagen_ray.eval.scenes`) and sc
 object (colour, shape), for the relation, and for the whole scene (every object's colour and
 shape right, as many objects as asked, and the relation right), per category and split
 (held-out or seen) of its prompt (:mod:`imagen_ray.eval.compositional_prompts`). The report
-is ``metrics.json``, ``readings.jsonl``, ``images/`` and a grid of the failures, as the
-alignment probe writes it.
+is ``metrics.json``, ``readings.jsonl``, ``images/`` and a grid of the failures, written
+as the alignment probe's is (:mod:`imagen_ray.eval.report`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imagen_ray.eval.alignment import HELDOUT, failure_tile, write_report
+from imagen_ray.eval.alignment import HELDOUT
 from imagen_ray.eval.compositional_prompts import CATEGORIES, write_prompts
+from imagen_ray.eval.report import MAX_FAILURES, failure_tile, write_report
 from imagen_ray.eval.scenes import SceneCheck, check_scene
 from imagen_ray.images import save_image
-
-MAX_FAILURES = 64  # at most this many tiles in failures.png
 
 
 def _mean(values: Sequence[bool]) -> float | None:

@@ -18,9 +18,10 @@ A prompts file is JSONL, one prompt per line::
 ``relation`` of the next); ``count`` repeats an object (default 1). ``relation``,
 ``position`` (a region for the objects' common centroid), ``category`` (inferred when
 absent, except colour binding), ``split`` (default ``heldout``), ``reason`` (why it is held
-out) and ``file`` (the image to score, relative to a folder named when scoring) are
-optional. The report of :func:`~imagen_ray.eval.compositional.evaluate_compositional`
-holds such a file with every image's ``file``, so its images can be scored again.
+out) and ``file`` (the image to score, relative to a folder named when scoring:
+:func:`read_images`) are optional. The report of
+:func:`~imagen_ray.eval.compositional.evaluate_compositional` holds such a file with every
+image's ``file``, so its images can be scored again.
 """
 
 from __future__ import annotations
@@ -32,11 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from imagen_ray.data.scene_spec import RELATIONS
 from imagen_ray.data.scenes import counterpart_prompts, heldout_scene_prompts, seen_scene_prompts
 from imagen_ray.data.synthetic import make_caption
 from imagen_ray.data.synthetic_spec import TEMPLATES, SyntheticSpec, allowed_triples
-from imagen_ray.data.synthetic_vocab import ATTRIBUTES, check_name
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES, RELATIONS, check_name
 from imagen_ray.eval.alignment import HELDOUT, SEEN
 from imagen_ray.prompts import read_prompt_file
 
@@ -172,3 +172,20 @@ def write_prompts(items: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text("".join(json.dumps(dict(it)) + "\n" for it in items))
     return p
+
+
+def read_images(items: Sequence[Mapping[str, Any]], folder: str | Path) -> list[np.ndarray]:
+    """The image of each item's ``file`` under ``folder``, as (H, W, 3) uint8."""
+    from PIL import Image
+
+    missing = [it["prompt"] for it in items if not it.get("file")]
+    if missing:
+        raise ValueError(f"the prompt {missing[0]!r} has no 'file' to score")
+    images = []
+    for it in items:
+        path = Path(folder) / it["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"no image {path} for the prompt {it['prompt']!r}")
+        with Image.open(path) as im:
+            images.append(np.asarray(im.convert("RGB")))
+    return images

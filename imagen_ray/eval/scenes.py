@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imagen_ray.data.scene_spec import RELATIONS
+from imagen_ray.data.synthetic_vocab import RELATIONS
 from imagen_ray.eval.probe import (
     PALETTE,
     PALETTE_NAMES,
@@ -229,7 +229,7 @@ def check_scene(
         image: the image, or :func:`read_scene`'s objects.
         item: ``objects`` (``[{"colour", "shape"}, ...]``, one entry per object: "two red
             circles" is two entries), optionally ``relation`` (a name of
-            :data:`~imagen_ray.data.scene_spec.RELATIONS`: each object to the next) and
+            :data:`~imagen_ray.data.synthetic_vocab.RELATIONS`: each object to the next) and
             ``position`` (a region name, for the objects' common centroid).
 
     Returns:

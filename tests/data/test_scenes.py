@@ -14,7 +14,6 @@ import pytest
 from imagen_ray.cli.data import add_data_commands as register
 from imagen_ray.data.scene_spec import (
     DEFAULT_HELDOUT_TEMPLATE,
-    RELATIONS,
     SceneSpec,
     object_phrase,
     parse_object_pair,
@@ -29,6 +28,7 @@ from imagen_ray.data.scenes import (
 )
 from imagen_ray.data.synthetic import heldout_json, render_sample, write_synthetic
 from imagen_ray.data.synthetic_spec import SyntheticSpec
+from imagen_ray.data.synthetic_vocab import RELATIONS
 from imagen_ray.data.writer import read_summary
 from imagen_ray.eval.alignment import load_spec
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from imagen_ray.data.scene_spec import RELATIONS, SceneSpec
+from imagen_ray.data.scene_spec import SceneSpec
 from imagen_ray.data.scenes import render_scene, scene_attributes
 from imagen_ray.data.synthetic import render_attributes, render_sample
 from imagen_ray.data.synthetic_spec import SyntheticSpec
-from imagen_ray.data.synthetic_vocab import ATTRIBUTES
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES, RELATIONS
 from imagen_ray.eval.probe import background, fit_shape
 from imagen_ray.eval.scenes import check_scene, read_scene
 
