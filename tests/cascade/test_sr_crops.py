@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from imagen_ray.config import load_run_config
-from tests.train.conftest import ROOT, fit, ray_cluster  # noqa: F401  (a fixture)
+from tests.train.conftest import ROOT, fit
 
 pytestmark = pytest.mark.slow
 
