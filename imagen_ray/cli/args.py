@@ -43,12 +43,12 @@ def add_config_arguments(p: argparse.ArgumentParser, what: str, *, required: boo
     add_overrides_argument(p)
 
 
-def add_cascade_argument(p: argparse.ArgumentParser) -> None:
+def add_cascade_argument(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     """``--cascade DIR [DIR ...]``: a saved cascade, a stage directory, or stage directories
     base first."""
     p.add_argument(
         "--cascade",
-        required=True,
+        required=required,
         nargs="+",
         metavar="DIR",
         help="saved cascade directory, one exported stage directory (a one-stage cascade), "

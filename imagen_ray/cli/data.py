@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from imagen_ray.cli.args import add_config_arguments, add_verbose_argument
+from imagen_ray.data.scene_spec import DEFAULT_HELDOUT_BINDINGS, DEFAULT_HELDOUT_OBJECT_PAIRS
 from imagen_ray.data.synthetic_spec import SHARD_IMAGE_FORMATS
 
 SHARDS_EXAMPLES = """\
@@ -44,10 +45,21 @@ examples:
   imagen-ray data synthetic --out data/shapes
   imagen-ray data synthetic --out data/shapes256 --size 256 --num-samples 500 \\
       --heldout red:triangle --heldout blue:cross --heldout-position square:left
+  imagen-ray data synthetic --out data/scenes --scene-probs 0.3 0.6 0.1 \\
+      --heldout-binding blue:circle+red:square
 
-Writes shards of coloured shapes ("two small blue squares at the top"), heldout.json (the
-held-out pairs and evaluation prompts that never occur in the shards), summary.json, and
+Writes shards of coloured shapes ("two small blue squares at the top"; with --scene-probs
+also scenes such as "a red circle to the left of a blue square"), heldout.json (the held-out
+pairs and evaluation prompts that never occur in the shards), summary.json, and
 preview.png / preview.txt: the first 16 images and their captions.
+
+Scenes hold two objects (three as an option) of distinct colours placed by a relation (left
+of, right of, above, below), captioned in several phrasings and both orders. Held out of
+them: bindings (--heldout-binding blue:circle+red:square: never together, while red circle +
+blue square is seen), whole pairs (--heldout-object-pair), and one phrasing. --scenes FILE
+is YAML with any of the scene settings: probs, relations, relation_templates,
+row_templates, heldout_bindings, heldout_object_pairs, heldout_relation_template (the flags
+override it). Defaults: docs/data.md.
 """
 
 
@@ -160,6 +172,7 @@ def _add_synthetic(data_subparsers: Any) -> None:
     p.add_argument(
         "--format", choices=SHARD_IMAGE_FORMATS, default="png", help="image encoding (default png)"
     )
+    _add_scene_arguments(p)
     _add_common(p, default_per_shard=500)
     p.set_defaults(func=cmd_synthetic)
 
@@ -213,6 +226,44 @@ def _add_preview(data_subparsers: Any) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     add_verbose_argument(p)
     p.set_defaults(func=cmd_preview)
+
+
+def _add_scene_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scenes of two or three objects (default: none)")
+    g.add_argument(
+        "--scene-probs",
+        type=float,
+        nargs=3,
+        metavar=("P1", "P2", "P3"),
+        help="probabilities of single-object samples (counts included), 2- and 3-object "
+        "scenes (default 1 0 0; e.g. 0.3 0.6 0.1)",
+    )
+    g.add_argument("--scenes", metavar="FILE", help="YAML of scene settings (below)")
+    for flag, what, default in (
+        ("binding", "in this binding", DEFAULT_HELDOUT_BINDINGS),
+        ("object-pair", "in either binding", DEFAULT_HELDOUT_OBJECT_PAIRS),
+    ):
+        pairs = " ".join("+".join(f"{c}:{s}" for c, s in pair) for pair in default)
+        g.add_argument(
+            f"--heldout-{flag}",
+            action="append",
+            metavar="C:S+C:S",
+            help=f"two objects never together {what} (repeatable; replaces the default {pairs})",
+        )
+
+
+def _scene_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"scenes": SceneSpec}`` from --scenes FILE and the scene flags; empty when none."""
+    from imagen_ray.config import read_yaml
+    from imagen_ray.data.scene_spec import SceneSpec, parse_object_pair
+
+    d = read_yaml(args.scenes) if args.scenes else {}
+    if args.scene_probs is not None:
+        d["probs"] = tuple(args.scene_probs)
+    for flag in ("heldout_binding", "heldout_object_pair"):
+        if getattr(args, flag):
+            d[f"{flag}s"] = tuple(parse_object_pair(t) for t in getattr(args, flag))
+    return {"scenes": SceneSpec.model_validate(d)} if d else {}
 
 
 def _add_common(p: argparse.ArgumentParser, *, default_per_shard: int) -> None:
@@ -279,7 +330,8 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
     """``imagen-ray data synthetic``: render the shapes set + heldout.json + preview.png."""
     from imagen_ray.data.preview import write_synthetic_preview
     from imagen_ray.data.synthetic import write_synthetic
-    from imagen_ray.data.synthetic_spec import DEFAULT_HELDOUT, SyntheticSpec, parse_pair
+    from imagen_ray.data.synthetic_spec import DEFAULT_HELDOUT, SyntheticSpec
+    from imagen_ray.data.synthetic_vocab import parse_pair
 
     if args.no_heldout and args.heldout:
         raise ValueError("pass either --heldout pairs or --no-heldout, not both")
@@ -295,6 +347,7 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
         extra["sizes"] = tuple(args.sizes)
     if args.backgrounds:
         extra["backgrounds"] = tuple(args.backgrounds)
+    extra.update(_scene_settings(args))
     spec = SyntheticSpec(
         num_samples=args.num_samples,
         size=args.size,

@@ -16,7 +16,8 @@ from imagen_ray._lazy import lazy_package
 if TYPE_CHECKING:
     from imagen_ray.data.shards import write_folder_shards, write_table_shards
     from imagen_ray.data.synthetic import heldout_prompts, render_sample, write_synthetic
-    from imagen_ray.data.synthetic_spec import ATTRIBUTES, SyntheticSpec
+    from imagen_ray.data.synthetic_spec import SyntheticSpec
+    from imagen_ray.data.synthetic_vocab import ATTRIBUTES
     from imagen_ray.data.writer import (
         ShardSample,
         ShardWriteSummary,

@@ -6,7 +6,7 @@ at 1024 px) and downsampled with LANCZOS. The attributes are chosen so that a ti
 learn them and a deterministic pixel checker can read them back from generated images:
 
 * colour: the object's RGB is one of
-  :data:`~imagen_ray.data.synthetic_spec.ATTRIBUTES` ``.colours`` (nearest-colour
+  :data:`~imagen_ray.data.synthetic_vocab.ATTRIBUTES` ``.colours`` (nearest-colour
   classification; the background is never the object colour);
 * position: the centroid of the object pixels lies near the ``positions`` anchor of the
   named region (left/right/top/bottom/center, anchors 0.25 apart, jitter at most 0.04);
@@ -19,11 +19,13 @@ learn them and a deterministic pixel checker can read them back from generated i
 Sample ``i`` draws everything from ``numpy.random.default_rng([seed, i])``: it does not depend
 on the other samples or on ``num_samples``. Some (colour, shape) pairs, and optionally
 (shape, position) pairs, are held out of training; :func:`heldout_prompts` lists evaluation
-prompts for them.
+prompts for them. With ``SyntheticSpec.scenes`` a share of the samples are scenes of two or
+three objects placed by a relation (:mod:`imagen_ray.data.scenes`).
 
 Here: drawing a sample's attributes, rendering and captioning it, the held-out prompts and
-writing the set through the shard writer. The vocabulary (:data:`ATTRIBUTES`) and the
-settings (:class:`SyntheticSpec`) are in :mod:`imagen_ray.data.synthetic_spec`.
+writing the set through the shard writer. The vocabulary (:data:`ATTRIBUTES`) is in
+:mod:`imagen_ray.data.synthetic_vocab`, the drawing in :mod:`imagen_ray.data.synthetic_draw`,
+the settings (:class:`SyntheticSpec`) in :mod:`imagen_ray.data.synthetic_spec`.
 """
 
 from __future__ import annotations
@@ -35,15 +37,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from imagen_ray.data.synthetic_spec import (
-    ATTRIBUTES,
-    CROSS_ARM,
-    TEMPLATES,
-    SyntheticSpec,
-    allowed_triples,
+from imagen_ray.data.scenes import (
+    caption_scene,
+    heldout_scene_prompts,
+    render_scene,
+    sample_scene,
+    scene_kind,
 )
+from imagen_ray.data.synthetic_draw import render_objects
+from imagen_ray.data.synthetic_spec import TEMPLATES, SyntheticSpec, allowed_triples
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES
 from imagen_ray.images import encode_image
 
 if TYPE_CHECKING:
@@ -121,11 +126,6 @@ def sample_attributes(spec: SyntheticSpec, index: int) -> dict[str, Any]:
     }
 
 
-def _supersample(size: int) -> int:
-    """4x for sizes up to 512, 2x at 1024 (a 2048 px canvas at most)."""
-    return max(2, min(4, 2048 // size))
-
-
 def render_attributes(attrs: Mapping[str, Any], size: int) -> Image.Image:
     """Draw a sample from its attributes (as returned by :func:`sample_attributes`).
 
@@ -136,29 +136,7 @@ def render_attributes(attrs: Mapping[str, Any], size: int) -> Image.Image:
     Returns:
         An RGB image of ``size x size``: drawn at 4x (2x at 1024), LANCZOS-downsampled.
     """
-    ss = _supersample(size)
-    big = size * ss
-    canvas = Image.new("RGB", (big, big), tuple(attrs["background_rgb"]))
-    draw = ImageDraw.Draw(canvas)
-    fill = tuple(attrs["rgb"])
-    half = attrs["object_size"] * big / 2
-    for cx_f, cy_f in attrs["centers"]:
-        cx, cy = cx_f * big, cy_f * big
-        x0, y0, x1, y1 = cx - half, cy - half, cx + half, cy + half
-        shape = attrs["shape"]
-        if shape == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
-        elif shape == "square":
-            draw.rectangle((x0, y0, x1, y1), fill=fill)
-        elif shape == "triangle":
-            draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
-        elif shape == "cross":
-            arm = CROSS_ARM * half
-            draw.rectangle((cx - arm, y0, cx + arm, y1), fill=fill)
-            draw.rectangle((x0, cy - arm, x1, cy + arm), fill=fill)
-        else:
-            raise ValueError(f"unknown shape {shape!r}; choose one of {ATTRIBUTES.shapes}")
-    return canvas.resize((size, size), Image.Resampling.LANCZOS)
+    return render_objects([attrs], attrs["background_rgb"], size)
 
 
 def make_caption(attrs: Mapping[str, Any], template: str | None = None) -> str:
@@ -192,12 +170,18 @@ def render_sample(spec: SyntheticSpec, index: int) -> tuple[Image.Image, str, di
     Args:
         spec: the set's settings.
         index: sample number; the result depends only on ``(spec.seed, index)`` and the
-            spec's size, count probabilities, held-out pairs and templates.
+            spec's size, count probabilities, held-out pairs, templates and scenes.
 
     Returns:
         ``(image, caption, attributes)``: an RGB ``spec.size`` square PIL image, its caption
-        and the dict of :func:`sample_attributes`.
+        and the dict of :func:`sample_attributes`, or for a scene of two or three objects
+        (:func:`~imagen_ray.data.scenes.scene_kind`) that of
+        :func:`~imagen_ray.data.scenes.sample_scene` (it has ``objects``).
     """
+    n = scene_kind(spec, index)
+    if n > 1:
+        scene = sample_scene(spec, index, n)
+        return render_scene(scene, spec.size), caption_scene(scene, spec.scenes), scene
     attrs = sample_attributes(spec, index)
     caption = make_caption(attrs, spec.templates[attrs["template"]])
     return render_attributes(attrs, spec.size), caption, attrs
@@ -255,15 +239,25 @@ def heldout_json(spec: SyntheticSpec) -> dict[str, Any]:
 
     Returns:
         ``{"pairs": [[colour, shape], ...], "shape_position_pairs": [[shape, position], ...],
-        "prompts": [str, ...], "items": heldout_prompts(spec)}``.
+        "prompts": [str, ...], "items": heldout_prompts(spec)}``; a set with scenes adds
+        ``"scenes": {**spec.scenes.to_dict(), "prompts": [...], "items":
+        heldout_scene_prompts(spec)}``.
     """
     items = heldout_prompts(spec)
-    return {
+    out: dict[str, Any] = {
         "pairs": [list(p) for p in spec.heldout],
         "shape_position_pairs": [list(p) for p in spec.heldout_shape_positions],
         "prompts": [it["prompt"] for it in items],
         "items": items,
     }
+    if spec.scenes.enabled:
+        scene_items = heldout_scene_prompts(spec)
+        out["scenes"] = {
+            **spec.scenes.to_dict(),
+            "prompts": [it["prompt"] for it in scene_items],
+            "items": scene_items,
+        }
+    return out
 
 
 # ---------------------------------------------------------------------------- writing

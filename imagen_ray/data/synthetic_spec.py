@@ -1,110 +1,23 @@
-"""The synthetic shapes set's vocabulary and settings: what a set may contain.
+"""The synthetic shapes set's settings: what one set contains.
 
-:data:`ATTRIBUTES` is the vocabulary (colours, shapes, positions, sizes, backgrounds,
-counts, caption words) shared by the renderer (``synthetic.py``) and the pixel checker
-(``eval/probe.py``). :class:`SyntheticSpec` is one set's settings: a strict typed model
-like the run configs (unknown keys are errors, names are checked against the vocabulary,
-the held-out pairs must leave something to draw). It goes into ``summary.json`` as
+:class:`SyntheticSpec` is one set's settings: a strict typed model like the run configs
+(unknown keys are errors, names are checked against the vocabulary of
+:mod:`~imagen_ray.data.synthetic_vocab`, the held-out pairs must leave something to draw).
+Its ``scenes`` field (:class:`~imagen_ray.data.scene_spec.SceneSpec`) sets the share of two-
+and three-object scenes and what they hold out. It goes into ``summary.json`` as
 ``synthetic`` and comes back with :meth:`SyntheticSpec.from_dict`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
+from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
 from pydantic import ConfigDict, ValidationInfo, field_validator, model_validator
 
 from imagen_ray.config import Strict
-
-RGB = tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class SyntheticAttributes:
-    """The attribute vocabulary of the synthetic set (import :data:`ATTRIBUTES`)."""
-
-    colours: Mapping[str, RGB]
-    shapes: tuple[str, ...]
-    positions: Mapping[str, tuple[float, float]]  # region anchor (x, y) as image fractions
-    position_phrases: Mapping[str, str]
-    sizes: Mapping[str, float]  # bounding-box side / image side
-    backgrounds: Mapping[str, RGB]
-    counts: tuple[int, ...]
-    count_words: Mapping[int, str]
-    shape_plurals: Mapping[str, str]
-    shape_fill: Mapping[str, float]  # area / bounding-box area
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy."""
-        return {
-            "colours": {k: list(v) for k, v in self.colours.items()},
-            "shapes": list(self.shapes),
-            "positions": {k: list(v) for k, v in self.positions.items()},
-            "position_phrases": dict(self.position_phrases),
-            "sizes": dict(self.sizes),
-            "backgrounds": {k: list(v) for k, v in self.backgrounds.items()},
-            "counts": list(self.counts),
-            "count_words": {str(k): v for k, v in self.count_words.items()},
-            "shape_plurals": dict(self.shape_plurals),
-            "shape_fill": dict(self.shape_fill),
-        }
-
-
-CROSS_ARM = 0.4  # arm width of a cross as a fraction of its side
-
-ATTRIBUTES = SyntheticAttributes(
-    colours=MappingProxyType(
-        {
-            "red": (255, 0, 0),
-            "orange": (255, 128, 0),
-            "yellow": (255, 255, 0),
-            "green": (0, 200, 0),
-            "blue": (0, 0, 255),
-            "purple": (160, 0, 255),
-            "white": (255, 255, 255),
-        }
-    ),
-    shapes=("circle", "square", "triangle", "cross"),
-    positions=MappingProxyType(
-        {
-            "left": (0.25, 0.5),
-            "right": (0.75, 0.5),
-            "top": (0.5, 0.25),
-            "bottom": (0.5, 0.75),
-            "center": (0.5, 0.5),
-        }
-    ),
-    position_phrases=MappingProxyType(
-        {
-            "left": "on the left",
-            "right": "on the right",
-            "top": "at the top",
-            "bottom": "at the bottom",
-            "center": "in the center",
-        }
-    ),
-    sizes=MappingProxyType({"small": 0.16, "large": 0.30}),
-    backgrounds=MappingProxyType(
-        {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128)}
-    ),
-    counts=(1, 2, 3),
-    count_words=MappingProxyType({1: "a", 2: "two", 3: "three"}),
-    shape_plurals=MappingProxyType(
-        {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
-    ),
-    shape_fill=MappingProxyType(
-        {
-            "circle": math.pi / 4,
-            "square": 1.0,
-            "triangle": 0.5,
-            "cross": 2 * CROSS_ARM - CROSS_ARM**2,
-        }
-    ),
-)
+from imagen_ray.data.scene_spec import SceneSpec, check_scene_held_outs
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES, check_name
 
 DEFAULT_HELDOUT: tuple[tuple[str, str], ...] = (
     ("red", "triangle"),
@@ -147,6 +60,7 @@ class SyntheticSpec(Strict):
     samples_per_shard: int = 500
     image_format: ShardImageFormat = "png"
     templates: tuple[str, ...] = TEMPLATES
+    scenes: SceneSpec = SceneSpec()  # two- and three-object scenes (default: none)
 
     @field_validator("num_samples")
     @classmethod
@@ -194,23 +108,23 @@ class SyntheticSpec(Strict):
         if not v:
             raise ValueError(f"{what}s must name at least one of {', '.join(vocab)}")
         for name in v:
-            _check_name(what, name, vocab)
+            check_name(what, name, vocab)
         return v
 
     @field_validator("heldout")
     @classmethod
     def _heldout(cls, v: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
         for colour, shape in v:
-            _check_name("colour", colour, ATTRIBUTES.colours)
-            _check_name("shape", shape, ATTRIBUTES.shapes)
+            check_name("colour", colour, ATTRIBUTES.colours)
+            check_name("shape", shape, ATTRIBUTES.shapes)
         return v
 
     @field_validator("heldout_shape_positions")
     @classmethod
     def _heldout_positions(cls, v: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
         for shape, position in v:
-            _check_name("shape", shape, ATTRIBUTES.shapes)
-            _check_name("position", position, ATTRIBUTES.positions)
+            check_name("shape", shape, ATTRIBUTES.shapes)
+            check_name("position", position, ATTRIBUTES.positions)
         return v
 
     @model_validator(mode="after")
@@ -223,6 +137,7 @@ class SyntheticSpec(Strict):
                     f"a {colour} object would be invisible on every background of "
                     f"{list(self.backgrounds)}; add another background"
                 )
+        check_scene_held_outs(self.scenes, self.heldout)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,40 +148,6 @@ class SyntheticSpec(Strict):
     def from_dict(cls, d: Mapping[str, Any]) -> SyntheticSpec:
         """Rebuild from ``to_dict()`` output (e.g. summary.json's ``synthetic``)."""
         return cls.model_validate(dict(d))
-
-
-def _check_name(what: str, name: str, valid: Collection[str]) -> None:
-    if name not in valid:
-        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(valid)}")
-
-
-def parse_pair(text: str, first: str = "colour", second: str = "shape") -> tuple[str, str]:
-    """``red:circle`` -> ``("red", "circle")``, both names checked against ATTRIBUTES.
-
-    Args:
-        text: ``A:B``.
-        first: kind of A (``colour``, ``shape`` or ``position``).
-        second: kind of B.
-
-    Returns:
-        The pair.
-
-    Raises:
-        ValueError: not of the form A:B or an unknown name (the message lists valid ones).
-    """
-    a, sep, b = text.strip().partition(":")
-    if not sep or not a or not b:
-        raise ValueError(
-            f"expected {first.upper()}:{second.upper()} (e.g. red:circle), got {text!r}"
-        )
-    vocab = {
-        "colour": ATTRIBUTES.colours,
-        "shape": ATTRIBUTES.shapes,
-        "position": ATTRIBUTES.positions,
-    }
-    _check_name(first, a, vocab[first])
-    _check_name(second, b, vocab[second])
-    return a, b
 
 
 def allowed_triples(spec: SyntheticSpec) -> list[tuple[str, str, str]]:

@@ -9,26 +9,24 @@ Generation and scoring are separate so that images made in this process
 from __future__ import annotations
 
 import json
-import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from imagen_ray.data.scene_spec import SceneSpec
 from imagen_ray.data.synthetic import heldout_prompts, prompt_item
 from imagen_ray.data.synthetic_spec import SyntheticSpec, allowed_triples
 from imagen_ray.eval.probe import PROBED, Reading, read_image, score
-from imagen_ray.fs import atomic_write_json
+from imagen_ray.eval.report import MAX_FAILURES, failure_tile, write_report
 from imagen_ray.images import save_image
 
 if TYPE_CHECKING:
     from imagen_ray.cascade import Cascade
 
 HELDOUT, SEEN = "heldout", "seen"
-FAILURE_CELL = 128  # px: failures are enlarged (nearest) to this side in the grid
-MAX_FAILURES = 64  # at most this many tiles in failures.png
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -42,7 +40,8 @@ def load_spec(path: str | Path | None) -> SyntheticSpec:
             for the default :class:`SyntheticSpec` (its default held-out pairs).
 
     Returns:
-        A spec with the held-out (colour, shape) and (shape, position) pairs of ``path``.
+        A spec with the held-out (colour, shape) and (shape, position) pairs of ``path``,
+        and its scene settings when the set has scenes (else the default held-out scenes).
     """
     if path is None:
         return SyntheticSpec()
@@ -57,9 +56,11 @@ def load_spec(path: str | Path | None) -> SyntheticSpec:
     d = json.loads(p.read_text())
     if "pairs" not in d:
         raise ValueError(f"--heldout {p}: expected a heldout.json with a 'pairs' list")
+    scenes = {k: v for k, v in d.get("scenes", {}).items() if k not in ("prompts", "items")}
     return SyntheticSpec(
         heldout=tuple((c, s) for c, s in d["pairs"]),
         heldout_shape_positions=tuple((s, q) for s, q in d.get("shape_position_pairs", [])),
+        scenes=SceneSpec.model_validate(scenes),
     )
 
 
@@ -160,44 +161,6 @@ def _wrong(reading: Reading, expected: Mapping[str, Any]) -> list[str]:
     return [a for a in PROBED if expected[a] is not None and getattr(reading, a) != expected[a]]
 
 
-def failure_tile(
-    image: np.ndarray, prompt: str, reading: Reading, wrong: Sequence[str]
-) -> Image.Image:
-    """One failure: the image enlarged, the prompt, and what the probe read (wrong in red)."""
-    img = Image.fromarray(np.ascontiguousarray(image)).resize(
-        (FAILURE_CELL, FAILURE_CELL), Image.Resampling.NEAREST
-    )
-    lines = textwrap.wrap(prompt, 22)[:3]
-    read = [f"{a}: {getattr(reading, a)}" for a in PROBED]
-    line_h = 11
-    tile = Image.new("RGB", (FAILURE_CELL, FAILURE_CELL + line_h * (len(lines) + 5) + 4), "white")
-    tile.paste(img, (0, 0))
-    draw = ImageDraw.Draw(tile)
-    y = FAILURE_CELL + 2
-    for ln in lines:
-        draw.text((2, y), ln, fill=(0, 0, 0))
-        y += line_h
-    draw.text((2, y), "read:", fill=(90, 90, 90))
-    y += line_h
-    for a, text in zip(PROBED, read, strict=True):
-        draw.text((2, y), text, fill=(200, 0, 0) if a in wrong else (0, 110, 0))
-        y += line_h
-    return tile
-
-
-def failure_grid(tiles: Sequence[Image.Image], *, cols: int = 8, pad: int = 4) -> Image.Image:
-    """Tiles of :func:`failure_tile` in rows of ``cols``."""
-    w = max(t.width for t in tiles)
-    h = max(t.height for t in tiles)
-    cols = min(cols, len(tiles))
-    rows = -(-len(tiles) // cols)
-    sheet = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (220, 220, 220))
-    for k, t in enumerate(tiles):
-        r, c = divmod(k, cols)
-        sheet.paste(t, (pad + c * (w + pad), pad + r * (h + pad)))
-    return sheet
-
-
 def evaluate_probe(
     images: Sequence[np.ndarray],
     items: Sequence[Mapping[str, Any]],
@@ -258,25 +221,15 @@ def evaluate_probe(
         if wrong:
             failures += 1
             if len(tiles) < MAX_FAILURES:
-                tiles.append(failure_tile(image, f"{item['prompt']} [{split}]", reading, wrong))
-    with open(out / "readings.jsonl", "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+                lines = [(f"{a}: {getattr(reading, a)}", a in wrong) for a in PROBED]
+                tiles.append(failure_tile(image, f"{item['prompt']} [{split}]", lines))
     metrics: dict[str, Any] = {
         "splits": {s: score(rs, es) for s, (rs, es) in by_split.items()},
         "n": len(records),
         "failures": failures,
-        "failures_png": None,
         **dict(extra or {}),
     }
-    stale = out / "failures.png"
-    if tiles:
-        save_image(failure_grid(tiles), stale)
-        metrics["failures_png"] = stale.name
-    elif stale.exists():
-        stale.unlink()  # from an earlier run into the same directory
-    atomic_write_json(out / "metrics.json", metrics)
-    return metrics
+    return write_report(out, records, tiles, metrics)
 
 
 def summary_table(metrics: Mapping[str, Any]) -> str:

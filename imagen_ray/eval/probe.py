@@ -14,6 +14,10 @@ reproduced by hand:
    renderer that made the training images; the best intersection-over-union wins (below
    ``min_iou`` the blob is no shape at all).
 
+:func:`fit_shape` reads a shape by drawing each template at the object's area and centroid
+and comparing pixel coverage; it tells shapes apart down to 5 px objects, and the scene
+checker (:mod:`imagen_ray.eval.scenes`) reads shapes with it.
+
 On the training images themselves it reads every attribute back (``tests/eval``).
 """
 
@@ -26,12 +30,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from imagen_ray.data.synthetic_spec import ATTRIBUTES, CROSS_ARM
+from imagen_ray.data.synthetic_draw import draw_shape
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES, CROSS_ARM
 
 PROBED = ("colour", "shape", "position", "count")
 
-_PALETTE_NAMES = tuple(ATTRIBUTES.colours)
-_PALETTE = np.asarray([ATTRIBUTES.colours[c] for c in _PALETTE_NAMES], dtype=np.float32)
+PALETTE_NAMES = tuple(ATTRIBUTES.colours)
+PALETTE = np.asarray([ATTRIBUTES.colours[c] for c in PALETTE_NAMES], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,90 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
+FIT_SUPERSAMPLE = 8  # shape templates are drawn at 8x and box-filtered to pixel coverage
+
+
+def fit_shape(
+    x: np.ndarray, bg: np.ndarray, region: np.ndarray, *, min_iou: float = 0.5
+) -> tuple[str | None, float]:
+    """Read one object's shape by drawing each shape where the object is (analysis by
+    synthesis); it tells shapes apart down to 5 px objects, where thresholded masks do not.
+
+    The object's coverage ``alpha`` of each pixel of ``region`` is the pixel's projection on
+    the line from the background to the object colour (the median of its pixels farthest
+    from the background). Each shape is drawn by the renderer of the training images
+    (:func:`~imagen_ray.data.synthetic_draw.draw_shape`) with the area and centroid of
+    ``alpha``, box-filtered to coverage, and compared by soft IoU (sum of minima over sum of
+    maxima).
+
+    Args:
+        x: ``(H, W, 3)`` float image.
+        bg: ``(3,)`` background colour.
+        region: ``(H, W)`` bool, the object's pixels and a rim of background around them (no
+            other object's pixels).
+        min_iou: a best soft IoU below this reads as no shape.
+
+    Returns:
+        ``(shape or None, best soft IoU)``.
+    """
+    ys, xs = np.nonzero(region)
+    if len(ys) == 0:
+        return None, 0.0
+    y0, x0 = ys.min(), xs.min()
+    crop = x[y0 : ys.max() + 1, x0 : xs.max() + 1]
+    inside = region[y0 : ys.max() + 1, x0 : xs.max() + 1]
+    dist = np.linalg.norm(crop - bg, axis=-1) * inside
+    rgb = np.median(crop[dist >= 0.8 * dist.max()], axis=0)
+    v = rgb - bg
+    alpha = np.clip((crop - bg) @ v / max(float(v @ v), 1e-6), 0.0, 1.0) * inside  # (h, w)
+    area = float(alpha.sum())
+    if area <= 0:
+        return None, 0.0
+    h, w = alpha.shape
+    gy, gx = np.mgrid[0:h, 0:w]
+    cx, cy = float((alpha * (gx + 0.5)).sum() / area), float((alpha * (gy + 0.5)).sum() / area)
+    scores = {}
+    for shape in ATTRIBUTES.shapes:
+        side = (area / ATTRIBUTES.shape_fill[shape]) ** 0.5
+        # a triangle's centroid lies a sixth of its side below its box centre
+        top = cy - side / 6 if shape == "triangle" else cy
+        ss = FIT_SUPERSAMPLE
+        canvas = Image.new("L", (w * ss, h * ss), 0)
+        draw_shape(ImageDraw.Draw(canvas), shape, cx * ss, top * ss, side * ss / 2, 255)
+        t = np.asarray(canvas.resize((w, h), Image.Resampling.BOX), dtype=np.float32) / 255
+        scores[shape] = float(np.minimum(alpha, t).sum() / np.maximum(alpha, t).sum())
+    best = max(scores, key=lambda k: scores[k])
+    return (best if scores[best] >= min_iou else None), scores[best]
+
+
+def background(x: np.ndarray) -> np.ndarray:
+    """The background colour: the per-channel median of the border ring (objects keep a
+    margin), ``(3,)`` float from an ``(H, W, 3)`` float image."""
+    h, w = x.shape[:2]
+    ring = max(1, min(h, w) // 32)
+    border = np.concatenate(
+        [
+            x[:ring].reshape(-1, 3),
+            x[-ring:].reshape(-1, 3),
+            x[:, :ring].reshape(-1, 3),
+            x[:, -ring:].reshape(-1, 3),
+        ]
+    )
+    return np.median(border, axis=0)
+
+
+def palette_index(pixels: np.ndarray) -> np.ndarray:
+    """Index into :data:`PALETTE_NAMES` of the nearest palette colour of each ``(N, 3)``
+    pixel (RGB Euclidean)."""
+    return np.argmin(((pixels[:, None, :] - PALETTE[None]) ** 2).sum(-1), axis=1)
+
+
+def nearest_position(cx: float, cy: float) -> str:
+    """The region (``ATTRIBUTES.positions``) whose anchor is nearest to ``(cx, cy)``."""
+    anchors = ATTRIBUTES.positions
+    return min(anchors, key=lambda p: (anchors[p][0] - cx) ** 2 + (anchors[p][1] - cy) ** 2)
+
+
 def read_image(
     image: np.ndarray | Image.Image,
     *,
@@ -94,31 +183,19 @@ def read_image(
     Returns:
         The :class:`Reading`.
     """
-    img = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {img.shape}")
+    x = as_float_image(image)
     from scipy import ndimage  # scipy: labelled components; a transitive dependency of ours
 
-    x = img.astype(np.float32)
     h, w = x.shape[:2]
-    ring = max(1, min(h, w) // 32)
-    border = np.concatenate(
-        [
-            x[:ring].reshape(-1, 3),
-            x[-ring:].reshape(-1, 3),
-            x[:, :ring].reshape(-1, 3),
-            x[:, -ring:].reshape(-1, 3),
-        ]
-    )
-    bg = np.median(border, axis=0)
+    bg = background(x)
     obj = np.linalg.norm(x - bg, axis=-1) > min_contrast
     if not obj.any():
         return Reading(None, None, None, 0, 0.0, 0.0)
 
-    nearest = np.argmin(((x[obj][:, None, :] - _PALETTE[None]) ** 2).sum(-1), axis=1)
-    votes = np.bincount(nearest, minlength=len(_PALETTE_NAMES))
+    nearest = palette_index(x[obj])
+    votes = np.bincount(nearest, minlength=len(PALETTE_NAMES))
     ci = int(votes.argmax())
-    colour = _PALETTE_NAMES[ci]
+    colour = PALETTE_NAMES[ci]
     mine = np.zeros_like(obj)
     mine[obj] = nearest == ci
 
@@ -129,9 +206,7 @@ def read_image(
         return Reading(colour, None, None, 0, float(obj.mean()), 0.0)
     kept = np.isin(labels, keep)
     ys, xs = np.nonzero(kept)
-    cx, cy = (xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h
-    anchors = ATTRIBUTES.positions
-    position = min(anchors, key=lambda p: (anchors[p][0] - cx) ** 2 + (anchors[p][1] - cy) ** 2)
+    position = nearest_position((xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h)
     largest = max(keep, key=lambda i: sizes[i - 1])
     sl = ndimage.find_objects((labels == largest).astype(np.int32))[0]
     comp = labels[sl] == largest
@@ -140,6 +215,14 @@ def read_image(
     best = max(scores, key=lambda s: scores[s])
     shape = best if scores[best] >= min_iou else None
     return Reading(colour, shape, position, len(keep), float(obj.mean()), scores[best])
+
+
+def as_float_image(image: np.ndarray | Image.Image) -> np.ndarray:
+    """An RGB image as an ``(H, W, 3)`` float32 array; anything else is a ValueError."""
+    img = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {img.shape}")
+    return img.astype(np.float32)
 
 
 def score(readings: Sequence[Reading], expected: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

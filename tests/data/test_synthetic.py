@@ -15,7 +15,8 @@ from scipy import ndimage
 
 from imagen_ray.cli.data import add_data_commands as register
 from imagen_ray.data.synthetic import heldout_prompts, make_caption, render_sample, write_synthetic
-from imagen_ray.data.synthetic_spec import ATTRIBUTES, SyntheticSpec, parse_pair
+from imagen_ray.data.synthetic_spec import SyntheticSpec
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES, parse_pair
 from imagen_ray.data.writer import read_summary
 
 NUMBER_WORDS = {1: "a", 2: "two", 3: "three"}

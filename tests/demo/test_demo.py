@@ -10,7 +10,8 @@ from PIL import Image
 
 from imagen_ray.cli import build_parser
 from imagen_ray.data.synthetic import heldout_prompts, render_attributes
-from imagen_ray.data.synthetic_spec import ATTRIBUTES, SyntheticSpec
+from imagen_ray.data.synthetic_spec import SyntheticSpec
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES
 from imagen_ray.demo.configs import demo_configs_dir
 from imagen_ray.demo.report import TARGETS, write_report
 from imagen_ray.demo.run import demo_spec

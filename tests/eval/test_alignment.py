@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from imagen_ray.data.synthetic import heldout_json, heldout_prompts, render_attributes
-from imagen_ray.data.synthetic_spec import ATTRIBUTES, SyntheticSpec
+from imagen_ray.data.synthetic_spec import SyntheticSpec
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES
 from imagen_ray.eval.alignment import (
     HELDOUT,
     SEEN,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from imagen_ray.data.synthetic import render_attributes, render_sample
-from imagen_ray.data.synthetic_spec import ATTRIBUTES, SyntheticSpec
+from imagen_ray.data.synthetic_spec import SyntheticSpec
+from imagen_ray.data.synthetic_vocab import ATTRIBUTES
 from imagen_ray.eval.probe import Reading, read_image, score
 
 
