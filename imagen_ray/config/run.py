@@ -232,6 +232,15 @@ class TrainConfig(Strict):
             )
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
+        if self.optimizer == "adafactor" and self.zero_stage == 3:
+            # DeepSpeed 0.19's ZeRO-3 pads each rank's parameter and gradient partitions with
+            # uninitialised memory (torch.empty); Adafactor's step size (the RMS of the whole
+            # tensor) and its update clipping read that padding, so steps are not reproducible.
+            raise ValueError(
+                "optimizer adafactor does not run at zero_stage 3 (ZeRO-3's partition padding "
+                "is uninitialised memory, which Adafactor's whole-tensor RMS reads); set "
+                "train.zero_stage=2 (the paper recipe's) or train.optimizer=adamw"
+            )
         if (self.offload_optimizer or self.offload_params) and not self.use_gpu:
             raise ValueError(
                 "CPU offload only makes sense with GPU workers: set train.use_gpu=true or "

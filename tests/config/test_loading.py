@@ -193,6 +193,12 @@ def test_out_of_range_value() -> None:
     assert "0" in msg
 
 
+def test_adafactor_at_zero3_is_refused_with_the_fix() -> None:
+    msg = config_error(TINY_BASE, ["train.optimizer=adafactor", "train.zero_stage=3"])
+    assert "adafactor" in msg and "train.zero_stage=2" in msg and "train.optimizer=adamw" in msg
+    assert load_run_config(TINY_BASE, ["train.optimizer=adafactor", "train.zero_stage=2"])
+
+
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
 

@@ -1,0 +1,224 @@
+"""What makes two-object prompts work: language-understanding levers side by side, one budget.
+
+Renders one synthetic set with two-object scenes (held-out colour-shape bindings, object
+pairs and one relation phrasing; ``imagen-ray data synthetic --scene-probs``), encodes its
+captions once, then for each variant trains the 32 px base stage through Ray Data -> Ray
+Train + DeepSpeed (``configs/compositional/base.yaml`` plus the variant's ``--set``
+overrides) for the same number of steps, exports it, and scores the built-in compositional
+suite with the scene checker (``imagen-ray eval compositional``): held-out and seen prompts,
+per category. Variants that change the data (share of scenes, the encoder's output layer)
+render or encode their own set. Each step is the CLI command a user would run; the script
+prints them.
+
+    python bench/compositional.py                          # every variant
+    python bench/compositional.py --only baseline pooled_only
+    python bench/compositional.py --quick                  # smoke run (numbers meaningless)
+
+Prints one JSON line per variant (its overrides, training seconds, held-out and seen
+accuracy: scene, binding, relation, colour, shape), then a summary line. Finished variants
+are reused from ``--out`` (delete a variant's folder to run it again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+try:  # `python bench/compositional.py` puts bench/ on the path; tests import bench.*
+    from bench._common import emit, log, machine_info
+except ImportError:
+    from _common import emit, log, machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "compositional" / "base.yaml"
+SCENE_PROBS = (0.3, 0.7, 0.0)  # single objects, two-object scenes, three-object scenes
+
+_NO_CROSS = (
+    "stage.unet.levels=[{mult: 1, res_blocks: 1}, {mult: 2, res_blocks: 1}, "
+    "{mult: 4, res_blocks: 2, self_attn: true}]"
+)
+_CROSS_ALL = (
+    "stage.unet.levels=[{mult: 1, res_blocks: 1, cross_attn: true}, "
+    "{mult: 2, res_blocks: 1, cross_attn: true}, "
+    "{mult: 4, res_blocks: 2, self_attn: true, cross_attn: true}]"
+)
+# name -> (what it tests, config overrides, data settings); the baseline is the config itself.
+VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
+    "baseline": ("configs/compositional/base.yaml as it is", [], {}),
+    "pooled_only": (
+        "pooled text embedding only: no cross-attention, no text layout",
+        [_NO_CROSS, "stage.unet.mid_attn=false", "stage.unet.text_layout=false"],
+        {},
+    ),
+    "cross_attn_all_levels": ("cross-attention at 32 px too", [_CROSS_ALL], {}),
+    "no_text_layout": ("without the text layout path", ["stage.unet.text_layout=false"], {}),
+    "no_pos_emb": ("without position embeddings", ["stage.unet.pos_emb=false"], {}),
+    "text_drop_0": (
+        "no text dropout (no guidance signal)",
+        ["stage.diffusion.text_drop_prob=0"],
+        {},
+    ),
+    "text_drop_0.2": ("text dropout 0.2", ["stage.diffusion.text_drop_prob=0.2"], {}),
+    "scenes_0.9": ("90 % two-object scenes", [], {"scene_probs": (0.1, 0.9, 0.0)}),
+    "wide_half_steps": (
+        "twice the width, half the steps",
+        ["stage.unet.channels=32"],
+        {"steps": 0.5},
+    ),
+    "encoder_layer_-2": (
+        "MiniLM's second-to-last layer",
+        ["text.hidden_layer=-2"],
+        {"encode": True},
+    ),
+}
+GUIDANCE = (1.0, 3.0, 10.0)  # also scored on the baseline, beside the config's own scale
+
+
+def run(cmd: list[str], log_file: Path) -> None:
+    """Run one CLI command, its output into ``log_file``; raise with the tail on failure."""
+    log("$ " + " ".join(cmd))
+    with log_file.open("a") as f:
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} failed ({done.returncode}); see {log_file}")
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "imagen_ray", *args]
+
+
+def dataset(
+    out: Path, samples: int, scene_probs: tuple[float, ...], overrides: list[str]
+) -> tuple[Path, Path]:
+    """(rendered, encoded) shards for these scene settings and text overrides (reused)."""
+    raw = out / "data" / ("raw-" + "-".join(f"{p:g}" for p in scene_probs))
+    text = [o for o in overrides if o.startswith("text.")]
+    enc = raw.with_name(raw.name.replace("raw", "enc") + "".join(f"_{o}" for o in text))
+    if not (raw / "summary.json").is_file():
+        probs = [f"{p:g}" for p in scene_probs]
+        run(
+            cli("data", "synthetic", "--out", str(raw), "--num-samples", str(samples),
+                "--sizes", "large", "--backgrounds", "black",
+                "--scene-probs", *probs, "--samples-per-shard", "1000", "--no-progress"),
+            out / "data.log",
+        )  # fmt: skip
+    if not (enc / "encoding.json").is_file():
+        sets = [a for o in text for a in ("--set", o)]
+        run(
+            cli(
+                "data", "encode", "--shards", str(raw), "--out", str(enc), "-c", str(CONFIG), *sets
+            ),
+            out / "data.log",
+        )
+    return raw, enc
+
+
+def evaluate(stage: Path, heldout: Path, out: Path, n: int, guidance: float | None) -> dict:
+    """``imagen-ray eval compositional`` on one stage; its metrics.json."""
+    if not (out / "metrics.json").is_file():
+        extra = [] if guidance is None else ["--sampling", f"base.guidance_scale={guidance:g}"]
+        run(
+            cli("eval", "compositional", "--cascade", str(stage), "--heldout", str(heldout),
+                "-n", str(n), "--out", str(out), "--no-progress", *extra),
+            out.parent / "eval.log",
+        )  # fmt: skip
+    return json.loads((out / "metrics.json").read_text())
+
+
+def summarise(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Held-out and seen accuracies, overall and per category."""
+    keys = ("scene", "binding", "relation", "colour", "shape")
+    row: dict[str, Any] = {}
+    for split, score in metrics["splits"].items():
+        row[split] = {k: score["accuracy"].get(k) for k in keys}
+    row["categories"] = {
+        cat: {s: v["accuracy"]["scene"] for s, v in splits.items()}
+        for cat, splits in metrics["categories"].items()
+    }
+    return row
+
+
+def variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train, export and score one variant; its JSON row."""
+    what, overrides, data = VARIANTS[name]
+    steps = max(1, round(args.steps * data.get("steps", 1.0)))
+    raw, shards = dataset(args.out, args.samples, data.get("scene_probs", SCENE_PROBS), overrides)
+    vdir = args.out / name
+    vdir.mkdir(parents=True, exist_ok=True)
+    stage, t0 = vdir / "stage", time.perf_counter()
+    if not (stage / "config.json").is_file():
+        sets = [
+            f"data.shards={shards}", f"train.storage_path={vdir / 'runs'}", f"train.name={name}",
+            f"train.steps={steps}", f"train.ema_warmup_steps={steps}",
+            f"train.checkpoint_every={steps}", f"train.sample_every={steps}",
+            f"wandb.dir={vdir / 'wandb'}", *overrides,
+        ]  # fmt: skip
+        run(
+            cli("train", "-c", str(CONFIG), *[a for s in sets for a in ("--set", s)]),
+            vdir / "train.log",
+        )
+        run(
+            cli("export", "--checkpoint", str(vdir / "runs" / name), "--out", str(stage)),
+            vdir / "train.log",
+        )
+    train_s = time.perf_counter() - t0
+    heldout = raw / "heldout.json"
+    row = {"variant": name, "what": what, "overrides": overrides, "steps": steps}
+    row["train_s"] = round(train_s, 1)
+    row |= summarise(evaluate(stage, heldout, vdir / "eval", args.images_per_prompt, None))
+    if name == "baseline" and not args.quick:
+        row["guidance"] = {
+            g: summarise(evaluate(stage, heldout, vdir / f"eval-g{g:g}", args.images_per_prompt, g))
+            for g in GUIDANCE
+        }
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--out", type=Path, default=ROOT / "runs" / "compositional", help="work directory"
+    )
+    p.add_argument(
+        "--only", nargs="+", choices=list(VARIANTS), help="variants to run (default all)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="training steps per variant (default: the config's)"
+    )
+    p.add_argument("--samples", type=int, default=8000, help="synthetic samples (default 8000)")
+    p.add_argument(
+        "--images-per-prompt", type=int, default=2, help="images per suite prompt (default 2)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 300 samples, 20 steps, baseline only"
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.samples, args.steps, args.only, args.images_per_prompt = 300, 20, ["baseline"], 1
+    if args.steps is None:
+        import yaml
+
+        args.steps = int(yaml.safe_load(CONFIG.read_text())["train"]["steps"])
+    os.environ.setdefault("WANDB_MODE", "offline")
+    rows = []
+    for name in args.only or list(VARIANTS):
+        try:
+            rows.append(variant(name, args))
+        except RuntimeError as e:
+            rows.append({"variant": name, "error": str(e)})
+        emit(rows[-1])
+    emit({"summary": {r["variant"]: r.get("heldout", {}).get("scene") for r in rows},
+          "machine": machine_info(), "quick": args.quick})  # fmt: skip
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
