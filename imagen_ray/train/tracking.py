@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,22 @@ def _summary(name: str) -> str | None:
     return None
 
 
+def _init_when_free(init: Any, tries: int = 6, wait_s: float = 2.0, **kwargs: Any) -> Any:
+    """``init(**kwargs)``, tried again while W&B says the run id is in use: after a worker
+    restart the killed process's W&B service may still hold the run for a few seconds."""
+    for attempt in range(tries):
+        try:
+            return init(**kwargs)
+        except Exception as e:  # wandb raises its own ServerResponseError for this
+            if "is in use" not in str(e) or attempt == tries - 1:
+                raise
+            delay = wait_s * 2**attempt
+            print(f"W&B run {kwargs.get('id')} is still held by a stopped worker; "
+                  f"trying again in {delay:.0f} s")  # fmt: skip
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def start_wandb(cfg: RunConfig, run_dir: str | None, resume_id: str | None) -> Any:
     """``wandb.init`` for rank 0 (None when disabled); resumes ``resume_id`` if given.
 
@@ -79,7 +96,8 @@ def start_wandb(cfg: RunConfig, run_dir: str | None, resume_id: str | None) -> A
     wdir = cfg.wandb.dir or run_dir
     if wdir:
         Path(wdir).mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
+    run = _init_when_free(
+        wandb.init,
         project=cfg.wandb.project,
         entity=cfg.wandb.entity,
         name=cfg.train.name or cfg.stage.name,

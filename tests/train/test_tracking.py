@@ -36,3 +36,31 @@ def test_grids_load_the_text_encoder_once(
     assert all(p is not None and p.is_file() for p in paths)
     want = torch.float32 if dtype == "auto" else torch.bfloat16  # sampled on the CPU
     assert grids.stage.dtype == want
+
+
+def test_wandb_init_waits_while_a_stopped_worker_holds_the_run(capsys) -> None:
+    from imagen_ray.train.tracking import _init_when_free
+
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        if len(calls) < 3:
+            raise RuntimeError("run ID a1oiuo85 is in use")
+        return "run"
+
+    assert _init_when_free(init, wait_s=0.01, id="a1oiuo85") == "run"
+    assert len(calls) == 3 and all(c == {"id": "a1oiuo85"} for c in calls)
+    assert capsys.readouterr().out.count("still held by a stopped worker") == 2
+
+    def other(**kwargs):
+        raise RuntimeError("permission denied")
+
+    with pytest.raises(RuntimeError, match="permission denied"):
+        _init_when_free(other, wait_s=0.01)
+
+    def always(**kwargs):
+        raise RuntimeError("run ID x is in use")
+
+    with pytest.raises(RuntimeError, match="in use"):
+        _init_when_free(always, tries=2, wait_s=0.01)
