@@ -83,6 +83,7 @@ GUIDANCE = (1.0, 3.0, 10.0)  # also scored on the baseline, beside the config's 
 def run(cmd: list[str], log_file: Path) -> None:
     """Run one CLI command, its output into ``log_file``; raise with the tail on failure."""
     log("$ " + " ".join(cmd))
+    log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("a") as f:
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
@@ -155,7 +156,8 @@ def variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if not (stage / "config.json").is_file():
         sets = [
             f"data.shards={shards}", f"train.storage_path={vdir / 'runs'}", f"train.name={name}",
-            f"train.steps={steps}", f"train.ema_warmup_steps={steps}",
+            f"train.steps={steps}", f"train.warmup_steps={min(50, steps // 2)}",
+            f"train.ema_warmup_steps={steps}",
             f"train.checkpoint_every={steps}", f"train.sample_every={steps}",
             f"wandb.dir={vdir / 'wandb'}", *overrides,
         ]  # fmt: skip

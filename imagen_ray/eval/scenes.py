@@ -150,6 +150,26 @@ def _chain_holds(objs: Sequence[SceneObject | None], relation: str) -> bool:
     )
 
 
+def _relation_holds(
+    found: Sequence[SceneObject],
+    expected: Sequence[Mapping[str, str]],
+    matched: Sequence[SceneObject | None],
+    relation: str,
+) -> bool:
+    """The relation, judged on the objects the prompt names by colour (the largest object of
+    each asked colour; a scene's objects have distinct colours). Not on the matched objects:
+    the matching prefers assignments where the relation holds, so blobs of the wrong colours
+    would pass. Prompts that repeat a colour fall back to the matched objects."""
+    colours = [e["colour"] for e in expected]
+    if len(set(colours)) < len(colours):
+        return _chain_holds(matched, relation)
+    by_colour = [
+        max((o for o in found if o.colour == c), key=lambda o: o.area, default=None)
+        for c in colours
+    ]
+    return _chain_holds(by_colour, relation)
+
+
 def match_objects(
     found: Sequence[SceneObject], expected: Sequence[Mapping[str, str]], relation: str | None
 ) -> tuple[int | None, ...]:
@@ -258,6 +278,6 @@ def check_scene(
             o is not None and o.shape == e["shape"] for o, e in zip(objs, expected, strict=True)
         ),
         count=len(found) == len(expected),
-        relation=None if relation is None else _chain_holds(objs, relation),
+        relation=None if relation is None else _relation_holds(found, expected, objs, relation),
         position=None if position is None else got_position == position,
     )

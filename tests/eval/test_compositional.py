@@ -137,7 +137,7 @@ def test_report_scores_each_category_and_lists_failures(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     records = [json.loads(ln) for ln in (tmp_path / "readings.jsonl").read_text().splitlines()]
     assert (
-        records[wrong]["wrong"] == ["colour 1", "colour 2"]
+        records[wrong]["wrong"] == ["colour 1", "colour 2", "relation"]  # read on the colours
         and not records[wrong]["read"]["binding"]
     )
     assert Image.open(tmp_path / "failures.png").width >= 128

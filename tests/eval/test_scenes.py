@@ -122,3 +122,12 @@ def test_fit_shape_tells_shapes_apart_at_five_pixels_and_noise_is_none() -> None
     shape, iou = fit_shape(noise, background(noise), np.ones((64, 64), bool))
     assert shape is None and iou < 0.5
     assert read_scene(np.full((32, 32, 3), 128, np.uint8)) == []
+
+
+def test_the_relation_is_read_on_the_named_colours_not_on_any_blobs() -> None:
+    """Two objects of other colours in the asked arrangement do not make the relation hold."""
+    want = asked([RED_CIRCLE, BLUE_SQUARE], "left of")
+    others = check_scene(scene([("green", "circle"), ("yellow", "square")], "left of"), want)
+    assert others.relation is False and not others.scene
+    mirrored = check_scene(scene([("blue", "circle"), ("red", "square")], "right of"), want)
+    assert mirrored.relation is True and not mirrored.binding  # red left of blue, wrong shapes
