@@ -106,7 +106,7 @@ def start_wandb(cfg: RunConfig, run_dir: str | None, resume_id: str | None) -> A
         tags=[*cfg.wandb.tags, cfg.stage.name],
         config=cfg.model_dump(mode="json"),
         dir=wdir,
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         id=resume_id,
         resume="allow" if resume_id else None,
     )
