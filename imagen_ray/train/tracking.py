@@ -67,17 +67,17 @@ def _summary(name: str) -> str | None:
 def _init_when_free(init: Any, tries: int = 6, wait_s: float = 2.0, **kwargs: Any) -> Any:
     """``init(**kwargs)``, tried again while W&B says the run id is in use: after a worker
     restart the killed process's W&B service may still hold the run for a few seconds."""
-    for attempt in range(tries):
+    for attempt in range(tries - 1):
         try:
             return init(**kwargs)
         except Exception as e:  # wandb raises its own ServerResponseError for this
-            if "is in use" not in str(e) or attempt == tries - 1:
+            if "is in use" not in str(e):
                 raise
             delay = wait_s * 2**attempt
             print(f"W&B run {kwargs.get('id')} is still held by a stopped worker; "
                   f"trying again in {delay:.0f} s")  # fmt: skip
             time.sleep(delay)
-    raise AssertionError("unreachable")
+    return init(**kwargs)
 
 
 def start_wandb(cfg: RunConfig, run_dir: str | None, resume_id: str | None) -> Any:
