@@ -7,5 +7,6 @@
 * :mod:`~imagen_ray.eval.suite` renders DrawBench-style CSV suites into an HTML gallery;
 * :mod:`~imagen_ray.eval.fid` and :mod:`~imagen_ray.eval.clip` score image folders with
   local weights; :mod:`~imagen_ray.eval.tiny` builds stand-ins for tests;
-* ``imagen-ray eval`` is :mod:`imagen_ray.cli.eval`.
+* ``imagen-ray eval`` is :mod:`imagen_ray.cli.eval` (probe and compositional in
+  :mod:`imagen_ray.cli.eval_alignment`).
 """
