@@ -8,8 +8,6 @@ batches come from (``imagen_ray.train.batches``) and what runs beside each step
 
 from __future__ import annotations
 
-import math
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -42,6 +40,7 @@ from imagen_ray.train.finite import (
 from imagen_ray.train.hooks import StepContext, StepHook
 from imagen_ray.train.perf import TrainPerf
 from imagen_ray.train.placement import report_worker_nodes
+from imagen_ray.train.progress import Window, print_progress, say
 from imagen_ray.train.tracking import SampleGrids, log_metrics
 from imagen_ray.train.warmstart import load_init_weights
 
@@ -118,7 +117,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if rank == 0:  # a run stopped while DeepSpeed compiled would hang this one silently
-        clear_stale_build_locks(say=lambda line: _say(line, args.console))
+        clear_stale_build_locks(say=lambda line: say(line, args.console))
     resume = ray.train.get_checkpoint()  # this run's own latest checkpoint (a restart)
     w = _build(args, rank, world, device, warm_start=resume is None and args.resume_from is None)
     _resume(w, resume)
@@ -177,7 +176,7 @@ def _build(
         # module, so the engine, its optimizer and the EMA all start from them
         stage.unet.load_state_dict(load_init_weights(args.init_from), strict=True)
         if rank == 0:
-            _say(f"[{cfg.stage.name}] initialised from {args.init_from}", args.console)
+            say(f"[{cfg.stage.name}] initialised from {args.init_from}", args.console)
     paths = TrainDevicePaths.resolve(cfg.train, device.type)
     paths.prepare(stage)  # autocast in its forward, channels_last on CUDA
     engine = _engine(stage, cfg, world, device)
@@ -220,12 +219,12 @@ def _resume(w: _Worker, resume: Any) -> None:
         with resume.as_directory() as d:
             how = _restore(Path(d), w)
         if w.rank == 0:
-            _say(f"[{name}] restarted from its latest checkpoint {how}", console)
+            say(f"[{name}] restarted from its latest checkpoint {how}", console)
     elif w.args.resume_from:  # a local directory, or a URI every worker downloads
         with storage.local_dir(w.args.resume_from, what="checkpoint") as d:
             how = _restore(d, w)
         if w.rank == 0:
-            _say(f"[{name}] resumed from {w.args.resume_from} {how}", console)
+            say(f"[{name}] resumed from {w.args.resume_from} {how}", console)
 
 
 def _start_tracking(w: _Worker) -> None:
@@ -246,7 +245,7 @@ def _train(w: _Worker, batches: Iterator[dict[str, Tensor]]) -> None:
     cfg = w.cfg
     streak = NonFiniteStreak(cfg.train.nan_patience)  # non-finite losses/gradients in a row
     perf = TrainPerf.for_run(cfg, w.args.text_dim, w.device)  # FLOPs, MFU, peak GPU memory
-    window = _Window(perf)
+    window = Window(perf)
     t_start = time.perf_counter()
     while w.state.step < cfg.train.steps:
         t0 = time.perf_counter()
@@ -260,14 +259,14 @@ def _train(w: _Worker, batches: Iterator[dict[str, Tensor]]) -> None:
         if not (due_log or due_ckpt):
             continue
         _report(w, batch, window, t_start, checkpoint=due_ckpt)
-        window = _Window(perf)
+        window = Window(perf)
 
 
 def _micro_step(
     w: _Worker,
     batch: dict[str, Tensor],
     streak: NonFiniteStreak,
-    window: _Window,
+    window: Window,
     t0: float,
     t_data: float,
 ) -> bool:
@@ -316,7 +315,7 @@ def _micro_step(
 
 
 def _report(
-    w: _Worker, batch: dict[str, Tensor], window: _Window, t_start: float, *, checkpoint: bool
+    w: _Worker, batch: dict[str, Tensor], window: Window, t_start: float, *, checkpoint: bool
 ) -> None:
     """Metrics for the window just ended, to Ray Train (with a checkpoint when
     ``checkpoint``), the console and W&B; a sample grid when one is due."""
@@ -333,7 +332,7 @@ def _report(
     for hook in w.args.hooks:
         metrics.update(hook.metrics(w.step_ctx()))
     if w.rank == 0:
-        _print_progress(cfg, state.step, metrics, t_start, w.args.console)
+        print_progress(cfg, state.step, metrics, t_start, w.args.console)
         log_metrics(w.wandb_run, metrics, state.step)  # every numeric metric, vs step
     if cfg.train.sample_every and state.step % cfg.train.sample_every == 0:
         _log_samples(w.ema, batch, state.step, w.wandb_run, w.grids)
@@ -348,85 +347,6 @@ def _report(
 
 
 # -------------------------------------------------------------------- helpers
-
-
-class _Window:
-    """Accumulates loss and timings between two reports."""
-
-    def __init__(self, perf: TrainPerf | None = None) -> None:
-        self.perf = perf
-        if perf is not None:
-            perf.start_window()
-        self.losses: list[float] = []
-        self.examples = 0
-        self.data_s = 0.0
-        self.total_s = 0.0
-
-    def add(self, loss: float, examples: int, data_s: float, total_s: float) -> None:
-        self.losses.append(loss)
-        self.examples += examples
-        self.data_s += data_s
-        self.total_s += total_s
-
-    def metrics(self, engine: Any, device: torch.device, world: int) -> dict[str, Any]:
-        local = torch.tensor(
-            [sum(self.losses), len(self.losses)], dtype=torch.float64, device=device
-        )
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(local)
-        loss = (local[0] / local[1].clamp(min=1)).item()
-        gnorm = engine.get_global_grad_norm()
-        return {
-            "loss": loss,
-            "lr": float(engine.get_lr()[0]),
-            "grad_norm": float(gnorm) if gnorm is not None else float("nan"),
-            "samples_per_s": world * self.examples / max(self.total_s, 1e-9),
-            "data_wait_frac": self.data_s / max(self.total_s, 1e-9),
-            "max_rss_gb": _rss_gb(),
-            # flops_per_sample, achieved_tflops; on CUDA gpu_mem_peak_gib and mfu
-            **(self.perf.metrics(self.examples, self.total_s) if self.perf else {}),
-        }
-
-
-def _rss_gb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
-def _print_progress(
-    cfg: RunConfig, step: int, m: dict[str, Any], t_start: float, console: Any = None
-) -> None:
-    elapsed = time.perf_counter() - t_start
-    eta = elapsed / max(step, 1) * (cfg.train.steps - step)
-    line = (
-        f"[{cfg.stage.name}] step {step}/{cfg.train.steps}  loss {m['loss']:.4f}  "
-        f"lr {m['lr']:.2e}  gnorm {m['grad_norm']:.3f}  {m['samples_per_s']:.1f} samples/s  "
-        f"data-wait {100 * m['data_wait_frac']:.0f}%  eta {_hms(eta)}"
-    )
-    _say(line, console)
-
-
-def _say(line: str, console: Any = None) -> None:
-    """A line for the user: to the driver's console (when given) and this process's stdout."""
-    if console is not None:
-        console.put(line)
-    print(
-        line,
-        # The process's own stdout: Ray Train V2 patches print() to log through the root
-        # logger and, once W&B has wrapped sys.stdout, also to print it, so every line reached
-        # the driver twice.
-        file=sys.__stdout__ or sys.stdout,
-        flush=True,
-    )
-
-
-def _hms(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def _save(d: Path, w: _Worker, metrics: dict[str, Any] | None = None) -> None:
