@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import netrc
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -64,20 +63,20 @@ def _summary(name: str) -> str | None:
     return None
 
 
-def _init_when_free(init: Any, tries: int = 6, wait_s: float = 2.0, **kwargs: Any) -> Any:
-    """``init(**kwargs)``, tried again while W&B says the run id is in use: after a worker
-    restart the killed process's W&B service may still hold the run for a few seconds."""
-    for attempt in range(tries - 1):
-        try:
-            return init(**kwargs)
-        except Exception as e:  # wandb raises its own ServerResponseError for this
-            if "is in use" not in str(e):
-                raise
-            delay = wait_s * 2**attempt
-            print(f"W&B run {kwargs.get('id')} is still held by a stopped worker; "
-                  f"trying again in {delay:.0f} s")  # fmt: skip
-            time.sleep(delay)
-    return init(**kwargs)
+def _own_wandb_service() -> None:
+    """Forget a W&B service token that this process inherited rather than started.
+
+    ``wandb.init`` writes its service's address to ``WANDB_SERVICE`` (``3-<pid>-...``, the
+    pid of the process that started it), and every process started later from that
+    environment connects to the same service. A Ray cluster started by a process that had
+    already used W&B hands the token to every worker, so all ranks share the starter's
+    service, and a rank killed mid-run leaves its run registered there: the restarted rank
+    then gets "run ID ... is in use" for as long as the starter lives. A worker's run
+    belongs to the worker, so it starts a service of its own, which dies with it.
+    """
+    token = os.environ.get("WANDB_SERVICE", "")
+    if token and token.split("-")[1:2] != [str(os.getpid())]:
+        del os.environ["WANDB_SERVICE"]
 
 
 def start_wandb(cfg: RunConfig, run_dir: str | None, resume_id: str | None) -> Any:
@@ -96,8 +95,8 @@ def start_wandb(cfg: RunConfig, run_dir: str | None, resume_id: str | None) -> A
     wdir = cfg.wandb.dir or run_dir
     if wdir:
         Path(wdir).mkdir(parents=True, exist_ok=True)
-    run = _init_when_free(
-        wandb.init,
+    _own_wandb_service()
+    run = wandb.init(
         project=cfg.wandb.project,
         entity=cfg.wandb.entity,
         name=cfg.train.name or cfg.stage.name,

@@ -1,7 +1,11 @@
-"""Sample grids: one text encoder for every grid, the grid's dtype honoured."""
+"""Sample grids: one text encoder for every grid, the grid's dtype honoured; each worker's
+W&B service is its own."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,7 @@ import torch
 from imagen_ray.cascade import Stage
 from imagen_ray.train.tracking import SampleGrids
 from tests.cascade.test_cascade import FakeEncoder
-from tests.train.conftest import tiny_cfg
+from tests.train.conftest import ROOT, tiny_cfg
 
 
 class CountingEncoder(FakeEncoder):
@@ -38,29 +42,33 @@ def test_grids_load_the_text_encoder_once(
     assert grids.stage.dtype == want
 
 
-def test_wandb_init_waits_while_a_stopped_worker_holds_the_run(capsys) -> None:
-    from imagen_ray.train.tracking import _init_when_free
-
-    calls = []
-
-    def init(**kwargs):
-        calls.append(kwargs)
-        if len(calls) < 3:
-            raise RuntimeError("run ID a1oiuo85 is in use")
-        return "run"
-
-    assert _init_when_free(init, wait_s=0.01, id="a1oiuo85") == "run"
-    assert len(calls) == 3 and all(c == {"id": "a1oiuo85"} for c in calls)
-    assert capsys.readouterr().out.count("still held by a stopped worker") == 2
-
-    def other(**kwargs):
-        raise RuntimeError("permission denied")
-
-    with pytest.raises(RuntimeError, match="permission denied"):
-        _init_when_free(other, wait_s=0.01)
-
-    def always(**kwargs):
-        raise RuntimeError("run ID x is in use")
-
-    with pytest.raises(RuntimeError, match="in use"):
-        _init_when_free(always, tries=2, wait_s=0.01)
+def test_a_worker_starts_its_own_wandb_service_rather_than_the_one_it_inherited(
+    tmp_path: Path,
+) -> None:
+    """A Ray cluster started by a process that had used W&B passes its ``WANDB_SERVICE``
+    token to every worker; a killed rank's run then stays registered in that shared
+    service and the restarted rank cannot resume it ("run ID ... is in use"). Here the
+    inherited token names a service that is gone: the run starts anyway, on a service of
+    this process, and finishes."""
+    script = f"""
+import os
+from imagen_ray.train.tracking import start_wandb
+from tests.train.conftest import ROOT, tiny_cfg
+cfg = tiny_cfg({str(tmp_path)!r}, "own-service")
+run = start_wandb(cfg, {str(tmp_path / "run")!r}, None)
+assert os.environ["WANDB_SERVICE"].split("-")[1] == str(os.getpid()), os.environ["WANDB_SERVICE"]
+run.finish()
+print("ok", run.id)
+"""
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_SERVICE": f"3-1-unix-{tmp_path / 'gone.sock'}",  # started by pid 1, gone
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("ok ")
