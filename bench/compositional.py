@@ -14,8 +14,9 @@ prints them.
     python bench/compositional.py --only baseline pooled_only
     python bench/compositional.py --quick                  # smoke run (numbers meaningless)
 
-Prints one JSON line per variant (its overrides, training seconds, held-out and seen
-accuracy: scene, binding, relation, colour, shape), then a summary line. Finished variants
+Prints one JSON line per variant (its overrides, training seconds, and per split the
+two-object prompts' accuracy: scene, binding, relation, colour, shape; the single-object
+prompts' and the whole suite's scene accuracy), then a summary line. Finished variants
 are reused from ``--out`` (delete a variant's folder to run it again).
 """
 
@@ -70,6 +71,16 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         "twice the width, half the steps",
         ["stage.unet.channels=32"],
         {"steps": 0.5},
+    ),
+    "lr_decay": (
+        "cosine LR decay to 0.1x instead of a constant LR",
+        ["train.min_lr_ratio=0.1"],
+        {},
+    ),
+    "text_layers_2": (
+        "two trainable transformer blocks over the frozen tokens",
+        ["stage.unet.text_layers=2"],
+        {},
     ),
     "encoder_layer_-2": (
         "MiniLM's second-to-last layer",
@@ -132,15 +143,31 @@ def evaluate(stage: Path, heldout: Path, out: Path, n: int, guidance: float | No
     return json.loads((out / "metrics.json").read_text())
 
 
+TWO_OBJECT = ("colour binding", "spatial relation")  # the categories of two-object prompts
+KEYS = ("scene", "binding", "relation", "colour", "shape")
+
+
+def _pooled(scores: list[dict[str, Any]], key: str) -> float | None:
+    """The accuracy ``key`` over several categories' scores, weighted by their prompts."""
+    have = [(s["n"], s["accuracy"][key]) for s in scores if s["accuracy"].get(key) is not None]
+    n = sum(k for k, _ in have)
+    return sum(k * v for k, v in have) / n if n else None
+
+
 def summarise(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Held-out and seen accuracies, overall and per category."""
-    keys = ("scene", "binding", "relation", "colour", "shape")
+    """Per split: accuracy on the two-object prompts (colour binding and spatial relation
+    pooled), the single-object prompts' scene accuracy (``single``) and the whole suite's
+    (``all``, counting included); and scene accuracy per category."""
+    cats = metrics["categories"]
     row: dict[str, Any] = {}
     for split, score in metrics["splits"].items():
-        row[split] = {k: score["accuracy"].get(k) for k in keys}
+        two = [cats[c][split] for c in TWO_OBJECT if split in cats.get(c, {})]
+        row[split] = {k: _pooled(two, k) for k in KEYS}
+        single = cats.get("single object", {}).get(split)
+        row[split]["single"] = None if single is None else single["accuracy"]["scene"]
+        row[split]["all"] = score["accuracy"]["scene"]
     row["categories"] = {
-        cat: {s: v["accuracy"]["scene"] for s, v in splits.items()}
-        for cat, splits in metrics["categories"].items()
+        cat: {s: v["accuracy"]["scene"] for s, v in splits.items()} for cat, splits in cats.items()
     }
     return row
 
@@ -152,8 +179,9 @@ def variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     raw, shards = dataset(args.out, args.samples, data.get("scene_probs", SCENE_PROBS), overrides)
     vdir = args.out / name
     vdir.mkdir(parents=True, exist_ok=True)
-    stage, t0 = vdir / "stage", time.perf_counter()
+    stage, timing = vdir / "stage", vdir / "train_s.json"
     if not (stage / "config.json").is_file():
+        t0 = time.perf_counter()
         sets = [
             f"data.shards={shards}", f"train.storage_path={vdir / 'runs'}", f"train.name={name}",
             f"train.steps={steps}", f"train.warmup_steps={min(50, steps // 2)}",
@@ -169,10 +197,10 @@ def variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
             cli("export", "--checkpoint", str(vdir / "runs" / name), "--out", str(stage)),
             vdir / "train.log",
         )
-    train_s = time.perf_counter() - t0
+        timing.write_text(json.dumps({"train_s": round(time.perf_counter() - t0, 1)}))
     heldout = raw / "heldout.json"
     row = {"variant": name, "what": what, "overrides": overrides, "steps": steps}
-    row["train_s"] = round(train_s, 1)
+    row["train_s"] = json.loads(timing.read_text())["train_s"] if timing.is_file() else None
     row |= summarise(evaluate(stage, heldout, vdir / "eval", args.images_per_prompt, None))
     if name == "baseline" and not args.quick:
         row["guidance"] = {

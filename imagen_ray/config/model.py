@@ -114,6 +114,15 @@ class UNetConfig(Strict):
         "where a caption puts things while the image is still noise)",
     )
 
+    text_layers: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="trainable transformer blocks over the frozen encoder's tokens before "
+        "the U-Net reads them (not in the paper; lets a small model work out which words "
+        "describe which object)",
+    )
+
     @model_validator(mode="after")
     def _groups_divide_channels(self) -> UNetConfig:
         if self.mid_attn and self.mid_blocks == 0:

@@ -105,7 +105,7 @@ def start_wandb(cfg: RunConfig, run_dir: str | None, resume_id: str | None) -> A
         tags=[*cfg.wandb.tags, cfg.stage.name],
         config=cfg.model_dump(mode="json"),
         dir=wdir,
-        mode=mode,
+        mode=mode,  # type: ignore[arg-type]  # WANDB_MODE may hold any name wandb knows
         id=resume_id,
         resume="allow" if resume_id else None,
     )

@@ -171,6 +171,29 @@ def _fmt(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+class TextBlock(nn.Module):
+    """Pre-norm transformer block over the text tokens: masked self-attention + FF.
+
+    Trained with the U-Net on top of the frozen encoder's tokens (``unet.text_layers``), so a
+    token can take in what the rest of the caption says about it ("the square on the right")
+    before the image reads it. Zero-initialised outputs: it starts as the identity.
+    """
+
+    def __init__(self, dim: int, head_dim: int, ff_mult: int) -> None:
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(dim)
+        self.attn = Attention(dim, head_dim)
+        self.norm_ff = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(
+            nn.Linear(dim, ff_mult * dim), nn.GELU(), zero_init(nn.Linear(ff_mult * dim, dim))
+        )
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """tokens (B, L, C); mask (B, L) bool, True for real tokens (at least one per row)."""
+        tokens = tokens + self.attn(self.norm_attn(tokens), mask=mask)
+        return tokens + self.ff(self.norm_ff(tokens))
+
+
 class AttentionPool(nn.Module):
     """Pools text tokens (B, L, C) -> (B, C) with one learned query (CLIP-style attention pool)
     that honours the mask; the Imagen "pooled embedding" added to the time embedding."""

@@ -28,6 +28,7 @@ from imagen_ray.unet.layers import (
     Downsample,
     ResBlock,
     ScalarEmbedding,
+    TextBlock,
     Upsample,
     zero_init,
 )
@@ -99,6 +100,9 @@ class EfficientUNet(nn.Module):
         self.aug_emb = ScalarEmbedding(cond_dim) if lowres else None
         self.text_in = nn.Linear(text_dim, ctx_dim)
         self.text_norm = nn.LayerNorm(ctx_dim)
+        self.text_blocks = nn.ModuleList(
+            [TextBlock(ctx_dim, cfg.head_dim, cfg.ff_mult) for _ in range(cfg.text_layers)]
+        )
         self.null_token = nn.Parameter(torch.randn(ctx_dim) * 0.02)
         self.text_pool = AttentionPool(ctx_dim, cfg.head_dim)
         self.pool_proj = nn.Linear(ctx_dim, cond_dim)
@@ -148,9 +152,11 @@ class EfficientUNet(nn.Module):
         drop = ~mask.any(dim=1)  # a row with no tokens is treated as unconditional
         if drop_text is not None:
             drop = drop | drop_text.bool()
+        first = torch.arange(tokens.shape[1], device=tokens.device) == 0  # (L,)
+        for block in self.text_blocks:  # an empty row attends to its first slot (no NaN)
+            tokens = block(tokens, mask | first[None, :])
         # Unconditionally (not only when some row drops): the null token must be in every
         # graph, or data-parallel ranks reduce different sets of gradients.
-        first = torch.arange(tokens.shape[1], device=tokens.device) == 0  # (L,)
         null_tokens = first[None, :, None] * self.null_token.to(tokens.dtype)  # (1, L, C)
         tokens = torch.where(drop[:, None, None], null_tokens, tokens)
         mask = torch.where(drop[:, None], first[None, :], mask)

@@ -446,6 +446,31 @@ def test_text_layout_reads_the_text_with_position_only_queries() -> None:
     assert not torch.allclose(y, block(zeros, text.flip(1) * 2, mask))
 
 
+def test_text_layers_let_tokens_read_the_rest_of_the_caption() -> None:
+    plain = EfficientUNet(_cfg(), text_dim=TEXT_DIM)
+    model = EfficientUNet(_cfg(text_layers=2), text_dim=TEXT_DIM)
+    added = {n for n, _ in model.named_parameters() if n.startswith("text_blocks.")}
+    assert len(model.text_blocks) == 2 and added
+    # outputs zero-initialised: with the plain model's weights it computes the plain model
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert set(missing) == added and not unexpected
+    inp = _inputs()
+    assert torch.equal(_run(model.eval(), inp), _run(plain.eval(), inp))
+    # once trained, a token depends on the other tokens of its caption, never on padding
+    _perturb(model)
+    emb, mask = inp["text_emb"], inp["text_mask"].bool()
+    tokens, _, _ = model.encode_text(emb, mask, None)
+    other = emb.clone()
+    other[:, 1] += 1.0  # the second token of every caption, padding where a caption is shorter
+    changed, _, _ = model.encode_text(other, mask, None)
+    has_two = mask[:, 1]
+    assert not torch.allclose(changed[has_two, 0], tokens[has_two, 0])
+    assert torch.equal(changed[~has_two, 0], tokens[~has_two, 0])
+    # a caption with no tokens at all (treated as unconditional) stays finite
+    empty, _, pooled = model.encode_text(emb, torch.zeros_like(mask), None)
+    assert torch.isfinite(empty).all() and torch.isfinite(pooled).all()
+
+
 def test_attention_only_where_configured() -> None:
     levels = (LevelConfig(mult=1, res_blocks=2), LevelConfig(mult=2, res_blocks=2))
     model = EfficientUNet(_cfg(levels=levels, mid_attn=False), text_dim=TEXT_DIM)
