@@ -77,6 +77,11 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         ["train.min_lr_ratio=0.1"],
         {},
     ),
+    "mean_pool": (
+        "the pooled embedding as the tokens' mean instead of attention pooling",
+        ["stage.unet.text_pooling=mean"],
+        {},
+    ),
     "text_layers_2": (
         "two trainable transformer blocks over the frozen tokens",
         ["stage.unet.text_layers=2"],

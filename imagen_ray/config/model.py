@@ -114,6 +114,11 @@ class UNetConfig(Strict):
         "where a caption puts things while the image is still noise)",
     )
 
+    text_pooling: Literal["attention", "mean"] = Field(
+        "attention",
+        description="how the pooled text embedding (added to the time embedding) is made: "
+        "Imagen's attention pooling, or the mean of the tokens",
+    )
     text_layers: int = Field(
         0,
         ge=0,

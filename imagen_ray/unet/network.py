@@ -104,7 +104,9 @@ class EfficientUNet(nn.Module):
             [TextBlock(ctx_dim, cfg.head_dim, cfg.ff_mult) for _ in range(cfg.text_layers)]
         )
         self.null_token = nn.Parameter(torch.randn(ctx_dim) * 0.02)
-        self.text_pool = AttentionPool(ctx_dim, cfg.head_dim)
+        self.text_pool = (
+            AttentionPool(ctx_dim, cfg.head_dim) if cfg.text_pooling == "attention" else None
+        )
         self.pool_proj = nn.Linear(ctx_dim, cond_dim)
 
         # down path
@@ -160,7 +162,12 @@ class EfficientUNet(nn.Module):
         null_tokens = first[None, :, None] * self.null_token.to(tokens.dtype)  # (1, L, C)
         tokens = torch.where(drop[:, None, None], null_tokens, tokens)
         mask = torch.where(drop[:, None], first[None, :], mask)
-        pooled = self.pool_proj(self.text_pool(tokens, mask))  # (B, cond_dim)
+        if self.text_pool is not None:
+            pooled = self.text_pool(tokens, mask)
+        else:
+            m = mask[..., None].to(tokens.dtype)
+            pooled = (tokens * m).sum(1) / m.sum(1)  # every row has a token (null or real)
+        pooled = self.pool_proj(pooled)  # (B, cond_dim)
         return tokens, mask, pooled
 
     # ------------------------------------------------------------------ forward

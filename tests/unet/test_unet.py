@@ -471,6 +471,22 @@ def test_text_layers_let_tokens_read_the_rest_of_the_caption() -> None:
     assert torch.isfinite(empty).all() and torch.isfinite(pooled).all()
 
 
+def test_mean_pooling_averages_the_real_tokens() -> None:
+    model = _perturb(EfficientUNet(_cfg(text_pooling="mean"), text_dim=TEXT_DIM))
+    assert model.text_pool is None
+    assert not any(n.startswith("text_pool.") for n, _ in model.named_parameters())
+    inp = _inputs()
+    emb, mask = inp["text_emb"], inp["text_mask"].bool()
+    tokens, _, pooled = model.encode_text(emb, mask, None)
+    m = mask[..., None].float()
+    want = model.pool_proj((tokens * m).sum(1) / m.sum(1))
+    torch.testing.assert_close(pooled, want)
+    # padding does not reach the pooled embedding
+    other = emb + (~mask[..., None]).float() * 3.0
+    torch.testing.assert_close(model.encode_text(other, mask, None)[2], pooled)
+    assert _run(model.eval(), inp).shape == (BATCH, 3, SIZE, SIZE)
+
+
 def test_attention_only_where_configured() -> None:
     levels = (LevelConfig(mult=1, res_blocks=2), LevelConfig(mult=2, res_blocks=2))
     model = EfficientUNet(_cfg(levels=levels, mid_attn=False), text_dim=TEXT_DIM)
