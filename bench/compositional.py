@@ -77,6 +77,11 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         ["train.min_lr_ratio=0.1"],
         {},
     ),
+    "text_mlp": (
+        "the tokens projected through an MLP instead of a linear map",
+        ["stage.unet.text_mlp=true"],
+        {},
+    ),
     "mean_pool": (
         "the pooled embedding as the tokens' mean instead of attention pooling",
         ["stage.unet.text_pooling=mean"],

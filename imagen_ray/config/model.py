@@ -119,6 +119,12 @@ class UNetConfig(Strict):
         description="how the pooled text embedding (added to the time embedding) is made: "
         "Imagen's attention pooling, or the mean of the tokens",
     )
+    text_mlp: bool = Field(
+        False,
+        description="project the frozen tokens through a one-hidden-layer MLP instead of a "
+        "linear map (not in the paper; which side of the image a word's object is on is in "
+        "MiniLM's tokens, but not linearly: bench/token_probe.py)",
+    )
     text_layers: int = Field(
         0,
         ge=0,

@@ -98,7 +98,13 @@ class EfficientUNet(nn.Module):
         # conditioning
         self.time_emb = ScalarEmbedding(cond_dim)
         self.aug_emb = ScalarEmbedding(cond_dim) if lowres else None
-        self.text_in = nn.Linear(text_dim, ctx_dim)
+        self.text_in: nn.Module = (
+            nn.Sequential(
+                nn.Linear(text_dim, 4 * ctx_dim), nn.GELU(), nn.Linear(4 * ctx_dim, ctx_dim)
+            )
+            if cfg.text_mlp
+            else nn.Linear(text_dim, ctx_dim)
+        )
         self.text_norm = nn.LayerNorm(ctx_dim)
         self.text_blocks = nn.ModuleList(
             [TextBlock(ctx_dim, cfg.head_dim, cfg.ff_mult) for _ in range(cfg.text_layers)]
@@ -149,7 +155,8 @@ class EfficientUNet(nn.Module):
 
         Returns: tokens (B, L, C_ctx), mask (B, L) bool, pooled (B, cond_dim).
         """
-        tokens = self.text_norm(self.text_in(text_emb.to(self.text_in.weight.dtype)))  # (B,L,C)
+        dtype = self.text_norm.weight.dtype
+        tokens = self.text_norm(self.text_in(text_emb.to(dtype)))  # (B, L, C)
         mask = text_mask.bool()
         drop = ~mask.any(dim=1)  # a row with no tokens is treated as unconditional
         if drop_text is not None:

@@ -471,6 +471,19 @@ def test_text_layers_let_tokens_read_the_rest_of_the_caption() -> None:
     assert torch.isfinite(empty).all() and torch.isfinite(pooled).all()
 
 
+def test_text_mlp_projects_tokens_nonlinearly() -> None:
+    model = _perturb(EfficientUNet(_cfg(text_mlp=True), text_dim=TEXT_DIM))
+    assert isinstance(model.text_in, nn.Sequential)
+    inp = _inputs()
+    emb, mask = inp["text_emb"], inp["text_mask"].bool()
+    tokens, _, _ = model.encode_text(emb, mask, None)
+    doubled, _, _ = model.encode_text(2 * emb, mask, None)
+    # a linear projection followed by LayerNorm is invariant to scaling (its bias aside);
+    # through the MLP the tokens change
+    assert not torch.allclose(doubled, tokens, atol=1e-3)
+    assert _run(model.eval(), inp).shape == (BATCH, 3, SIZE, SIZE)
+
+
 def test_mean_pooling_averages_the_real_tokens() -> None:
     model = _perturb(EfficientUNet(_cfg(text_pooling="mean"), text_dim=TEXT_DIM))
     assert model.text_pool is None
