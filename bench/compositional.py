@@ -92,6 +92,25 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         ["stage.unet.text_layers=2"],
         {},
     ),
+    "text_stack_2x": (
+        "text_mlp + text_layers_2 + lr_decay, trained for twice the steps (the 15 min budget)",
+        ["stage.unet.text_mlp=true", "stage.unet.text_layers=2", "train.min_lr_ratio=0.1"],
+        {"steps": 2.0},
+    ),
+    "ordered_captions": (
+        "diagnostic: captions always name the left (or top) object first, one phrasing",
+        [],
+        {
+            "scenes": (
+                "ordered",
+                {
+                    "relations": ["left of", "above"],
+                    "relation_templates": ["{a} {rel} {b}"],
+                    "heldout_relation_template": None,
+                },
+            )
+        },
+    ),
     "encoder_layer_-2": (
         "MiniLM's second-to-last layer",
         ["text.hidden_layer=-2"],
@@ -116,18 +135,32 @@ def cli(*args: str) -> list[str]:
 
 
 def dataset(
-    out: Path, samples: int, scene_probs: tuple[float, ...], overrides: list[str]
+    out: Path,
+    samples: int,
+    scene_probs: tuple[float, ...],
+    overrides: list[str],
+    scenes: tuple[str, dict[str, Any]] | None = None,
 ) -> tuple[Path, Path]:
-    """(rendered, encoded) shards for these scene settings and text overrides (reused)."""
-    raw = out / "data" / ("raw-" + "-".join(f"{p:g}" for p in scene_probs))
+    """(rendered, encoded) shards for these scene settings and text overrides (reused);
+    ``scenes``: (a name for the folder, scene settings for ``--scenes``)."""
+    name = "raw-" + "-".join(f"{p:g}" for p in scene_probs) + (f"-{scenes[0]}" if scenes else "")
+    raw = out / "data" / name
     text = [o for o in overrides if o.startswith("text.")]
     enc = raw.with_name(raw.name.replace("raw", "enc") + "".join(f"_{o}" for o in text))
     if not (raw / "summary.json").is_file():
         probs = [f"{p:g}" for p in scene_probs]
+        extra = []
+        if scenes:
+            import yaml
+
+            settings = out / "data" / f"scenes-{scenes[0]}.yaml"
+            settings.parent.mkdir(parents=True, exist_ok=True)
+            settings.write_text(yaml.safe_dump(scenes[1]))
+            extra = ["--scenes", str(settings)]
         run(
             cli("data", "synthetic", "--out", str(raw), "--num-samples", str(samples),
                 "--sizes", "large", "--backgrounds", "black",
-                "--scene-probs", *probs, "--samples-per-shard", "1000", "--no-progress"),
+                "--scene-probs", *probs, "--samples-per-shard", "1000", "--no-progress", *extra),
             out / "data.log",
         )  # fmt: skip
     if not (enc / "encoding.json").is_file():
@@ -186,7 +219,9 @@ def variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train, export and score one variant; its JSON row."""
     what, overrides, data = VARIANTS[name]
     steps = max(1, round(args.steps * data.get("steps", 1.0)))
-    raw, shards = dataset(args.out, args.samples, data.get("scene_probs", SCENE_PROBS), overrides)
+    raw, shards = dataset(
+        args.out, args.samples, data.get("scene_probs", SCENE_PROBS), overrides, data.get("scenes")
+    )
     vdir = args.out / name
     vdir.mkdir(parents=True, exist_ok=True)
     stage, timing = vdir / "stage", vdir / "train_s.json"

@@ -16,7 +16,7 @@ def test_every_variant_loads_as_a_run_config(name: str) -> None:
     _, overrides, data = compositional.VARIANTS[name]
     cfg = load_run_config(compositional.CONFIG, [f"data.shards={Path('x')}", *overrides])
     base = load_run_config(compositional.CONFIG, ["data.shards=x"])
-    assert set(data) <= {"scene_probs", "steps", "encode"}
+    assert set(data) <= {"scene_probs", "steps", "encode", "scenes"}
     assert name == "baseline" or cfg != base or data  # each variant changes something
 
 
