@@ -260,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--out", type=Path, default=ROOT / "runs" / "compositional", help="work directory"
+        "--out",
+        type=Path,
+        default=None,
+        help="work directory (default runs/compositional; --quick: runs/compositional-quick, so "
+        "its small set is never reused by a full run)",
     )
     p.add_argument(
         "--only", nargs="+", choices=list(VARIANTS), help="variants to run (default all)"
@@ -278,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.samples, args.steps, args.only, args.images_per_prompt = 300, 20, ["baseline"], 1
+    if args.out is None:
+        args.out = ROOT / "runs" / ("compositional-quick" if args.quick else "compositional")
     if args.steps is None:
         import yaml
 
