@@ -44,6 +44,15 @@ class Level(nn.Module):
         self.has_attn = [a is not None for a in attns]
 
 
+def _text_projection(text_dim: int, ctx_dim: int, *, mlp: bool) -> nn.Module:
+    """Frozen tokens -> the U-Net's token width: linear, or a one-hidden-layer MLP."""
+    if not mlp:
+        return nn.Linear(text_dim, ctx_dim)
+    return nn.Sequential(
+        nn.Linear(text_dim, 4 * ctx_dim), nn.GELU(), nn.Linear(4 * ctx_dim, ctx_dim)
+    )
+
+
 class EfficientUNet(nn.Module):
     """Text-conditional Efficient U-Net.
 
@@ -98,13 +107,7 @@ class EfficientUNet(nn.Module):
         # conditioning
         self.time_emb = ScalarEmbedding(cond_dim)
         self.aug_emb = ScalarEmbedding(cond_dim) if lowres else None
-        self.text_in: nn.Module = (
-            nn.Sequential(
-                nn.Linear(text_dim, 4 * ctx_dim), nn.GELU(), nn.Linear(4 * ctx_dim, ctx_dim)
-            )
-            if cfg.text_mlp
-            else nn.Linear(text_dim, ctx_dim)
-        )
+        self.text_in = _text_projection(text_dim, ctx_dim, mlp=cfg.text_mlp)
         self.text_norm = nn.LayerNorm(ctx_dim)
         self.text_blocks = nn.ModuleList(
             [TextBlock(ctx_dim, cfg.head_dim, cfg.ff_mult) for _ in range(cfg.text_layers)]
