@@ -116,6 +116,11 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         ["text.hidden_layer=-2"],
         {"encode": True},
     ),
+    "encoder_layer_-4": (
+        "MiniLM's fourth-to-last layer (its tokens hold the side most linearly)",
+        ["text.hidden_layer=-4"],
+        {"encode": True},
+    ),
 }
 GUIDANCE = (1.0, 3.0, 10.0)  # also scored on the baseline, beside the config's own scale
 
