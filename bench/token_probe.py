@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from imagen_ray.cli.args import add_overrides_argument
+
 try:  # `python bench/token_probe.py` puts bench/ on the path; tests import bench.*
     from bench._common import emit, log, machine_info
     from bench.compositional import CONFIG, SCENE_PROBS, dataset
@@ -132,13 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=ROOT / "runs" / "compositional", help="the study's folder"
     )
     p.add_argument("--limit", type=int, default=6000, help="objects to probe (default 6000)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="text encoder overrides, e.g. text.hidden_layer=-2 (encodes a copy)",
+    add_overrides_argument(
+        p, "text encoder overrides, e.g. --set text.hidden_layer=-2 (encodes a copy)"
     )
     args = p.parse_args(argv)
     torch.set_num_threads(2)

@@ -194,6 +194,12 @@ class TextBlock(nn.Module):
         return tokens + self.ff(self.norm_ff(tokens))
 
 
+def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
+    """Mean of the real tokens: (B, L, C), mask (B, L) bool -> (B, C); 0 for an empty row."""
+    m = mask[..., None].to(tokens.dtype)
+    return (tokens * m).sum(1) / m.sum(1).clamp(min=1)
+
+
 class AttentionPool(nn.Module):
     """Pools text tokens (B, L, C) -> (B, C) with one learned query (CLIP-style attention pool)
     that honours the mask; the Imagen "pooled embedding" added to the time embedding."""
@@ -205,9 +211,7 @@ class AttentionPool(nn.Module):
         nn.init.normal_(self.attn.out.weight, std=dim**-0.5)  # pooled output must not be 0
 
     def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
-        m = mask[..., None].to(tokens.dtype)
-        mean = (tokens * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1)
-        q = self.query.to(tokens.dtype) + mean  # (B, 1, C)
+        q = self.query.to(tokens.dtype) + masked_mean(tokens, mask)[:, None]  # (B, 1, C)
         return self.attn(q, tokens, mask)[:, 0]
 
 

@@ -30,6 +30,7 @@ from imagen_ray.unet.layers import (
     ScalarEmbedding,
     TextBlock,
     Upsample,
+    masked_mean,
     zero_init,
 )
 
@@ -107,16 +108,7 @@ class EfficientUNet(nn.Module):
         # conditioning
         self.time_emb = ScalarEmbedding(cond_dim)
         self.aug_emb = ScalarEmbedding(cond_dim) if lowres else None
-        self.text_in = _text_projection(text_dim, ctx_dim, mlp=cfg.text_mlp)
-        self.text_norm = nn.LayerNorm(ctx_dim)
-        self.text_blocks = nn.ModuleList(
-            [TextBlock(ctx_dim, cfg.head_dim, cfg.ff_mult) for _ in range(cfg.text_layers)]
-        )
-        self.null_token = nn.Parameter(torch.randn(ctx_dim) * 0.02)
-        self.text_pool = (
-            AttentionPool(ctx_dim, cfg.head_dim) if cfg.text_pooling == "attention" else None
-        )
-        self.pool_proj = nn.Linear(ctx_dim, cond_dim)
+        self._build_text(cfg, text_dim, ctx_dim, cond_dim)
 
         # down path
         self.init_conv = nn.Conv2d(in_channels * (2 if lowres else 1), chans[0], 3, padding=1)
@@ -151,6 +143,19 @@ class EfficientUNet(nn.Module):
 
     # ------------------------------------------------------------------ conditioning
 
+    def _build_text(self, cfg: UNetConfig, text_dim: int, ctx_dim: int, cond_dim: int) -> None:
+        """The text path: projection, optional text blocks, null token, pooling."""
+        self.text_in = _text_projection(text_dim, ctx_dim, mlp=cfg.text_mlp)
+        self.text_norm = nn.LayerNorm(ctx_dim)
+        self.text_blocks = nn.ModuleList(
+            [TextBlock(ctx_dim, cfg.head_dim, cfg.ff_mult) for _ in range(cfg.text_layers)]
+        )
+        self.null_token = nn.Parameter(torch.randn(ctx_dim) * 0.02)
+        self.text_pool = (
+            AttentionPool(ctx_dim, cfg.head_dim) if cfg.text_pooling == "attention" else None
+        )
+        self.pool_proj = nn.Linear(ctx_dim, cond_dim)
+
     def encode_text(
         self, text_emb: Tensor, text_mask: Tensor, drop_text: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -172,11 +177,8 @@ class EfficientUNet(nn.Module):
         null_tokens = first[None, :, None] * self.null_token.to(tokens.dtype)  # (1, L, C)
         tokens = torch.where(drop[:, None, None], null_tokens, tokens)
         mask = torch.where(drop[:, None], first[None, :], mask)
-        if self.text_pool is not None:
-            pooled = self.text_pool(tokens, mask)
-        else:
-            m = mask[..., None].to(tokens.dtype)
-            pooled = (tokens * m).sum(1) / m.sum(1)  # every row has a token (null or real)
+        pool = self.text_pool
+        pooled = masked_mean(tokens, mask) if pool is None else pool(tokens, mask)
         pooled = self.pool_proj(pooled)  # (B, cond_dim)
         return tokens, mask, pooled
 
