@@ -6,6 +6,7 @@ noise-conditioning augmentation of the low-res input is implemented once, here.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from imagen_ray.diffusion import (
     q_sample,
     randn,
     sample,
+    time_at_log_snr,
 )
 from imagen_ray.unet import EfficientUNet, upsample_to
 
@@ -41,6 +43,7 @@ class Stage(nn.Module):
         self.text_dim = text_dim
         self.unet = EfficientUNet(cfg.unet, text_dim=text_dim, lowres=cfg.is_sr)
         self.log_snr_fn = get_log_snr_fn(cfg.diffusion.schedule, cfg.diffusion.schedule_shift)
+        self.t_high_noise = time_at_log_snr(self.log_snr_fn, math.log(cfg.diffusion.high_noise_snr))
         # What its saved config.json keeps under "extra" (training step, data, metrics): read
         # by load_stage and written back by Cascade.save, so a re-saved stage keeps its record.
         self.extra: dict[str, Any] = {}
@@ -149,6 +152,9 @@ class Stage(nn.Module):
         b, dev = x0.shape[0], x0.device
         d = self.cfg.diffusion
         t = torch.rand(b, generator=generator, device=dev)  # (B,)
+        if d.high_noise_share > 0:  # that share of t moved into [t_high_noise, 1)
+            high = torch.rand(b, generator=generator, device=dev) < d.high_noise_share
+            t = torch.where(high, self.t_high_noise + (1 - self.t_high_noise) * t, t)
         eps = torch.randn(x0.shape, generator=generator, device=dev)
         log_snr = self.log_snr_fn(t)
         x_t = q_sample(x0, log_snr, eps)

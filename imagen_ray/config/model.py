@@ -190,6 +190,17 @@ class DiffusionConfig(Strict):
     text_drop_prob: float = Field(
         0.1, ge=0.0, le=1.0, description="classifier-free guidance: drop text this often"
     )
+    high_noise_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of training examples drawn at an SNR below high_noise_snr, where "
+        "the noisy image no longer shows the layout and only the text can say where things go "
+        "(not in the paper; the language study, docs/compositional.md)",
+    )
+    high_noise_snr: float = Field(
+        1e-3, gt=0.0, lt=1.0, description="the SNR below which high_noise_share draws its t"
+    )
 
 
 class SamplingConfig(Strict):

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
         get_log_snr_fn,
         log_snr_cosine,
         log_snr_linear,
+        time_at_log_snr,
     )
 
 __getattr__, __dir__ = lazy_package(__name__)

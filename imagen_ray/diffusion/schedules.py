@@ -112,6 +112,28 @@ def get_log_snr_fn(name: str, shift: float = 1.0) -> LogSNRFn:
     return shifted
 
 
+def time_at_log_snr(log_snr_fn: LogSNRFn, log_snr: float) -> float:
+    """The time ``t`` in [0, 1] at which a schedule reaches ``log_snr`` (bisection: every
+    schedule is strictly decreasing in ``t``; 0 or 1 when ``log_snr`` lies beyond its range).
+
+    Args:
+        log_snr_fn: a schedule from :func:`get_log_snr_fn`.
+        log_snr: the log-SNR to find.
+
+    Returns:
+        ``t`` with ``log_snr_fn(t)`` within float64 rounding of ``log_snr``. Computed on the
+        CPU, so that it also works while a model is built on the meta device.
+    """
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # 2**-60: below float64's resolution of t
+        mid = (lo + hi) / 2
+        if float(log_snr_fn(torch.tensor(mid, dtype=torch.float64, device="cpu"))) > log_snr:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
 def alpha_sigma(log_snr: Tensor) -> tuple[Tensor, Tensor]:
     """Signal and noise scales of the variance-preserving process.
 

@@ -295,6 +295,39 @@ def test_schedule_shift_reaches_training_and_sampling() -> None:
     torch.testing.assert_close(shifted.log_snr_fn(t), plain.log_snr_fn(t) - 2 * math.log(3.0))
 
 
+def test_high_noise_share_moves_that_share_of_training_t_below_the_snr() -> None:
+    """diffusion.high_noise_share: that share of the loss's t is drawn where the SNR is below
+    high_noise_snr; 0 leaves the draw (and so every earlier run) as it was."""
+    cfg = {"schedule_shift": 2.0, "high_noise_snr": 1e-3}
+    seen: dict[float, torch.Tensor] = {}
+    enc = FakeEncoder().encode(["a"] * 4000)
+    x0 = torch.zeros(4000, 3, 16, 16)
+    for share in (0.0, 0.5, 1.0):
+        stage = Stage(
+            StageConfig(
+                name="base", size=16, unet=UNET, diffusion=cfg | {"high_noise_share": share}
+            ),
+            text_dim=16,
+        )
+
+        def record(
+            x_t: torch.Tensor, t: torch.Tensor, *a: object, _s: float = share, **k: object
+        ) -> torch.Tensor:
+            seen[_s] = t
+            return x_t
+
+        stage.unet.forward = record  # type: ignore[method-assign]
+        stage.loss(x0, enc.emb, enc.mask, generator=torch.Generator().manual_seed(0))
+        high = stage.log_snr_fn(seen[share]).exp() < 1e-3 * 1.0001
+        t_high = stage.t_high_noise
+        assert math.isclose(stage.log_snr_fn(torch.tensor(t_high)).exp().item(), 1e-3, rel_tol=1e-3)
+        # without the share, t is uniform: P(SNR < 1e-3) = 1 - t_high (~4 % at shift 2)
+        want = share + (1 - share) * (1 - t_high)
+        assert abs(high.float().mean().item() - want) < 0.03, (share, high.float().mean(), want)
+    first = torch.rand(4000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(seen[0.0], first)
+
+
 def test_sr_loss_derives_lowres_and_uses_it() -> None:
     torch.manual_seed(0)
     stage = Stage(StageConfig(name="sr", size=32, lowres_size=16, unet=UNET), text_dim=16)

@@ -13,6 +13,7 @@ from imagen_ray.diffusion import (
     get_log_snr_fn,
     log_snr_cosine,
     log_snr_linear,
+    time_at_log_snr,
 )
 
 SCHEDULES = ["cosine", "linear"]
@@ -104,3 +105,24 @@ def test_shifted_schedule_divides_the_snr_by_shift_squared(name: str) -> None:
 def test_schedule_shift_must_be_positive() -> None:
     with pytest.raises(ValueError, match="shift must be > 0, got 0"):
         get_log_snr_fn("cosine", shift=0.0)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("shift", [1.0, 2.0])
+def test_time_at_log_snr_inverts_the_schedule(name: str, shift: float) -> None:
+    fn = get_log_snr_fn(name, shift=shift)
+    for target in (-7.0, -1.0, 0.0, 3.0):
+        t = time_at_log_snr(fn, target)
+        assert 0.0 < t < 1.0
+        assert float(fn(torch.tensor(t, dtype=torch.float64))) == pytest.approx(target, abs=1e-6)
+    # beyond the schedule's clamped range: the end that comes closest
+    assert time_at_log_snr(fn, 100.0) == pytest.approx(0.0, abs=1e-12)
+    assert time_at_log_snr(fn, -100.0) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_time_at_log_snr_works_while_a_model_is_built_on_the_meta_device() -> None:
+    """Stages are built under ``torch.device("meta")`` before their weights are loaded."""
+    fn = get_log_snr_fn("cosine", shift=2.0)
+    want = time_at_log_snr(fn, -7.0)
+    with torch.device("meta"):
+        assert time_at_log_snr(fn, -7.0) == want
