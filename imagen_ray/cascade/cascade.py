@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from imagen_ray import storage
+from imagen_ray.cascade.edit import EditInputs, ImageLike
 from imagen_ray.cascade.io import (
     CheckpointError,
     check_chain,
@@ -20,9 +21,14 @@ from imagen_ray.cascade.io import (
     save_stage,
     stage_dirs,
 )
-from imagen_ray.cascade.plan import SamplingOverrides, last_stage, plan_generation
+from imagen_ray.cascade.plan import (
+    GenerationPlan,
+    SamplingOverrides,
+    last_stage,
+    plan_generation,
+)
 from imagen_ray.cascade.stage import Stage
-from imagen_ray.config import CascadeConfig, TextEncoderConfig
+from imagen_ray.config import CascadeConfig, SamplingConfig, TextEncoderConfig
 from imagen_ray.images import to_uint8, unit_range
 
 
@@ -41,6 +47,11 @@ class TextEncoder(Protocol):
 
 
 ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def _edits(image: object, mask: object, strength: object, start: object) -> bool:
+    """Whether a generate() call edits (anything but plain text-to-image)."""
+    return image is not None or mask is not None or strength != 1.0 or start is not None
 
 
 @dataclass
@@ -140,29 +151,52 @@ class Cascade(nn.Module):
         sampling: SamplingOverrides | None = None,
         until: str | int | None = None,
         progress: ProgressFn | None = None,
+        image: ImageLike | Sequence[ImageLike | None] | None = None,
+        mask: ImageLike | Sequence[ImageLike | None] | None = None,
+        strength: float | Sequence[float] = 1.0,
+        start: str | int | None = None,
+        resample_times: int = 1,
     ) -> CascadeOutput:
-        """Generate images for prompts through the stages.
+        """Generate images for prompts through the stages, or edit given images.
 
         Args:
             prompts: B prompts.
             negative_prompt: used as the unconditional branch of guidance (all stages).
             seed: one seed (prompt i gets ``seed + i``) or one seed per prompt, each in
-                [0, 2**32 - 1]. The result for a prompt depends only on its own seed and
-                settings, not on its batch.
+                [0, 2**32 - 1]. The result for a prompt depends only on its own seed, settings
+                and inputs, not on its batch.
             sampling: per stage name, overrides of its sampling settings, e.g.
                 ``{"base": {"steps": 8, "guidance_scale": 3.0}}``; validated.
             until: the last stage to run (name or index); default all.
             progress: called after every sampler step with ``{"stage", "i", "steps"}``.
+            image: the image to edit: one for every prompt, or one per prompt (None for a
+                text-to-image row); a PIL image or a uint8 array (:mod:`imagen_ray.cascade.edit`
+                says how it is read). Resized to every stage that runs.
+            mask: the region to repaint (white, or OpenAI's fully transparent pixels), one
+                for every prompt or one per prompt; needs ``image``. The other pixels equal
+                the image at every stage's output.
+            strength: in (0, 1], one or one per prompt: each stage starts from the image
+                noised to ``t = strength`` and takes ``round(steps * strength)`` steps; 1 (the
+                default) starts from noise, and without a mask equals text-to-image.
+            start: the first stage to run (name or index): a later stage upscales ``image``,
+                its low-res input, with the stage's noise-conditioning augmentation
+                (``sampling.aug_level``).
+            resample_times: RePaint's resampling of every step of a masked row (1: none).
 
         Returns:
             CascadeOutput with the images of every stage that ran.
 
         Raises:
-            PlanError: bad seeds or unknown stage names (planned by
-                :func:`imagen_ray.cascade.plan.plan_generation`).
+            PlanError: bad seeds, unknown stage names or a bad edit, naming the argument
+                (planned by :func:`imagen_ray.cascade.plan.plan_generation`).
             ConfigError: an invalid sampling override, naming the stage and the field.
         """
         stages = self.stage_list
+        edits = (
+            EditInputs.of(len(prompts), image, mask)
+            if _edits(image, mask, strength, start)
+            else None
+        )
         plan = plan_generation(
             [st.cfg for st in stages],
             prompts,
@@ -170,30 +204,22 @@ class Cascade(nn.Module):
             until=until,
             sampling=sampling,
             negative_prompt=negative_prompt,
-        )
+            edit=None if edits is None else {
+                "images": edits.has_image, "masks": edits.has_mask, "strength": strength,
+                "start": start, "resample_times": resample_times,
+            },
+        )  # fmt: skip
         b = len(plan.prompts)
         enc = self.encoder.encode(list(plan.prompts))
         neg = self.encoder.encode([negative_prompt] * b) if negative_prompt is not None else None
-        dev = self.device
         images = []
         x: Tensor | None = None
-        for i, (stage, s) in enumerate(zip(stages, plan.sampling, strict=False)):
-            name = stage.cfg.name
-
-            def step(info: dict[str, Any], name: str = name) -> None:
-                if progress is not None:
-                    progress({"stage": name, "i": info["i"], "steps": info["steps"]})
-
-            x = stage.sample(
-                enc.emb,
-                enc.mask,
-                lowres=x,
-                neg_emb=None if neg is None else neg.emb,
-                neg_mask=None if neg is None else neg.mask,
-                sampling=s,
-                generator=plan.generators(i, dev),
-                callback=step,
-            )
+        for j, s in enumerate(plan.sampling):
+            k = plan.first + j
+            stage = stages[k]
+            if edits is not None and j == 0 and k > 0:  # an upscale: the image is the low-res
+                x = edits.images_at(stage.cfg.lowres_size or stage.cfg.size)
+            x = self._run_stage(stage, k, plan, s, enc, neg, x, edits, progress)
             images.append(unit_range(x))
         return CascadeOutput(
             images=images,
@@ -202,6 +228,55 @@ class Cascade(nn.Module):
             seeds=list(plan.seeds),
             truncated=list(enc.truncated),
         )
+
+    def _run_stage(
+        self,
+        stage: Stage,
+        k: int,
+        plan: GenerationPlan,
+        s: SamplingConfig,
+        enc: Encoding,
+        neg: Encoding | None,
+        lowres: Tensor | None,
+        edits: EditInputs | None,
+        progress: ProgressFn | None,
+    ) -> Tensor:
+        """One stage of :meth:`generate`: the rows grouped by what sampling they need (their
+        strength; RePaint or not), each group sampled with its rows' own generators."""
+        name, dev, size = stage.cfg.name, self.device, stage.cfg.size
+        gens = plan.generators(k, dev)
+
+        def step(info: dict[str, Any]) -> None:
+            if progress is not None:
+                progress({"stage": name, "i": info["i"], "steps": info["steps"]})
+
+        if edits is None or plan.edit is None:
+            groups: dict[tuple[float, int], list[int]] = {(1.0, 1): list(range(len(gens)))}
+            init = keep = None
+        else:
+            e = plan.edit
+            groups = {}
+            for r, (st, m) in enumerate(zip(e.strengths, e.masks, strict=True)):
+                groups.setdefault((st, e.resample_times if m else 1), []).append(r)
+            init, keep = edits.images_at(size), edits.keep_at(size)
+        out = torch.empty(len(gens), 3, size, size, device=dev)
+        for (strength, resample), rows in groups.items():
+            idx = torch.tensor(rows)
+            out[idx] = stage.sample(
+                enc.emb[idx],
+                enc.mask[idx],
+                lowres=None if lowres is None else lowres[idx],
+                neg_emb=None if neg is None else neg.emb[idx],
+                neg_mask=None if neg is None else neg.mask[idx],
+                sampling=s,
+                generator=[gens[r] for r in rows],
+                callback=step,
+                init=None if init is None else init[idx],
+                strength=strength,
+                keep=None if keep is None else keep[idx],
+                resample_times=resample,
+            )
+        return out
 
     # ------------------------------------------------------------------ persistence
 

@@ -142,6 +142,80 @@ def plan_sampling(
     }
 
 
+MAX_RESAMPLE_TIMES = 20  # RePaint used 10; each one costs a full pass of denoiser calls
+
+
+@dataclass(frozen=True)
+class EditPlan:
+    """What a request edits (the images themselves travel beside the plan).
+
+    Attributes:
+        images: per prompt, whether it has an image (rows without one are text-to-image).
+        masks: per prompt, whether it has a mask (a region to repaint).
+        strengths: per prompt, in (0, 1]: 1 starts from noise, lower keeps more of the image.
+        start: index of the first stage that runs; above 0 the image is its low-res input.
+        resample_times: RePaint's resampling of every step of a masked row (1: none).
+    """
+
+    images: tuple[bool, ...]
+    masks: tuple[bool, ...]
+    strengths: tuple[float, ...]
+    start: int = 0
+    resample_times: int = 1
+
+
+def plan_edit(
+    names: Sequence[str],
+    n: int,
+    *,
+    images: Sequence[bool],
+    masks: Sequence[bool] | None = None,
+    strength: float | Sequence[float] = 1.0,
+    start: str | int | None = None,
+    resample_times: int = 1,
+) -> EditPlan:
+    """Check an edit request: which prompts have an image and a mask, their strengths, the
+    stage to start at (name or index) and the resampling.
+
+    Raises:
+        PlanError: naming the field: lengths that differ from the prompts', a strength
+            outside (0, 1] or below 1 without an image, a mask without an image, a later
+            start without an image for every prompt, resample_times outside
+            [1, MAX_RESAMPLE_TIMES].
+    """
+    has_image = tuple(bool(x) for x in images)
+    has_mask = tuple(bool(x) for x in (masks if masks is not None else [False] * n))
+    for field, got in (("image", has_image), ("mask", has_mask)):
+        if len(got) != n:
+            raise PlanError(field, f"got {len(got)} for {n} prompts; give one per prompt")
+    raw = [strength] * n if isinstance(strength, (int, float)) else list(strength)
+    if len(raw) != n:
+        raise PlanError("strength", f"got {len(raw)} strengths for {n} prompts")
+    strengths = []
+    for i, (value, img) in enumerate(zip(raw, has_image, strict=True)):
+        where = "strength" if isinstance(strength, (int, float)) else f"strength[{i}]"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise PlanError(where, f"{value!r} is outside (0, 1]: 1 repaints everything, "
+                            "lower values keep more of the image")  # fmt: skip
+        if value < 1 and not img:
+            raise PlanError(where, f"{value} needs an image to start from; give `image`")
+        strengths.append(float(value))
+    for i, (m, img) in enumerate(zip(has_mask, has_image, strict=True)):
+        if m and not img:
+            raise PlanError(f"mask[{i}]" if n > 1 else "mask", "a mask needs its image")
+    first = 0 if start is None else last_stage(names, start)
+    if first > 0 and not all(has_image):
+        raise PlanError(
+            "start", f"starting at stage {names[first]!r} needs an image (its low-res input) "
+            "for every prompt",
+        )  # fmt: skip
+    if isinstance(resample_times, bool) or not isinstance(resample_times, int):
+        raise PlanError("resample_times", f"expected an integer, got {resample_times!r}")
+    if not 1 <= resample_times <= MAX_RESAMPLE_TIMES:
+        raise PlanError("resample_times", f"{resample_times} is outside [1, {MAX_RESAMPLE_TIMES}]")
+    return EditPlan(has_image, has_mask, tuple(strengths), first, resample_times)
+
+
 @dataclass(frozen=True)
 class GenerationPlan:
     """A checked generation request.
@@ -159,14 +233,22 @@ class GenerationPlan:
     stages: tuple[str, ...]
     sampling: tuple[SamplingConfig, ...]
     negative_prompt: str | None = None
+    edit: EditPlan | None = None
 
     @property
     def last(self) -> int:
-        """Index of the last stage that runs."""
+        """Index of the last stage that runs, counted from the first that runs."""
         return len(self.stages) - 1
 
+    @property
+    def first(self) -> int:
+        """Index in the cascade of the first stage that runs (0 unless an edit starts later)."""
+        return 0 if self.edit is None else self.edit.start
+
     def generators(self, stage_index: int, device: torch.device | str) -> list[torch.Generator]:
-        """One generator per prompt for stage ``stage_index`` (:func:`stage_generators`)."""
+        """One generator per prompt for the cascade's stage ``stage_index``
+        (:func:`stage_generators`): an upscale that starts at a later stage draws what that
+        stage draws in a full generation with the same seed."""
         return stage_generators(self.seeds, stage_index, device)
 
     def sampling_json(self) -> list[dict[str, Any]]:
@@ -182,6 +264,7 @@ def plan_generation(
     until: str | int | None = None,
     sampling: SamplingOverrides | None = None,
     negative_prompt: str | None = None,
+    edit: Mapping[str, Any] | None = None,
 ) -> GenerationPlan:
     """Resolve and validate a generation request against a cascade's stage configs.
 
@@ -193,10 +276,12 @@ def plan_generation(
         until: the last stage to run (name or index); default all.
         sampling: per stage name, overrides of its sampling settings.
         negative_prompt: replaces the null text in guidance (all stages).
+        edit: the keyword arguments of :func:`plan_edit` (``images`` at least), or None.
 
     Raises:
         TypeError: ``prompts`` is a string.
-        PlanError: no prompts, bad seeds, unknown stage names (``field`` says which).
+        PlanError: no prompts, bad seeds, unknown stage names, a bad edit (``field`` says
+            which).
         ConfigError: an invalid sampling value (named ``sampling.<stage>.<field>``).
     """
     if isinstance(prompts, str):
@@ -205,21 +290,30 @@ def plan_generation(
     if not texts:
         raise PlanError("prompts", "the list is empty; give at least one prompt")
     resolved = plan_sampling(stages, until=until, sampling=sampling)
+    names = [s.name for s in stages]
+    checked = None if edit is None else plan_edit(names, len(texts), **edit)
+    first = 0 if checked is None else checked.start
+    if first >= len(resolved):
+        raise PlanError("start", f"stage {names[first]!r} comes after `until` ({until!r})")
     return GenerationPlan(
         prompts=texts,
         seeds=tuple(prompt_seeds(len(texts), seed)),
-        stages=tuple(resolved),
-        sampling=tuple(resolved.values()),
+        stages=tuple(resolved)[first:],
+        sampling=tuple(resolved.values())[first:],
         negative_prompt=negative_prompt,
+        edit=checked,
     )
 
 
 __all__ = [
+    "MAX_RESAMPLE_TIMES",
     "SEED_MAX",
+    "EditPlan",
     "GenerationPlan",
     "PlanError",
     "SamplingOverrides",
     "last_stage",
+    "plan_edit",
     "plan_generation",
     "plan_sampling",
     "prompt_seeds",

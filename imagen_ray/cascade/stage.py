@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from imagen_ray.cascade.edit import keep_known
 from imagen_ray.config import SamplingConfig, StageConfig
 from imagen_ray.config.dtypes import resolve_dtype
 from imagen_ray.diffusion import (
@@ -201,8 +202,12 @@ class Stage(nn.Module):
         generator: Generators = None,
         callback: Callback | None = None,
         size: int | None = None,
+        init: Tensor | None = None,
+        strength: float = 1.0,
+        keep: Tensor | None = None,
+        resample_times: int = 1,
     ) -> Tensor:
-        """Generate images for a batch of text conditions.
+        """Generate images for a batch of text conditions, or edit given images.
 
         Args:
             text_emb: (B, L, D); text_mask: (B, L) bool.
@@ -217,6 +222,14 @@ class Stage(nn.Module):
             callback: called after every sampler step.
             size: output side (default ``cfg.size``); a crop-trained SR stage's training
                 sample grids pass the crop side, with the low-res crop as ``lowres``.
+            init: (B, 3, size, size) in [-1, 1]: the image to edit (image-to-image start,
+                inpainting's kept pixels).
+            strength: in (0, 1]: below 1, sampling starts at ``t = strength`` from ``init``
+                noised there, with ``round(steps * strength)`` steps (at least 1); 1 starts
+                from the noise of text-to-image.
+            keep: (B, 1, size, size) bool, True where ``init`` is kept (inpainting): the x0
+                prediction is held to ``init`` there and the output equals it exactly.
+            resample_times: inpainting: RePaint's resampling of every step (> 1).
 
         Returns:
             (B, 3, size, size) images in [-1, 1].
@@ -244,16 +257,29 @@ class Stage(nn.Module):
             percentile=s.percentile,
         )
         noise = randn((b, 3, side, side), generator, dev)  # float32 state
+        steps = s.steps
+        if (strength < 1.0 or keep is not None) and init is None:
+            raise ValueError("strength < 1 and keep need the image to edit: pass `init`")
+        if strength < 1.0 and init is not None:
+            log_snr = self.log_snr_fn(torch.full((b,), float(strength), device=dev))
+            noise = q_sample(init.to(dev, noise.dtype), log_snr, noise)
+            steps = max(1, round(s.steps * strength))
+        if keep is not None and init is not None:
+            denoise = keep_known(denoise, init.to(dev), keep.to(dev))
         x0 = sample(
             denoise,
             noise,
             sampler=s.sampler,
-            steps=s.steps,
+            steps=steps,
             log_snr_fn=self.log_snr_fn,
             generator=generator,
             callback=callback,
             eta=s.eta,
+            start=strength,
+            resample_times=resample_times if keep is not None else 1,
         )
+        if keep is not None and init is not None:  # exactly, whatever the sampler's rounding
+            x0 = torch.where(keep.to(dev), init.to(dev, x0.dtype), x0)
         return x0.clamp(-1.0, 1.0)
 
     def _model_fn(

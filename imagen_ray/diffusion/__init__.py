@@ -51,11 +51,13 @@ if TYPE_CHECKING:
         Denoiser,
         ModelFn,
         Sampler,
+        forward_jump,
         make_denoiser,
         sample,
         sample_ddim,
         sample_ddpm,
         sample_dpmpp_2m,
+        sample_resampled,
     )
     from imagen_ray.diffusion.schedules import (
         LOG_SNR_RANGE,

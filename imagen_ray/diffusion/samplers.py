@@ -320,6 +320,65 @@ def sample_dpmpp_2m(
     return x
 
 
+def forward_jump(x: Tensor, log_snr_s: Tensor, log_snr_t: Tensor, generator: Generators) -> Tensor:
+    """Noise a state at log-SNR ``log_snr_s`` further, to ``log_snr_t`` (lower): a draw of
+    the forward process ``q(x_t | x_s) = N((alpha_t / alpha_s) x_s, sigma_t^2 - (alpha_t /
+    alpha_s)^2 sigma_s^2)``."""
+    alpha_s, sigma_s = alpha_sigma(log_snr_s)
+    alpha_t, sigma_t = alpha_sigma(log_snr_t)
+    a = alpha_t / alpha_s
+    var = sigma_t**2 - a**2 * sigma_s**2
+    return a * x + var.clamp(min=0).sqrt() * _noise_like(x, generator)
+
+
+@torch.no_grad()
+def sample_resampled(
+    denoise: Denoiser,
+    x: Tensor,
+    ts: Tensor,
+    log_snr_fn: LogSNRFn,
+    *,
+    generator: Generators = None,
+    callback: Callback | None = None,
+    resample_times: int = 2,
+) -> Tensor:
+    """Ancestral steps with RePaint's resampling (Lugmayr et al. 2022, jump length 1).
+
+    Each step but the last goes from t to s as :func:`sample_ddpm` does, then
+    ``resample_times - 1`` times noises the new state back to t with the forward process
+    ``q(x_t | x_s)`` and takes the step again. With a denoiser that holds the known region
+    of an inpainting (:func:`imagen_ray.cascade.edit.keep_known`), the jumps let the
+    repainted region agree with the kept one. The denoiser runs ``resample_times`` times per
+    step.
+
+    Args:
+        denoise, x, ts, log_snr_fn, generator, callback: as in :func:`sample_ddpm`.
+        resample_times: how often each step is taken (1: plain :func:`sample_ddpm`).
+
+    Returns:
+        The sample (x0 estimate), shape and dtype of ``x``.
+    """
+    ts = _prepare_times(x, ts)
+    steps = ts.numel() - 1
+    for i in range(steps):
+        t, s = ts[i], ts[i + 1]
+        log_snr_t, log_snr_s = log_snr_fn(t), log_snr_fn(s)
+        alpha_t, _ = alpha_sigma(log_snr_t)
+        alpha_s, sigma_s = alpha_sigma(log_snr_s)
+        c = -torch.expm1(log_snr_t - log_snr_s)
+        for r in range(1 if i == steps - 1 else resample_times):
+            if r > 0:
+                x = forward_jump(x, log_snr_s, log_snr_t, generator)
+            x0 = _denoise_at(denoise, x, t)
+            if i == steps - 1:
+                x = x0
+            else:
+                mean = alpha_s * (x * ((1 - c) / alpha_t) + c * x0)
+                x = mean + sigma_s * c.sqrt() * _noise_like(x, generator)
+        _report(callback, i, steps, s, x, x0)
+    return x
+
+
 SAMPLERS: dict[str, Sampler] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
@@ -337,8 +396,10 @@ def sample(
     generator: Generators = None,
     callback: Callback | None = None,
     eta: float = 0.0,
+    start: float = 1.0,
+    resample_times: int = 1,
 ) -> Tensor:
-    """Run a named sampler on the uniform time grid ``linspace(1, 0, steps + 1)``.
+    """Run a named sampler on the uniform time grid ``linspace(start, 0, steps + 1)``.
 
     Args:
         denoise: ``(x_t (B, ...), t (B,)) -> x0 (B, ...)`` (see :func:`make_denoiser`).
@@ -349,17 +410,30 @@ def sample(
         generator: the only source of randomness.
         callback: per-step callback (see :func:`sample_ddpm`).
         eta: DDIM stochasticity; passed to ``"ddim"`` only and ignored by the others.
+        start: the time of ``noise`` (image-to-image starts below 1 from a noised image).
+        resample_times: above 1, RePaint's resampling (:func:`sample_resampled`, ancestral
+            steps whatever ``sampler`` says) for inpainting.
 
     Returns:
         The sample, shape and dtype of ``noise``.
 
     Raises:
-        ValueError: on an unknown sampler name or ``steps < 1``.
+        ValueError: on an unknown sampler name, ``steps < 1``, ``start`` outside (0, 1] or
+            ``resample_times < 1``.
     """
     check_choice("sampler", sampler, SAMPLER_NAMES)
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    ts = torch.linspace(1.0, 0.0, int(steps) + 1, dtype=torch.float64)
+    if not 0.0 < start <= 1.0:
+        raise ValueError(f"start must be in (0, 1], got {start!r}")
+    if resample_times < 1:
+        raise ValueError(f"resample_times must be >= 1, got {resample_times!r}")
+    ts = torch.linspace(float(start), 0.0, int(steps) + 1, dtype=torch.float64)
+    if resample_times > 1:
+        return sample_resampled(
+            denoise, noise, ts, log_snr_fn, generator=generator, callback=callback,
+            resample_times=resample_times,
+        )  # fmt: skip
     if sampler == "ddim":
         return sample_ddim(
             denoise, noise, ts, log_snr_fn, generator=generator, callback=callback, eta=eta

@@ -9,7 +9,9 @@ import torch
 
 from imagen_ray.diffusion import (
     SAMPLERS,
+    alpha_sigma,
     apply_guidance,
+    forward_jump,
     get_log_snr_fn,
     make_denoiser,
     pred_to_x0,
@@ -261,3 +263,40 @@ def test_make_denoiser_rejects_wrong_row_count() -> None:
     )
     with pytest.raises(ValueError, match="rows"):
         denoise(torch.zeros(2, 3), torch.ones(2))
+
+
+def test_start_runs_the_grid_from_there_and_is_checked() -> None:
+    model = _CountingModel(doubled=False)
+    denoise = make_denoiser(model, log_snr_fn=log_snr_fn, objective="x0")
+    sample(denoise, _noise(), sampler="ddim", steps=4, log_snr_fn=log_snr_fn, start=0.5)
+    assert [round(float(t[0]), 6) for t in model.times] == [0.5, 0.375, 0.25, 0.125]
+    for start in (0.0, 1.5):
+        with pytest.raises(ValueError, match="start must be in \\(0, 1\\]"):
+            sample(DENOISE, _noise(), sampler="ddim", steps=2, log_snr_fn=log_snr_fn, start=start)
+    with pytest.raises(ValueError, match="resample_times must be >= 1"):
+        sample(DENOISE, _noise(), sampler="ddpm", steps=2, log_snr_fn=log_snr_fn, resample_times=0)
+
+
+def test_resampling_takes_every_step_again_and_goes_back_by_the_forward_process() -> None:
+    model = _CountingModel(doubled=False)
+    denoise = make_denoiser(model, log_snr_fn=log_snr_fn, objective="x0")
+    g = torch.Generator().manual_seed(0)
+    sample(denoise, _noise(), sampler="ddpm", steps=3, log_snr_fn=log_snr_fn, generator=g,
+           resample_times=3)  # fmt: skip
+    # 3 calls at each of the first two times, 1 at the last
+    assert [round(float(t[0]), 4) for t in model.times] == [1.0] * 3 + [0.6667] * 3 + [0.3333]
+
+
+def test_the_forward_jump_keeps_the_forward_marginal() -> None:
+    """x_s ~ q(x_s | x0) jumped to t is distributed as q(x_t | x0): mean alpha_t x0, std
+    sigma_t (what lets RePaint go back a step without leaving the process)."""
+    g = torch.Generator().manual_seed(1)
+    x0 = 0.6
+    for s_time, t_time in ((0.2, 0.3), (0.5, 0.9), (0.05, 0.06)):
+        ls, lt = (log_snr_fn(torch.tensor(v, dtype=torch.float64)) for v in (s_time, t_time))
+        alpha_s, sigma_s = alpha_sigma(ls)
+        alpha_t, sigma_t = alpha_sigma(lt)
+        x_s = alpha_s * x0 + sigma_s * torch.randn(200_000, dtype=torch.float64, generator=g)
+        x_t = forward_jump(x_s, ls, lt, g)
+        assert abs(float(x_t.mean() - alpha_t * x0)) < 0.01
+        assert abs(float(x_t.std() / sigma_t) - 1) < 0.01
