@@ -19,8 +19,11 @@ if TYPE_CHECKING:
     from imagen_ray.cascade.io import CheckpointError, load_stage, save_stage
     from imagen_ray.cascade.plan import (
         SEED_MAX,
+        EditPlan,
         GenerationPlan,
         PlanError,
+        last_stage,
+        plan_edit,
         plan_generation,
         plan_sampling,
         resolve_sampling,

@@ -20,7 +20,7 @@ from imagen_ray.cli.args import Handler, run_handler
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # Command-group modules of imagen_ray.cli, in the order `imagen-ray --help` lists them.
-COMMANDS = ("model", "train", "cascade", "serve", "generate", "demo", "data", "eval")
+COMMANDS = ("model", "edit", "train", "cascade", "serve", "generate", "demo", "data", "eval")
 
 EXAMPLES = """\
 examples:
@@ -29,11 +29,13 @@ examples:
   imagen-ray init --config configs/tiny/cascade.yaml --out runs/tiny-random
   imagen-ray sample --cascade runs/tiny-random --prompt "a red circle on the left" \\
       --sampling base.steps=8 --out outputs/sample
+  imagen-ray edit --cascade runs/demo/cascade --image in.png --mask mask.png \\
+      --prompt "a blue square in the center" --out outputs/inpaint   (see `edit --help`)
   imagen-ray data synthetic --out data/synthetic --num-samples 2000 --size 64
   imagen-ray data shards --from-folder photos/ --out data/photos
   imagen-ray train --config configs/tiny/base.yaml --set data.shards=data/synthetic
   imagen-ray export --checkpoint runs/base --out runs/export/base
-  imagen-ray cascade assemble --stage runs/export/base --stage runs/export/sr64 \
+  imagen-ray cascade assemble --stage runs/export/base --stage runs/export/sr64 \\
       --out runs/export/cascade
   imagen-ray generate --cascade runs/tiny-random --prompts prompts.txt --out outputs/batch
   imagen-ray eval probe --cascade runs/tiny-random --out eval/probe   (see `eval --help`)

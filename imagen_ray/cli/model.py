@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,30 @@ def read_prompts(prompts: Sequence[str], prompts_file: str | None) -> list[str]:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """``imagen-ray sample``: images, grid.png and settings.json from a saved cascade."""
+    return run_sample(args, read_prompts(args.prompt, args.prompts_file))
+
+
+def planned_steps(planned: dict[str, Any], edit: dict[str, Any] | None) -> int:
+    """Sampler steps of a run (what the progress bar counts): an edit's strength shortens
+    every stage as :meth:`imagen_ray.cascade.Stage.sample` does; a later start skips stages."""
+    from imagen_ray.cascade import last_stage
+
+    names = list(planned)
+    first = 0 if not edit or edit.get("start") is None else last_stage(names, edit["start"])
+    strength = float(edit.get("strength", 1.0)) if edit else 1.0
+    steps = [s.steps for s in planned.values()][first:]
+    return sum(n if strength >= 1 else max(1, round(n * strength)) for n in steps)
+
+
+def run_sample(
+    args: argparse.Namespace,
+    prompts: list[str],
+    edit: dict[str, Any] | Callable[[Any], dict[str, Any]] | None = None,
+    inputs: list[Any] | None = None,
+) -> int:
+    """Generate (or edit, with ``edit``: :meth:`Cascade.generate`'s edit arguments, or a
+    function of the loaded cascade that returns them) and write one PNG per prompt for the
+    last stage, grid.png (``inputs`` first, then every stage) and settings.json."""
     from tqdm import tqdm
 
     from imagen_ray.cascade import plan_sampling
@@ -158,14 +182,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from imagen_ray.images import grid, save_image, to_pil
     from imagen_ray.publish import load_cascade
 
-    prompts = read_prompts(args.prompt, args.prompts_file)
     sampling = parse_sampling_overrides(args.sampling)
     cascade = load_cascade(cascade_path(args.cascade), device=args.device, dtype=args.dtype)
     planned = plan_sampling(
         [s.cfg for s in cascade.stage_list], until=args.until, sampling=sampling
     )  # checked before the encoder loads
+    if callable(edit):
+        edit = edit(cascade)
+    total = planned_steps(planned, edit)
     _ = cascade.encoder  # load it before the progress bar starts
-    total = sum(s.steps for s in planned.values())
     bar = tqdm(total=total, desc="sampling", unit="step", disable=args.no_progress)
 
     def progress(info: dict[str, Any]) -> None:
@@ -180,6 +205,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         sampling=sampling,
         until=args.until,
         progress=progress,
+        **(edit or {}),
     )
     bar.close()
     seconds = time.perf_counter() - t0
@@ -188,8 +214,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     files = []
     for i, img in enumerate(per_stage[-1]):
         files.append(str(save_image(img, out_dir / f"{i:04d}.png").name))
-    rows = [[per_stage[s][i] for s in range(len(per_stage))] for i in range(len(prompts))]
-    save_image(grid(rows, cell=out.images[-1].shape[-1]), out_dir / "grid.png")
+    side = out.images[-1].shape[-1]
+    rows = [
+        [x.convert("RGB").resize((side, side)) for x in inputs or []]
+        + [per_stage[s][i] for s in range(len(per_stage))]
+        for i in range(len(prompts))
+    ]
+    save_image(grid(rows, cell=side), out_dir / "grid.png")
     settings = {
         "prompts": prompts,
         "negative_prompt": args.negative_prompt,
@@ -202,6 +233,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "dtype": cascade.dtypes,
         "seconds": round(seconds, 3),
     }
+    if edit:
+        settings["edit"] = {k: v for k, v in vars(args).items() if k in EDIT_SETTINGS}
     atomic_write_json(out_dir / "settings.json", settings)
     print(f"wrote {len(files)} images, grid.png and settings.json to {out_dir} ({seconds:.1f} s)")
     return 0
+
+
+# what settings.json records of an edit (the arguments of `edit` and `upscale`)
+EDIT_SETTINGS = ("image", "mask", "strength", "resample_times", "start", "n")
