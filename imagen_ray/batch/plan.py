@@ -54,12 +54,70 @@ def run_dtype(cfg: GenerateConfig) -> str:
     return resolve_dtype(cfg.dtype, "cuda" if cfg.num_gpus > 0 else "cpu")
 
 
+# Prompt-file columns (CSV) / keys (JSONL) that make a row an edit (docs/editing.md).
+EDIT_COLUMNS = ("image", "mask", "strength")
+
+
+def _edit_path(value: str, base: Path, where: str, column: str) -> str:
+    """A row's image or mask: a URI as given, a local path relative to the prompt file,
+    checked to be a readable image now, before any actor starts."""
+    from imagen_ray import storage
+
+    if storage.is_uri(value):
+        return value
+    path = (base / value).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: {column} {value!r}: no such file ({path})")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{where}: {column} {value!r}: not a readable image ({e})") from e
+    return str(path)
+
+
+def edit_of(prompt: Prompt, index: int, base: Path) -> dict[str, Any] | None:
+    """The edit a prompt row asks for (its ``image``, ``mask`` and ``strength`` columns), or
+    None for text-to-image. Strength defaults as ``imagen-ray edit``'s: 1 with a mask, else
+    0.6.
+
+    Raises:
+        FileNotFoundError / ValueError: naming the row (1-based) and the column.
+    """
+    meta = prompt.meta
+    given = {k: meta.get(k) for k in EDIT_COLUMNS if meta.get(k) not in (None, "")}
+    where = f"prompt {index + 1} ({prompt.text[:40]!r})"
+    if not given:
+        return None
+    if "image" not in given:
+        raise ValueError(f"{where}: {', '.join(given)} without an image; add its image column")
+    mask = None if "mask" not in given else _edit_path(str(given["mask"]), base, where, "mask")
+    try:
+        strength = float(given.get("strength") or (1.0 if mask else 0.6))
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: strength {given['strength']!r} is not a number") from None
+    if not 0 < strength <= 1:
+        raise ValueError(f"{where}: strength {strength} is outside (0, 1]")
+    image = _edit_path(str(given["image"]), base, where, "image")
+    return {"image": image, "mask": mask, "strength": strength}
+
+
 def plan_records(
-    prompts: Sequence[Prompt], cfg: GenerateConfig, sampling: dict[str, Any]
+    prompts: Sequence[Prompt],
+    cfg: GenerateConfig,
+    sampling: dict[str, Any],
+    base: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """One record per image to exist when the run is done (``file`` relative to out)."""
+    """One record per image to exist when the run is done (``file`` relative to out).
+
+    ``base``: where a prompt row's relative ``image`` / ``mask`` paths start (the prompt
+    file's folder; default the working directory). A row with an image carries ``edit``.
+    """
     suffix = SUFFIXES[cfg.format]
     rows = []
+    edits = [edit_of(prompt, p, base or Path.cwd()) for p, prompt in enumerate(prompts)]
     for p, prompt in enumerate(prompts):
         for i in range(cfg.images_per_prompt):
             rows.append(
@@ -76,4 +134,6 @@ def plan_records(
                     "meta": prompt.meta,
                 }
             )
+            if edits[p] is not None:
+                rows[-1]["edit"] = edits[p]
     return rows

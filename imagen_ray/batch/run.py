@@ -44,6 +44,7 @@ def generate(
     progress: bool = True,
     log: Callable[[str], None] = print,
     start_ray: Callable[[], Any] | None = None,
+    prompts_dir: Path | None = None,
 ) -> Summary:
     """Generate every missing image of the plan on a Ray Data actor pool.
 
@@ -59,6 +60,8 @@ def generate(
         start_ray: starts or joins Ray, called only when Ray is not initialised and there
             is something to generate (a run with nothing left to do never starts Ray);
             default :func:`imagen_ray.runtime.init_ray` (``RAY_ADDRESS`` or a local Ray).
+        prompts_dir: where the prompts' relative ``image`` / ``mask`` paths start (edits;
+            default the working directory).
 
     Returns:
         Summary with the counts and the manifest path.
@@ -67,7 +70,7 @@ def generate(
     paths = [str(Path(c).resolve()) for c in cascade]
     sampling = resolved_sampling(stage_configs(paths), cfg)
     out = storage.resolve(out_dir)
-    records = plan_records(prompts, cfg, sampling)
+    records = plan_records(prompts, cfg, sampling, prompts_dir)
     done, todo = ([], records) if overwrite else split_done(out, records)
     log(
         f"{len(records)} images planned ({len(prompts)} prompts x {cfg.images_per_prompt}); "

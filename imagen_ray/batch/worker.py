@@ -44,6 +44,7 @@ class CascadeWorker:
             seed=[r["seed"] for r in records],
             sampling=first["sampling"],
             until=self.until,
+            **edit_arguments(records),
         )
         seconds = (time.perf_counter() - t0) / len(records)
         images = out.uint8()  # (B, H, W, 3) uint8
@@ -57,6 +58,34 @@ class CascadeWorker:
                 sidecar(self.out, r), (json.dumps(r, ensure_ascii=False) + "\n").encode()
             )
         return {"file": np.array([r["file"] for r in records], dtype=object)}
+
+
+def _read_image(path: str | None) -> Any:
+    """An edit's image or mask (local or a URI), decoded."""
+    import io
+
+    from PIL import Image
+
+    from imagen_ray import storage
+
+    if path is None:
+        return None
+    with Image.open(io.BytesIO(storage.read_bytes(path))) as img:
+        img.load()
+        return img.copy()
+
+
+def edit_arguments(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """:meth:`Cascade.generate`'s edit arguments for a batch of records (none when no record
+    edits: the batch is plain text-to-image)."""
+    edits = [r.get("edit") for r in records]
+    if not any(edits):
+        return {}
+    return {
+        "image": [None if e is None else _read_image(e["image"]) for e in edits],
+        "mask": [None if e is None else _read_image(e.get("mask")) for e in edits],
+        "strength": [1.0 if e is None else float(e["strength"]) for e in edits],
+    }
 
 
 def check_cluster(cfg: GenerateConfig, capacity: Capacity) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from imagen_ray.cli.args import (
@@ -50,7 +51,9 @@ def register(sub: Any) -> None:
         required=True,
         metavar="FILE",
         help=".txt (one prompt per line), .csv (header with a prompt/Prompts/text/caption "
-        'column; other columns go to the manifest) or .jsonl ({"prompt": ...} per line)',
+        'column; other columns go to the manifest) or .jsonl ({"prompt": ...} per line); '
+        "rows with image (and mask, strength) columns are edits, as `imagen-ray edit` makes "
+        "them (paths relative to the file)",
     )
     p.add_argument("--prompt-column", metavar="NAME", help="CSV column / JSONL key of prompts")
     p.add_argument(
@@ -141,5 +144,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
             start_ray=start_ray,
+            prompts_dir=Path(args.prompts).resolve().parent,
         )
     return 0
