@@ -132,6 +132,21 @@ class ServeConfig(Strict):
         100, ge=1, le=1000, description="most sampler steps per stage per request"
     )
     max_body_bytes: int = Field(65536, ge=1024, description="larger request bodies get 413")
+    max_upload_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="most bytes of an uploaded image or mask (edits, variations); larger get "
+        "413 (the edit routes' body limit allows an image and a mask of this size)",
+    )
+    max_upload_pixels: int = Field(
+        4096 * 4096,
+        ge=64 * 64,
+        description="most width x height of an uploaded image or mask, read from its header "
+        "before decoding (as data.max_pixels is in training); larger get 422",
+    )
+    upload_formats: tuple[ImageFormat, ...] = Field(
+        ("png", "jpeg", "webp"), min_length=1, description="image formats uploads may use"
+    )
     default_format: ImageFormat = Field("png", description="image format when a request has none")
     max_queued_requests: int = Field(
         64,

@@ -18,22 +18,37 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any, Protocol
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
 
 from imagen_ray.serve.auth import token_matches
-from imagen_ray.serve.openai_images import ROUTE as OPENAI_ROUTE
 from imagen_ray.serve.openai_images import (
+    EDITS_ROUTE,
+    ROUTES,
+    VARIATIONS_ROUTE,
     ImagesRequest,
     openai_error,
+    theirs,
     to_generate_request,
     to_images_response,
 )
+from imagen_ray.serve.openai_images import ROUTE as OPENAI_ROUTE
 from imagen_ray.serve.problems import RequestProblem
-from imagen_ray.serve.schemas import MEDIA_TYPES, GenerateRequest, GenerateResponse, Problem
+from imagen_ray.serve.schemas import (
+    MEDIA_TYPES,
+    EditRequest,
+    GenerateRequest,
+    GenerateResponse,
+    Problem,
+)
+from imagen_ray.serve.uploads import UploadLimits, alpha_mask, from_base64, read_image, read_mask
+
+EDIT_ROUTE = "/v1/edit"
+UPLOAD_ROUTES = (EDIT_ROUTE, EDITS_ROUTE, VARIATIONS_ROUTE)  # their body limit holds 2 files
 
 ASGIApp = Any
 log = logging.getLogger("ray.serve")
@@ -48,18 +63,23 @@ class Backend(Protocol):
             auth is off.
         max_body_bytes: the largest request body accepted (``serve.max_body_bytes``).
         stage_sizes: (name, output size) per stage, base first.
+        cfg: the serve config (``max_upload_bytes``, ``max_upload_pixels``,
+            ``upload_formats`` bound uploads).
     """
 
     names: list[str]
     token_digest: str | None
     max_body_bytes: int
     stage_sizes: list[tuple[str, int]]
+    cfg: Any
 
     def models(self) -> dict[str, Any]: ...
 
     async def stats(self) -> dict[str, Any]: ...
 
-    async def generate(self, req: GenerateRequest) -> GenerateResponse: ...
+    async def generate(
+        self, req: GenerateRequest, edit: dict[str, Any] | None = None
+    ) -> GenerateResponse: ...
 
 
 class BodyLimit:
@@ -70,17 +90,20 @@ class BodyLimit:
     chunked body is counted as it arrives and the app's answer is replaced by the 413.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.upload_limit = upload_limit or limit  # the routes of UPLOAD_ROUTES
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = str(scope.get("path", ""))
+        limit = self.upload_limit if path.endswith(UPLOAD_ROUTES) else self.limit
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await self._refuse(send, int(length))
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._refuse(send, int(length), limit)
             return
         seen = 0
         over = False
@@ -90,7 +113,7 @@ class BodyLimit:
             message: dict[str, Any] = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     over = True
                     return {"type": "http.request", "body": b"", "more_body": False}
             return message
@@ -102,19 +125,23 @@ class BodyLimit:
             if over:
                 if not refused:
                     refused = True
-                    await self._refuse(send, seen)
+                    await self._refuse(send, seen, limit)
                 return
             await send(message)
 
         await self.app(scope, counting_receive, guarded_send)
 
-    async def _refuse(self, send: Any, size: int) -> None:
+    async def _refuse(self, send: Any, size: int, limit: int) -> None:
+        why = (
+            "serve.max_body_bytes; send fewer or shorter prompts"
+            if limit == self.limit
+            else "serve.max_body_bytes + two files of serve.max_upload_bytes, base64-encoded; "
+            "send smaller images"
+        )
         body = json.dumps(
-            {
-                "detail": f"request body is {size} bytes or more, over the limit of "
-                f"{self.limit} bytes (serve.max_body_bytes); send fewer or shorter prompts"
-            }
-        ).encode()
+            {"detail": f"request body is {size} bytes or more, over the limit of {limit} "
+                       f"bytes ({why})"}
+        ).encode()  # fmt: skip
         await send(
             {
                 "type": "http.response.start",
@@ -164,7 +191,10 @@ def create_app(ingress: Backend) -> FastAPI:
         docs_url=None if auth_on else "/docs",
         openapi_url=None if auth_on else "/openapi.json",
     )
-    app.add_middleware(BodyLimit, limit=ingress.max_body_bytes)
+    uploads = 2 * (4 * -(-ingress.cfg.max_upload_bytes // 3) + 4096)  # base64 / multipart
+    app.add_middleware(
+        BodyLimit, limit=ingress.max_body_bytes, upload_limit=ingress.max_body_bytes + uploads
+    )
     _add_error_handlers(app)
     guarded = [Depends(_authorizer(ingress))]
     if auth_on:  # the docs follow the same switch as the API
@@ -173,6 +203,7 @@ def create_app(ingress: Backend) -> FastAPI:
     _add_meta_routes(app, ingress, guarded)
     _add_generate_route(app, ingress, guarded)
     _add_openai_route(app, ingress, guarded)
+    _add_edit_routes(app, ingress, guarded)
     return app
 
 
@@ -181,7 +212,7 @@ def _answer(
 ) -> JSONResponse:
     """An error as ``{"detail": ...}``, or as an OpenAI error on the Images API's route."""
     message = _safe(message)
-    if request.url.path.endswith(OPENAI_ROUTE):
+    if request.url.path.endswith(ROUTES):
         # OpenAI answers invalid requests with 400 (the client's BadRequestError).
         status = 400 if status in (406, 422) else status
         return JSONResponse(openai_error(message, status), status, headers=headers)
@@ -341,8 +372,120 @@ def _add_openai_route(app: FastAPI, ingress: Backend, guarded: list[Any]) -> Non
         try:
             out = await ingress.generate(gen)
         except RequestProblem as e:  # name the Images API's fields, not /v1/generate's
-            msg = str(e)
-            for ours, theirs in (("prompts[", "prompt["), ("prompts:", "n:"), ("until", "size")):
-                msg = msg.replace(ours, theirs)
-            raise RequestProblem(msg, e.status, e.headers) from None
+            raise theirs(e) from None
         return to_images_response(out)
+
+
+async def _read_upload(
+    upload: UploadFile | bytes, field: str, limits: UploadLimits
+) -> tuple[bytes, Any]:
+    """(raw bytes, (H, W, 3) uint8) of an uploaded image, decoded off the event loop."""
+    import asyncio
+
+    raw = upload if isinstance(upload, bytes) else await upload.read()
+    return raw, await asyncio.to_thread(read_image, raw, field, limits)
+
+
+def _add_edit_routes(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None:
+    """``POST /v1/edit`` (JSON, every knob) and OpenAI's multipart ``/v1/images/edits`` and
+    ``/v1/images/variations``; uploads bounded by :mod:`imagen_ray.serve.uploads`."""
+    import asyncio
+
+    limits = UploadLimits.of(ingress.cfg)
+
+    @app.post(
+        EDIT_ROUTE,
+        response_model=GenerateResponse,
+        summary="edit one image for every prompt: inpainting, image-to-image, upscaling",
+        responses={
+            413: {"model": Problem, "description": "a file over serve.max_upload_bytes"},
+            422: {"model": Problem, "description": "a bad image, mask or value"},
+        },
+        dependencies=guarded,
+    )
+    async def edit(req: EditRequest) -> GenerateResponse:
+        _, image = await _read_upload(from_base64(req.image, "image"), "image", limits)
+        mask = None
+        if req.mask is not None:
+            raw = from_base64(req.mask, "mask")
+            mask = await asyncio.to_thread(read_mask, raw, "mask", limits, image)
+        return await ingress.generate(req, {
+            "image": image, "mask": mask, "strength": req.strength, "start": req.start,
+            "resample_times": req.resample_times,
+        })  # fmt: skip
+
+    def images_request(**fields: Any) -> ImagesRequest:
+        try:
+            return ImagesRequest.model_validate({k: v for k, v in fields.items() if v is not None})
+        except ValidationError as e:  # pydantic's errors, in OpenAI's shape
+            raise RequestProblem(_readable([dict(x) for x in e.errors()]), 400) from None
+
+    async def run(req: ImagesRequest, edit: dict[str, Any]) -> dict[str, Any]:
+        gen = to_generate_request(req, ingress.stage_sizes)
+        try:
+            return to_images_response(await ingress.generate(gen, edit))
+        except RequestProblem as e:
+            raise theirs(e) from None
+
+    @app.post(
+        EDITS_ROUTE,
+        summary="OpenAI Images API: repaint the masked (transparent) region of an image",
+        dependencies=guarded,
+    )
+    async def images_edits(
+        image: UploadFile = File(..., description="the image (PNG, JPEG or WebP)"),  # noqa: B008
+        prompt: str = Form(..., description="what the edited image shows"),
+        mask: UploadFile | None = File(None, description="fully transparent pixels repaint"),  # noqa: B008
+        n: int | None = Form(None),
+        size: str | None = Form(None),
+        response_format: str | None = Form(None),
+        model: str | None = Form(None),
+        user: str | None = Form(None),
+        seed: int | None = Form(None),
+        negative_prompt: str | None = Form(None),
+        steps: int | None = Form(None),
+    ) -> dict[str, Any]:
+        req = images_request(prompt=prompt, n=n, size=size, response_format=response_format,
+                             model=model, user=user, seed=seed,
+                             negative_prompt=negative_prompt, steps=steps)  # fmt: skip
+        raw, pixels = await _read_upload(image, "image", limits)
+        repaint: Any = None
+        if mask is not None:
+            repaint = await asyncio.to_thread(read_mask, await mask.read(), "mask", limits, pixels)
+        else:
+            repaint = await asyncio.to_thread(alpha_mask, raw, "image", limits)
+            if repaint is None:
+                raise RequestProblem(
+                    "mask: send a mask, or an image whose fully transparent pixels mark the "
+                    "region to repaint", 400,
+                )  # fmt: skip
+        edit = {"image": pixels, "mask": repaint, "strength": 1.0, "start": None,
+                "resample_times": 1}  # fmt: skip
+        return await run(req, edit)
+
+    @app.post(
+        VARIATIONS_ROUTE,
+        summary="OpenAI Images API: variations of an image (image-to-image, no prompt)",
+        dependencies=guarded,
+    )
+    async def images_variations(
+        image: UploadFile = File(..., description="the image (PNG, JPEG or WebP)"),  # noqa: B008
+        n: int | None = Form(None),
+        size: str | None = Form(None),
+        response_format: str | None = Form(None),
+        model: str | None = Form(None),
+        user: str | None = Form(None),
+        seed: int | None = Form(None),
+        prompt: str | None = Form(None, description="steers the variations (default: none)"),
+        strength: float | None = Form(None, description="in (0, 1]: 0.6 unless given"),
+        steps: int | None = Form(None),
+    ) -> dict[str, Any]:
+        req = images_request(prompt=prompt or "", n=n, size=size,
+                             response_format=response_format, model=model, user=user,
+                             seed=seed, steps=steps)  # fmt: skip
+        if strength is not None and not 0 < strength <= 1:
+            raise RequestProblem(f"strength: {strength} is outside (0, 1]", 400)
+        _, pixels = await _read_upload(image, "image", limits)
+        edit = {"image": pixels, "mask": None, "strength": strength or 0.6, "start": None,
+                "resample_times": 1}  # fmt: skip
+        return await run(req, edit)

@@ -240,11 +240,21 @@ class TextEncoderDeployment:
         return self.stats.as_dict()
 
 
+def _edit(edits: list[dict[str, Any] | None], i: int) -> dict[str, Any]:
+    """Call ``i``'s edit (grouped with edits only, so present)."""
+    e = edits[i]
+    if e is None:
+        raise ValueError(f"call {i} has no edit to read")
+    return e
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 class StageDeployment:
     """One cascade stage (base or super-resolution), loaded from its saved directory.
 
-    ``generate(cond, lowres, sampling, seed)`` -> (3, size, size) float image in [-1, 1].
+    ``generate(cond, lowres, sampling, seed, edit)`` -> (3, size, size) float image in
+    [-1, 1]; ``edit`` (None: text-to-image) carries the image to edit, the mask, the strength
+    and the resampling (:meth:`imagen_ray.serve.ingress.Ingress.generate`).
 
     Args:
         stage_dir: the stage directory (``config.json`` + ``model.safetensors``).
@@ -284,10 +294,46 @@ class StageDeployment:
         )
 
     async def generate(
-        self, cond: dict[str, Any], lowres: Any, sampling: dict[str, Any], seed: int
+        self,
+        cond: dict[str, Any],
+        lowres: Any,
+        sampling: dict[str, Any],
+        seed: int,
+        edit: dict[str, Any] | None = None,
     ) -> Any:
         """One prompt's (3, size, size) image in [-1, 1], batched with concurrent calls."""
-        return await self.batcher(cond, lowres, sampling, seed)
+        return await self.batcher(cond, lowres, sampling, seed, edit)
+
+    def _edit_inputs(
+        self, rows: list[int], lowres: list[Any], edits: list[dict[str, Any] | None]
+    ) -> tuple[Any, Any, Any]:
+        """A group's (low-res input, init, keep) tensors: the edits' images and masks at this
+        stage's sizes; an upscale's first stage takes the image as its low-res input."""
+        import torch
+        from PIL import Image
+
+        from imagen_ray.cascade.edit import image_tensor, mask_tensor
+
+        cfg = self.stage.cfg
+        low = None
+        if cfg.is_sr:
+            low = torch.stack([
+                lowres[i] if lowres[i] is not None
+                else image_tensor(Image.fromarray(_edit(edits, i)["image"]), cfg.lowres_size or 0)
+                for i in rows
+            ])  # fmt: skip
+        if edits[rows[0]] is None:  # a group is all edits with one strength, or none
+            return low, None, None
+        images = [Image.fromarray(_edit(edits, i)["image"]) for i in rows]
+        init = torch.stack([image_tensor(x, cfg.size) for x in images])
+        masks = [_edit(edits, i)["mask"] for i in rows]
+        keep = None
+        if any(m is not None for m in masks):
+            keep = torch.stack([
+                torch.zeros(1, cfg.size, cfg.size, dtype=torch.bool) if m is None
+                else ~mask_tensor(m, cfg.size) for m in masks
+            ])  # fmt: skip
+        return low, init, keep
 
     def _generate(
         self,
@@ -295,27 +341,31 @@ class StageDeployment:
         lowres: list[Any],
         sampling: list[dict[str, Any]],
         seeds: list[int],
+        edits: list[dict[str, Any] | None],
     ) -> list[Any]:
         import torch
 
         from imagen_ray.cascade.plan import stage_generators
         from imagen_ray.config import SamplingConfig
 
-        # Calls with other settings (or with/without a negative prompt) must not share a
-        # sampler run: group them, one Stage.sample per group.
-        groups: dict[tuple[str, bool], list[int]] = {}
-        for i, (c, settings) in enumerate(zip(conds, sampling, strict=True)):
-            key = (json.dumps(settings, sort_keys=True), c["neg_emb"] is not None)
+        # Calls with other settings (with/without a negative prompt, another edit strength
+        # or resampling) must not share a sampler run: group them, one Stage.sample each.
+        groups: dict[tuple[str, bool, tuple[float, int] | None], list[int]] = {}
+        for i, (c, settings, e) in enumerate(zip(conds, sampling, edits, strict=True)):
+            how = None if e is None else (
+                float(e["strength"]), int(e["resample_times"]) if e["mask"] is not None else 1
+            )  # fmt: skip
+            key = (json.dumps(settings, sort_keys=True), c["neg_emb"] is not None, how)
             groups.setdefault(key, []).append(i)
         out: list[Any] = [None] * len(conds)
-        for (settings_json, has_neg), rows in groups.items():
+        for (settings_json, has_neg, how), rows in groups.items():
             # Resolved and validated by the ingress's plan; rebuilt typed after the Ray hop.
             sampling_cfg = SamplingConfig.model_validate(json.loads(settings_json))
             emb = torch.stack([conds[i]["emb"] for i in rows])  # (B, L, D)
             mask = torch.stack([conds[i]["mask"] for i in rows])  # (B, L)
             neg_emb = torch.stack([conds[i]["neg_emb"] for i in rows]) if has_neg else None
             neg_mask = torch.stack([conds[i]["neg_mask"] for i in rows]) if has_neg else None
-            low = torch.stack([lowres[i] for i in rows]) if self.stage.cfg.is_sr else None
+            low, init, keep = self._edit_inputs(rows, lowres, edits)
             x = self.stage.sample(
                 emb,
                 mask,
@@ -324,6 +374,10 @@ class StageDeployment:
                 neg_mask=neg_mask,
                 sampling=sampling_cfg,
                 generator=stage_generators([seeds[i] for i in rows], self.index, self.device),
+                init=init,
+                strength=1.0 if how is None else how[0],
+                keep=keep,
+                resample_times=1 if how is None else how[1],
             )  # (B, 3, size, size) in [-1, 1]
             self.stats.forward_passes[len(rows)] += 1
             for r, i in enumerate(rows):

@@ -119,8 +119,9 @@ class Ingress:
 
     # ------------------------------------------------------------------ generation
 
-    def check(self, req: GenerateRequest) -> GenerationPlan:
-        """Apply the config's limits to a parsed request and plan it against the cascade.
+    def check(self, req: GenerateRequest, edit: dict[str, Any] | None = None) -> GenerationPlan:
+        """Apply the config's limits to a parsed request and plan it against the cascade
+        (with ``edit``, the decoded edit of :meth:`generate`; an empty prompt is allowed).
 
         Returns:
             The generation plan (prompts, seeds, stages that run, their sampling settings);
@@ -145,7 +146,7 @@ class Ingress:
             bad = unicode_problem(f"prompts[{i}]", p)
             if bad:
                 raise RequestProblem(bad)
-            if not p.strip():
+            if not p.strip() and edit is None:
                 raise RequestProblem(f"prompts[{i}]: the prompt is empty")
             if len(p) > cfg.max_prompt_chars:
                 raise RequestProblem(
@@ -169,7 +170,14 @@ class Ingress:
                 until=req.until,
                 sampling=overrides,
                 negative_prompt=req.negative_prompt,
-            )
+                edit=None if edit is None else {
+                    "images": [True] * len(prompts),
+                    "masks": [edit["mask"] is not None] * len(prompts),
+                    "strength": edit["strength"],
+                    "start": edit["start"],
+                    "resample_times": edit["resample_times"],
+                },
+            )  # fmt: skip
         except PlanError as e:  # the request calls the plan's `sampling` `stages`
             field = "stages" if e.field == "sampling" else e.field
             raise RequestProblem(f"{field}: {e.message}") from None
@@ -202,16 +210,32 @@ class Ingress:
             )
         return e
 
-    async def generate(self, req: GenerateRequest) -> GenerateResponse:
-        """Run a checked request through the deployments; one chain of calls per prompt."""
+    async def generate(
+        self, req: GenerateRequest, edit: dict[str, Any] | None = None
+    ) -> GenerateResponse:
+        """Run a checked request through the deployments; one chain of calls per prompt.
+
+        Args:
+            req: the parsed request.
+            edit: an edit of every prompt: ``{"image": (H, W, 3) uint8, "mask": (H, W)
+                bool (True: repaint) or None, "strength", "start", "resample_times"}``
+                (decoded and bounded by :mod:`imagen_ray.serve.uploads`).
+        """
         import numpy as np
 
         from imagen_ray.images import encode_image, model_to_uint8
 
         t0 = time.perf_counter()
-        plan = self.check(req)
+        if edit is not None and edit.get("strength") is None:  # as `imagen-ray edit`
+            edit = {**edit, "strength": 1.0 if edit["mask"] is not None else 0.6}
+        plan = self.check(req, edit)
         sampling = plan.sampling_json()
         fmt = req.format or self.cfg.default_format
+        payload = None
+        if edit is not None and plan.edit is not None:  # what each stage call carries
+            payload = {"image": edit["image"], "mask": edit["mask"],
+                       "strength": plan.edit.strengths[0],
+                       "resample_times": plan.edit.resample_times}  # fmt: skip
 
         pending: list[Any] = []  # every DeploymentResponse of this request
 
@@ -219,8 +243,9 @@ class Ingress:
             cond = self.encoder.encode.remote(prompt, plan.negative_prompt)
             pending.append(cond)
             x: Any = None
-            for i in range(plan.last + 1):
-                x = self.stages[i].generate.remote(cond, x, sampling[i], seed)
+            for j in range(plan.last + 1):
+                k = plan.first + j
+                x = self.stages[k].generate.remote(cond, x, sampling[j], seed, payload)
                 pending.append(x)
             image = await x  # (3, H, W) in [-1, 1]
             enc = await cond
@@ -265,7 +290,7 @@ class Ingress:
                     "and was truncated"
                 )
         names = list(plan.stages)
-        settings = {
+        settings: dict[str, Any] = {
             "seed": plan.seeds[0],
             "negative_prompt": plan.negative_prompt,
             "stages": names,
@@ -273,6 +298,13 @@ class Ingress:
             "until": names[-1],
             "format": fmt,
         }
+        if plan.edit is not None:
+            settings["edit"] = {
+                "strength": plan.edit.strengths[0],
+                "mask": any(plan.edit.masks),
+                "start": names[0],
+                "resample_times": plan.edit.resample_times,
+            }
         return GenerateResponse(
             images=images,
             settings=settings,

@@ -22,6 +22,9 @@ from imagen_ray.serve.problems import RequestProblem
 from imagen_ray.serve.schemas import GenerateRequest, GenerateResponse
 
 ROUTE = "/v1/images/generations"
+EDITS_ROUTE = "/v1/images/edits"
+VARIATIONS_ROUTE = "/v1/images/variations"
+ROUTES = (ROUTE, EDITS_ROUTE, VARIATIONS_ROUTE)  # errors answer in OpenAI's shape on these
 
 # OpenAI error types by HTTP status.
 ERROR_TYPES = {
@@ -106,6 +109,14 @@ def to_generate_request(req: ImagesRequest, stages: list[tuple[str, int]]) -> Ge
             "format": "png",
         }
     )
+
+
+def theirs(e: RequestProblem) -> RequestProblem:
+    """A problem of the generated request, named in the Images API's fields."""
+    msg = str(e)
+    for ours, their in (("prompts[", "prompt["), ("prompts:", "n:"), ("until", "size")):
+        msg = msg.replace(ours, their)
+    return RequestProblem(msg, e.status, e.headers)
 
 
 def to_images_response(out: GenerateResponse) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from imagen_ray.cascade.plan import SEED_MAX
+from imagen_ray.cascade.plan import MAX_RESAMPLE_TIMES, SEED_MAX
 from imagen_ray.config import SamplingConfig
 from imagen_ray.images import ImageFormat
 
@@ -72,6 +72,35 @@ class GenerateRequest(_Body):
 
     def prompt_list(self) -> list[str]:
         return [self.prompts] if isinstance(self.prompts, str) else list(self.prompts)
+
+
+class EditRequest(GenerateRequest):
+    """``POST /v1/edit``: edit one image for every prompt (an empty prompt: a variation).
+
+    Every knob of :meth:`imagen_ray.cascade.Cascade.generate`'s editing; the image and mask
+    come base64-encoded and are bounded by ``serve.max_upload_bytes``,
+    ``serve.max_upload_pixels`` and ``serve.upload_formats``.
+    """
+
+    image: str = Field(description="the image to edit, base64 (PNG, JPEG or WebP)")
+    mask: str | None = Field(
+        None,
+        description="the region to repaint, base64: white pixels, or an alpha channel's "
+        "fully transparent ones (OpenAI's convention); kept pixels are returned exactly",
+    )
+    strength: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="how far every stage departs from the image (default: 1 with a mask, "
+        "else 0.6); 1 without a mask is text-to-image",
+    )
+    start: str | None = Field(
+        None, description="the stage to start at: a super-resolution stage upscales the image"
+    )
+    resample_times: int = Field(
+        1, ge=1, le=MAX_RESAMPLE_TIMES, description="with a mask: RePaint's resampling"
+    )
 
 
 class GeneratedImage(BaseModel):

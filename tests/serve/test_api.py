@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from imagen_ray.config import ServeConfig
 from imagen_ray.serve.api import create_app
 from imagen_ray.serve.auth import token_digest
 from imagen_ray.serve.problems import RequestProblem
@@ -24,6 +25,8 @@ class FakeIngress:
         self.token_digest = token_digest(TOKEN) if auth else None
         self.fail = fail
         self.seen: list[GenerateRequest] = []
+        self.edits: list[dict[str, Any] | None] = []
+        self.cfg = ServeConfig(max_upload_bytes=64 * 1024, max_upload_pixels=256 * 256)
 
     def models(self) -> dict[str, Any]:
         return {"stages": self.names}
@@ -31,8 +34,11 @@ class FakeIngress:
     async def stats(self) -> dict[str, Any]:
         return {}
 
-    async def generate(self, req: GenerateRequest) -> GenerateResponse:
+    async def generate(
+        self, req: GenerateRequest, edit: dict[str, Any] | None = None
+    ) -> GenerateResponse:
         self.seen.append(req)
+        self.edits.append(edit)
         if self.fail is not None:
             raise self.fail
         images = [

@@ -393,3 +393,90 @@ def test_the_official_openai_client_speaks_to_the_images_route(server: str) -> N
         "param": None,
         "code": "invalid_api_key",
     }
+
+
+def _picture_png(size: int = 64) -> tuple[np.ndarray, bytes]:
+    small = np.random.default_rng(3).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    a = np.asarray(Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC))
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    return a, buf.getvalue()
+
+
+def _png_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_served_edit_keeps_its_pixels_and_equals_the_in_process_edit(
+    server: str, cascade_dir: Path
+) -> None:
+    from imagen_ray.cascade import Cascade
+
+    picture, png = _picture_png()
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    body = {"prompts": "a blue square", "seed": 5, "stages": FAST,
+            "image": base64.b64encode(png).decode(),
+            "mask": base64.b64encode(_png_bytes(mask)).decode()}  # fmt: skip
+    plain = {"prompts": "a blue square", "seed": 5, "stages": FAST}
+    with ThreadPoolExecutor(2) as pool:  # an edit and a plain request, batched together
+        edit_f = pool.submit(
+            requests.post, f"{server}/v1/edit", json=body, headers=AUTH, timeout=120
+        )
+        plain_f = pool.submit(post, server, plain)
+        r, p = edit_f.result(), plain_f.result()
+    assert r.status_code == 200 and p.status_code == 200, (r.text, p.text)
+    got = pixels(r.json()["images"][0]["image"])
+    keep = mask == 0
+    assert np.array_equal(got[keep], picture[keep]) and not np.array_equal(got, picture)
+    settings = r.json()["settings"]
+    assert settings["edit"] == {"strength": 1.0, "mask": True, "start": "base", "resample_times": 1}
+    local = Cascade.load(cascade_dir).generate(
+        ["a blue square"], seed=5, sampling=settings["sampling"], image=picture, mask=mask
+    )
+    np.testing.assert_array_equal(got, local.uint8()[0])
+    alone = Cascade.load(cascade_dir).generate(
+        ["a blue square"], seed=5, sampling=p.json()["settings"]["sampling"]
+    )
+    np.testing.assert_array_equal(pixels(p.json()["images"][0]["image"]), alone.uint8()[0])
+    # an upscale starts at sr64 from the given picture
+    _, small_png = _picture_png(32)
+    up = {"prompts": "a cat", "seed": 1, "stages": FAST, "start": "sr64",
+          "image": base64.b64encode(small_png).decode()}  # fmt: skip
+    r = requests.post(f"{server}/v1/edit", json=up, headers=AUTH, timeout=120)
+    assert r.status_code == 200 and r.json()["settings"]["stages"] == ["sr64"], r.text
+    assert pixels(r.json()["images"][0]["image"]).shape == (64, 64, 3)
+    bad = {**up, "image": base64.b64encode(b"GIF89a" + bytes(40)).decode()}
+    r = requests.post(f"{server}/v1/edit", json=bad, headers=AUTH, timeout=120)
+    assert r.status_code == 422 and r.json()["detail"].startswith("image: GIF images")
+
+
+def test_the_official_openai_client_edits_and_makes_variations(server: str) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=TOKEN, max_retries=0, timeout=120)
+    picture, png = _picture_png()
+    rgba = np.dstack([picture, np.full((64, 64), 255, np.uint8)])
+    rgba[:, 32:, 3] = 0  # OpenAI's mask: the transparent right half is repainted
+    out = client.images.edit(
+        image=("in.png", png, "image/png"),
+        mask=("mask.png", _png_bytes(rgba), "image/png"),
+        prompt="a red circle",
+        n=2,
+        size="64x64",
+        response_format="b64_json",
+        extra_body={"seed": 4, "steps": 2},
+    )
+    assert out.data is not None and len(out.data) == 2
+    got = [pixels(d.b64_json or "") for d in out.data]
+    assert all(np.array_equal(g[:, :32], picture[:, :32]) for g in got)
+    assert not np.array_equal(got[0][:, 32:], got[1][:, 32:])  # seeds 4 and 5
+    var = client.images.create_variation(
+        image=("in.png", png, "image/png"), n=1, size="32x32",  # type: ignore[arg-type]
+        response_format="b64_json", extra_body={"steps": 2},
+    )  # fmt: skip
+    assert var.data is not None and pixels(var.data[0].b64_json or "").shape == (32, 32, 3)
+    with pytest.raises(openai.BadRequestError, match="mask: send a mask"):
+        client.images.edit(image=("in.png", png, "image/png"), prompt="x", size="64x64")
