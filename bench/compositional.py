@@ -111,6 +111,32 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
             )
         },
     ),
+    "schedule_shift_4": (
+        "noise schedule shifted by 4 instead of 2: more training at the noise where layout is set",
+        ["stage.diffusion.schedule_shift=4"],
+        {},
+    ),
+    "high_noise_0.5": (
+        "half of each batch at SNR < 1e-3, where only the text can place things",
+        ["stage.diffusion.high_noise_share=0.5"],
+        {},
+    ),
+    "high_noise_0.5_2x": (
+        "high_noise_0.5 + text_layers_2 + lr_decay for twice the steps: as many low-SNR "
+        "samples as the layout probe needs to learn the side, as many others as the baseline",
+        [
+            "stage.diffusion.high_noise_share=0.5",
+            "stage.unet.text_layers=2",
+            "train.min_lr_ratio=0.1",
+        ],
+        {"steps": 2.0},
+    ),
+    "layout_init_normal": (
+        "the text layout's output projection initialised normal instead of zero, so that "
+        "its queries and keys learn from the first step (bench/layout_probe.py --init)",
+        ["stage.unet.text_layout_init=normal"],
+        {},
+    ),
     "encoder_layer_-2": (
         "MiniLM's second-to-last layer",
         ["text.hidden_layer=-2"],

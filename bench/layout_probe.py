@@ -16,6 +16,7 @@ the denoising loss is what hides it; if not, the tokens or the path are the wall
 
     python bench/layout_probe.py                               # the study's set
     python bench/layout_probe.py --variants linear text_layers_2
+    python bench/layout_probe.py --variants linear --init zero --seeds 0 1   # as the U-Net
 
 Prints one JSON line per variant and budget, then a summary line.
 """
@@ -62,7 +63,7 @@ VARIANTS = {
 class LayoutProbe(nn.Module):
     """Frozen tokens -> the U-Net's text path -> position-only cross-attention -> 8 x 8 RGB."""
 
-    def __init__(self, text_dim: int, *, mlp: bool, layers: int) -> None:
+    def __init__(self, text_dim: int, *, mlp: bool, layers: int, init: str = "normal") -> None:
         super().__init__()
         self.text_in = _text_projection(text_dim, CTX, mlp=mlp)
         self.text_norm = nn.LayerNorm(CTX)
@@ -70,7 +71,8 @@ class LayoutProbe(nn.Module):
         self.register_buffer("feats", position_features(GRID, GRID), persistent=False)
         self.layout_q = nn.Linear(self.feats.shape[1], CTX)
         self.layout = Attention(CTX, HEAD_DIM, CTX)
-        nn.init.normal_(self.layout.out.weight, std=CTX**-0.5)  # no residual here: must not be 0
+        if init == "normal":  # "zero": as the U-Net's text_layout_init=zero
+            nn.init.normal_(self.layout.out.weight, std=CTX**-0.5)
         self.head = nn.Sequential(nn.Linear(CTX, 4 * CTX), nn.GELU(), nn.Linear(4 * CTX, 3))
 
     def forward(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -141,7 +143,13 @@ def side_accuracy(pred: torch.Tensor, target: torch.Tensor, axis: torch.Tensor) 
 
 
 def train(
-    data: dict[str, Any], name: str, budgets: list[int], batch: int, lr: float, seed: int = 0
+    data: dict[str, Any],
+    name: str,
+    budgets: list[int],
+    batch: int,
+    lr: float,
+    seed: int = 0,
+    init: str = "normal",
 ) -> list[dict[str, Any]]:
     """Train one variant; score the held-out 20 % after each budget (in steps)."""
     torch.manual_seed(seed)
@@ -151,7 +159,7 @@ def train(
     tr, te = order[:cut], order[cut:]
     te = te[data["axis"][te] >= 0]  # two-object scenes only
     mlp, layers = VARIANTS[name]
-    model = LayoutProbe(data["emb"].shape[2], mlp=mlp, layers=layers)
+    model = LayoutProbe(data["emb"].shape[2], mlp=mlp, layers=layers, init=init)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     rows, step, t0 = [], 0, time.perf_counter()
     for budget in budgets:
@@ -168,7 +176,7 @@ def train(
         with torch.no_grad():
             pred = model(data["emb"][te], data["mask"][te])
         rows.append({
-            "variant": name, "steps": step, "samples": step * batch,
+            "variant": name, "init": init, "seed": seed, "steps": step, "samples": step * batch,
             "side_accuracy": round(side_accuracy(pred, data["target"][te], data["axis"][te]), 4),
             "heldout_mse": round(float(((pred - data["target"][te]) ** 2).mean()), 5),
             "train_s": round(time.perf_counter() - t0, 1), "test_scenes": len(te),
@@ -195,15 +203,27 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--batch", type=int, default=16, help="samples per step (the study's 16)")
     p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (the study's)")
+    p.add_argument(
+        "--init", choices=["normal", "zero"], default="normal",
+        help="the layout attention's output projection at the start: normal, or zero as "
+        "the U-Net's text_layout_init=zero (default normal)",
+    )  # fmt: skip
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (0)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     shards = args.shards or dataset(args.out, 8000, SCENE_PROBS, [])[1]
     data = read_set(shards)
     log(f"{len(data['axis'])} samples from {shards}")
     budgets = sorted(args.budgets)
-    rows = [r for v in args.variants for r in train(data, v, budgets, args.batch, args.lr)]
-    emit({"summary": {f"{r['variant']}@{r['steps']}": r["side_accuracy"] for r in rows},
-          "machine": machine_info()})  # fmt: skip
+    rows = [
+        r
+        for v in args.variants
+        for seed in args.seeds
+        for r in train(data, v, budgets, args.batch, args.lr, seed, args.init)
+    ]
+    summary = {f"{r['variant']}/{r['init']}/seed{r['seed']}@{r['steps']}": r["side_accuracy"]
+               for r in rows}  # fmt: skip
+    emit({"summary": summary, "machine": machine_info()})
     return 0
 
 

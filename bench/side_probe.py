@@ -120,12 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     keep = (data["axis"] >= 0).nonzero().squeeze(1)[: args.scenes]
     data = {k: v[keep] for k, v in data.items()}
     log(f"{len(keep)} two-object scenes from {shards}")
-    rows = [
-        r
-        for s in args.stages
-        for r in probe(s, data, sorted(args.times, reverse=True), args.batch, args.seed)
-    ]
-    summary = {f"{r['stage']}@{r['t']}": r["side_from_mirrored"] for r in rows}
+    from imagen_ray.cascade import load_stage
+
+    summary = {}
+    for stage_dir in args.stages:
+        stage, _ = load_stage(stage_dir)
+        for row in probe(stage, data, sorted(args.times, reverse=True), args.batch, args.seed):
+            emit({"stage": str(stage_dir), **row})
+            summary[f"{stage_dir}@{row['t']}"] = row["side_from_mirrored"]
     emit({"summary": summary, "machine": machine_info()})
     return 0
 

@@ -84,3 +84,9 @@ def test_the_side_probe_tells_a_stage_that_reads_the_caption_from_one_that_reads
     # at t=0.999 (SNR ~1e-6) x_t holds no layout: its guess is near chance
     assert 0.25 <= noise[0]["side_from_true"] <= 0.75, noise
     assert noise[0]["snr"] < 1e-4 < noise[1]["snr"] and noise[0]["scenes"] == 64
+
+
+def test_init_zero_starts_the_layout_output_at_zero_as_the_unet_does() -> None:
+    zero = layout_probe.LayoutProbe(8, mlp=False, layers=0, init="zero")
+    normal = layout_probe.LayoutProbe(8, mlp=False, layers=0)
+    assert not zero.layout.out.weight.any() and normal.layout.out.weight.abs().mean() > 0.01

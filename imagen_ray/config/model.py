@@ -113,6 +113,13 @@ class UNetConfig(Strict):
         "alone, at every level with cross_attn (not in the paper; lets a small model learn "
         "where a caption puts things while the image is still noise)",
     )
+    text_layout_init: Literal["zero", "normal"] = Field(
+        "zero",
+        description="initial output projection of the text layout: zero (the block starts as "
+        "the identity, like every attention here) or normal(0, 1/channels); with zero, its "
+        "queries and keys get no gradient until the output grows, which delays learning "
+        "where each object goes (docs/compositional.md)",
+    )
 
     text_pooling: Literal["attention", "mean"] = Field(
         "attention",

@@ -128,6 +128,7 @@ class AttentionBlock(nn.Module):
         ff_mult: int,
         pos_emb: bool = False,
         text_layout: bool = False,
+        text_layout_init: str = "zero",
     ) -> None:
         super().__init__()
         # optional absolute position: a learned map of fixed 2-D sin/cos features, added to
@@ -137,6 +138,9 @@ class AttentionBlock(nn.Module):
         # (randomly initialised, so cells differ from the start; the output is zero-initialised)
         self.layout_q = nn.Linear(4 * POS_FREQS, ch) if text_layout else None
         self.layout = Attention(ch, head_dim, ctx_dim) if text_layout else None
+        if self.layout is not None and text_layout_init == "normal":
+            # a zero output gives the layout's queries and keys no gradient until it grows
+            nn.init.normal_(self.layout.out.weight, std=ch**-0.5)
         self.self_attn = Attention(ch, head_dim) if self_attn else None
         self.norm_self = nn.LayerNorm(ch) if self_attn else None
         self.cross_attn = Attention(ch, head_dim, ctx_dim) if cross_attn else None

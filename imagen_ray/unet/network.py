@@ -98,6 +98,7 @@ class EfficientUNet(nn.Module):
                     ff_mult=cfg.ff_mult,
                     pos_emb=cfg.pos_emb,
                     text_layout=cfg.text_layout and lvl.cross_attn,
+                    text_layout_init=cfg.text_layout_init,
                 )
                 if (lvl.self_attn or lvl.cross_attn) and (lvl.attn_every_block or k == n - 1)
                 else None

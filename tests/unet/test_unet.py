@@ -446,6 +446,30 @@ def test_text_layout_reads_the_text_with_position_only_queries() -> None:
     assert not torch.allclose(y, block(zeros, text.flip(1) * 2, mask))
 
 
+def test_text_layout_init_normal_gives_its_queries_and_keys_a_gradient_from_the_start() -> None:
+    """text_layout_init: zero (default) starts the layout's output at 0, so its queries and
+    keys get no gradient until it grows; normal starts it random, and they learn at once."""
+    grads = {}
+    for init in ("zero", "normal"):
+        torch.manual_seed(0)
+        model = EfficientUNet(_cfg(text_layout=True, text_layout_init=init), text_dim=TEXT_DIM)
+        layouts = [m.layout for m in model.modules() if isinstance(m, AttentionBlock) and m.layout]
+        outs = [b.out.weight.detach().clone() for b in layouts]
+        assert len(layouts) == 5
+        if init == "zero":
+            assert all(not o.any() for o in outs)
+        else:
+            assert all(abs(float(o.std()) * o.shape[0] ** 0.5 - 1) < 0.2 for o in outs)
+        _perturb(model)  # the rest of the network as if trained ...
+        with torch.no_grad():
+            for b, o in zip(layouts, outs, strict=True):
+                b.out.weight.copy_(o)  # ... the layout's output as initialised
+                b.out.bias.zero_()
+        _run(model, _inputs()).pow(2).mean().backward()
+        grads[init] = sum(float(b.q.weight.grad.abs().sum()) for b in layouts)  # type: ignore[union-attr]
+    assert grads["zero"] == 0 and grads["normal"] > 0
+
+
 def test_text_layers_let_tokens_read_the_rest_of_the_caption() -> None:
     plain = EfficientUNet(_cfg(), text_dim=TEXT_DIM)
     model = EfficientUNet(_cfg(text_layers=2), text_dim=TEXT_DIM)
