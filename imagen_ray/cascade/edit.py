@@ -10,9 +10,10 @@ Conventions (the same in Python, the CLI, batch generation and Serve):
   (:func:`imagen_ray.data.hygiene.to_rgb`: transparency over white).
 - **mask**: the region to *repaint*. A greyscale image or (H, W) array: white (>= 0.5 of
   full scale) repaints, black keeps, as in diffusers and DeepFloyd IF; values in between
-  are rounded to one or the other at 0.5. A mask with an alpha channel is read as OpenAI's
-  Images API reads it: fully transparent pixels repaint, every other pixel is kept. The
-  mask must have the image's aspect ratio; it is resized to each stage by area, and a
+  are rounded to one or the other at 0.5. A mask with fully transparent pixels is read as
+  OpenAI's Images API reads it: those pixels repaint, every other pixel is kept (a mask
+  whose alpha is opaque everywhere is read by its grey). The mask must have the image's
+  aspect ratio; it is resized to each stage by area, and a
   stage pixel is repainted when any part of it is: kept pixels are exactly the input's
   (resized) pixels at every stage's output.
 """
@@ -64,7 +65,10 @@ def mask_array(value: ImageLike, field: str = "mask") -> np.ndarray:
 
     img = _as_pil(value, field)
     if has_alpha(img):
-        return np.asarray(img.convert("RGBA"))[..., 3] == 0
+        alpha = np.asarray(img.convert("RGBA"))[..., 3]
+        if (alpha == 0).any():  # OpenAI's convention
+            return alpha == 0
+        img = img.convert("RGB")  # opaque everywhere (an editor's RGBA export): its grey
     if img.mode.startswith("I") or img.mode == "F":
         from imagen_ray.data.hygiene import to_rgb
 

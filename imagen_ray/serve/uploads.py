@@ -118,7 +118,7 @@ def read_mask(raw: bytes, field: str, limits: UploadLimits, image: np.ndarray) -
 
 def alpha_mask(raw: bytes, field: str, limits: UploadLimits) -> np.ndarray | None:
     """OpenAI's edits without a mask: the image's own fully transparent pixels, or None when
-    it has no transparency."""
+    it has none."""
     from PIL import ImageOps
 
     from imagen_ray.data.hygiene import has_alpha
@@ -126,5 +126,5 @@ def alpha_mask(raw: bytes, field: str, limits: UploadLimits) -> np.ndarray | Non
     img = _open(raw, field, limits)
     if not has_alpha(img):
         return None
-    img = ImageOps.exif_transpose(img)
-    return np.asarray(img.convert("RGBA"))[..., 3] == 0
+    repaint = np.asarray(ImageOps.exif_transpose(img).convert("RGBA"))[..., 3] == 0
+    return repaint if repaint.any() else None  # opaque everywhere: nothing marked

@@ -123,6 +123,9 @@ def test_mask_polarity_and_non_binary_values() -> None:
     assert mask_array(rgba).tolist() == [[True, False], [False, True]]
     assert mask_array(Image.fromarray(rgba, "RGBA")).tolist() == [[True, False], [False, True]]
     assert mask_array(np.array([[0.2, 0.7]])).tolist() == [[False, True]]
+    opaque = np.full((1, 2, 4), 255, np.uint8)
+    opaque[0, 0, :3] = 0  # an editor's RGBA export, opaque everywhere: read by its grey
+    assert mask_array(opaque).tolist() == [[False, True]]
 
 
 def test_masks_are_resized_to_each_stage_repainting_any_touched_pixel() -> None:

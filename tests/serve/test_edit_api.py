@@ -141,9 +141,10 @@ def test_openai_edits_take_a_mask_or_the_images_transparency() -> None:
     files = {"image": ("in.png", _png(rgba, "RGBA"), "image/png")}
     r = c.post("/v1/images/edits", files=files, data={"prompt": "x"}, headers=AUTH)
     assert r.status_code == 200 and fake.edits[-1]["mask"].sum() == 4 * 48
-    files = {"image": ("in.png", _png(PICTURE), "image/png")}
-    r = c.post("/v1/images/edits", files=files, data={"prompt": "x"}, headers=AUTH)
-    assert r.status_code == 400 and r.json()["error"]["message"].startswith("mask: send a mask")
+    for no_mask in (PICTURE, np.dstack([PICTURE, np.full((32, 48), 255, np.uint8)])):
+        files = {"image": ("in.png", _png(no_mask), "image/png")}  # no transparent pixel
+        r = c.post("/v1/images/edits", files=files, data={"prompt": "x"}, headers=AUTH)
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("mask: send")
     files["mask"] = ("m.png", _png(MASK), "image/png")
     r = c.post("/v1/images/edits", files=files, data={"prompt": "x", "size": "7x7"}, headers=AUTH)
     assert r.status_code == 400 and "size" in r.json()["error"]["message"]

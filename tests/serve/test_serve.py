@@ -4,12 +4,14 @@ the HTTP API, with bearer-token auth on (the page and every request send the tok
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -259,7 +261,9 @@ def _chromium() -> tuple[str, str] | None:
     return (browser, driver) if os.path.exists(browser) and os.path.exists(driver) else None
 
 
-def test_web_page_in_headless_chromium(server: str) -> None:
+@contextlib.contextmanager
+def _browser() -> Iterator[Any]:
+    """Headless Debian chromium through selenium (a failure under CI=true without it)."""
     found = _chromium()
     if found is None:
         msg = "headless chromium test needs Debian's chromium + chromium-driver"
@@ -268,9 +272,6 @@ def test_web_page_in_headless_chromium(server: str) -> None:
         pytest.skip(f"{msg} (apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = found[0]
@@ -287,36 +288,88 @@ def test_web_page_in_headless_chromium(server: str) -> None:
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=opts)
     try:
-        driver.get(f"{server}/")
-        wait = WebDriverWait(driver, 60)
-        # Auth is on: the page asks for the token before it can load the stages.
-        wait.until(lambda d: "needs a token" in d.find_element(By.ID, "model").text)
-        driver.find_element(By.ID, "token").send_keys(TOKEN + Keys.TAB)
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-stage=sr64]"))
-        driver.find_element(By.ID, "prompt").send_keys("a red circle on the left")
-        for el in driver.find_elements(By.CSS_SELECTOR, "[data-key=steps]"):
-            el.clear()
-            el.send_keys("2")
-        driver.find_element(By.ID, "generate").click()
-        img = wait.until(
-            lambda d: next(
-                (
-                    e
-                    for e in d.find_elements(By.CSS_SELECTOR, "#results img")
-                    if (e.get_attribute("src") or "").startswith("data:image/png;base64,")
-                    and driver.execute_script("return arguments[0].naturalWidth", e) > 0
-                ),
-                None,
-            )
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _open_page(driver: Any, server: str) -> Any:
+    """The page, with the token typed and the stages loaded; returns a 60 s wait."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{server}/")
+    wait = WebDriverWait(driver, 60)
+    # Auth is on: the page asks for the token before it can load the stages.
+    wait.until(lambda d: "needs a token" in d.find_element(By.ID, "model").text)
+    driver.find_element(By.ID, "token").send_keys(TOKEN + Keys.TAB)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-stage=sr64]"))
+    for el in driver.find_elements(By.CSS_SELECTOR, "[data-key=steps]"):
+        el.clear()
+        el.send_keys("2")
+    return wait
+
+
+def _result_image(driver: Any, wait: Any) -> Any:
+    from selenium.webdriver.common.by import By
+
+    return wait.until(
+        lambda d: next(
+            (
+                e
+                for e in d.find_elements(By.CSS_SELECTOR, "#results img")
+                if (e.get_attribute("src") or "").startswith("data:image/png;base64,")
+                and driver.execute_script("return arguments[0].naturalWidth", e) > 0
+            ),
+            None,
         )
+    )
+
+
+def test_web_page_in_headless_chromium(server: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    with _browser() as driver:
+        wait = _open_page(driver, server)
+        driver.find_element(By.ID, "prompt").send_keys("a red circle on the left")
+        driver.find_element(By.ID, "generate").click()
+        img = _result_image(driver, wait)
         size = driver.execute_script(
             "return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img
         )
         assert size == [64, 64]
         assert "seed" in driver.find_element(By.CSS_SELECTOR, "#results figcaption").text
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_web_page_edits_a_picture_in_headless_chromium(server: str, tmp_path: Path) -> None:
+    """Upload a picture, paint a mask on it, edit: the kept pixels come back unchanged."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    picture, png = _picture_png()
+    (tmp_path / "in.png").write_bytes(png)
+    with _browser() as driver:
+        wait = _open_page(driver, server)
+        driver.find_element(By.ID, "prompt").send_keys("a blue square")
+        driver.find_element(By.ID, "edit-image").send_keys(str(tmp_path / "in.png"))
+        canvas = wait.until(lambda d: d.find_element(By.ID, "paint").is_displayed() and
+                            d.find_element(By.ID, "paint"))  # fmt: skip
+        # a stroke across the canvas's centre (it shows the 64 px picture at 16rem)
+        ActionChains(driver).move_to_element(canvas).click_and_hold().move_by_offset(
+            20, 0
+        ).release().perform()
+        wait.until(lambda d: "% of the picture painted" in d.find_element(By.ID, "mask-state").text)
+        driver.find_element(By.ID, "edit").click()
+        img = _result_image(driver, wait)
+        got = pixels((img.get_attribute("src") or "").split(",", 1)[1])
+        assert "edited" in driver.find_element(By.CSS_SELECTOR, "#results figcaption").text
+    changed = np.abs(got.astype(int) - picture.astype(int)).sum(-1) > 0
+    # the painted stroke (round, near the centre) is repainted; the corners are kept exactly
+    assert changed[24:40, 24:40].any(), (changed.mean(), np.argwhere(changed)[:5])
+    assert not changed[:8, :8].any() and not changed[-8:, -8:].any()
+    assert 0 < changed.mean() < 0.5
 
 
 def test_a_bad_prompt_among_concurrent_ones_fails_only_its_own_request(server: str) -> None:
