@@ -20,8 +20,9 @@ prompts (a colour-shape or shape-position pair never trained on):
 
 Prints one JSON line per task and a summary with the targets (inpainting >= 80 %,
 image-to-image colour >= 80 % with position kept, upscaling above bicubic); writes
-``editing.png`` (a row per case: input, mask, base stage, last stage) and ``results.json``
-under ``--out``.
+a grid per task (``inpainting.png``: input, mask, base stage, last stage per case;
+``image_to_image.png``; ``upscaling.png``: input, SR, truth), ``examples.png`` (the figure
+of docs/editing.md) and ``results.json`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -181,6 +182,21 @@ def upscaling(cascade: Any, items: list[dict[str, Any]], seed: int) -> dict[str,
     }  # fmt: skip
 
 
+def examples(grids: dict[str, list[list[np.ndarray]]], rows: int = 3) -> Image.Image:
+    """The figure of docs/editing.md: per case, the inpainting's input, mask and result,
+    then the image-to-image input and result (64 px cells shown at 128)."""
+    from imagen_ray.images import grid, to_pil
+
+    def big(a: np.ndarray) -> Image.Image:
+        return to_pil(a[None])[0].resize((128, 128), Image.Resampling.NEAREST)
+
+    picked = [
+        [big(x) for x in (ip[0], ip[1], ip[3], ii[0], ii[2])]
+        for ip, ii in zip(grids["inpainting"][:rows], grids["image_to_image"][:rows], strict=True)
+    ]
+    return grid(picked, cell=128)
+
+
 TARGETS = {
     "inpainting": ("accuracy", 0.8),
     "image_to_image": ("colour_and_position", 0.8),
@@ -209,12 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     items = cases(args.cases)
     log(f"{len(items)} held-out cases from {args.cascade}")
     tasks = {"inpainting": inpainting, "image_to_image": image_to_image, "upscaling": upscaling}
-    rows, summary = [], {}
+    rows, summary, grids = [], {}, {}
     for name in args.tasks:
         t0 = time.perf_counter()
         row = tasks[name](cascade, items, args.seed)
         row["seconds"] = round(time.perf_counter() - t0, 1)
-        cells = row.pop("_grid")
+        cells = grids[name] = row.pop("_grid")
         side = max(c.shape[0] for c in cells[0])
         img = grid([[to_pil(c[None])[0].resize((side, side), Image.Resampling.NEAREST)
                      for c in r] for r in cells], cell=side)  # fmt: skip
@@ -225,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         summary[name] = {key: row[key], "met": row["target"]["met"]}
         emit(row)
         rows.append(row)
+    if "inpainting" in grids and "image_to_image" in grids:
+        save_image(examples(grids), args.out / "examples.png")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"rows": rows, "prompts": items}, indent=1))
     emit({"summary": summary, "machine": machine_info()})
