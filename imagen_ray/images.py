@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from imagen_ray.fs import atomic_write_bytes
 
@@ -147,3 +147,81 @@ def square_grid(images: Sequence[Image.Image], *, cell: int | None = None) -> Im
     cols = max(1, math.ceil(math.sqrt(len(images))))
     rows = [list(images[i : i + cols]) for i in range(0, len(images), cols)]
     return grid(rows, cell=cell)
+
+
+# ---------------------------------------------------------------------------- normalising
+# How any picture becomes the 8-bit RGB square the model sees: training data
+# (imagen_ray.data.hygiene, imagen_ray.data.decode) and edit inputs (imagen_ray.cascade.edit,
+# imagen_ray.serve.uploads) go through the same functions.
+
+WHITE = (255, 255, 255)
+
+
+def _high_bit_grey_to_l(img: Image.Image) -> Image.Image:
+    """16/32-bit integer or float greyscale -> 8-bit ``L``, scaled, never clipped to white."""
+    a = np.asarray(img)
+    if img.mode == "F":
+        scaled = np.clip(a, 0.0, 1.0) * 255.0
+    else:  # I;16, I;16B, I;16L, I (16-bit PNG/TIFF samples arrive in 0..65535)
+        scaled = np.clip(a.astype(np.float64), 0, 65535) * (255.0 / 65535.0)
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+
+
+def has_alpha(img: Image.Image) -> bool:
+    """An alpha channel or a transparency entry (palette or single-colour key)."""
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+def to_rgb(
+    img: Image.Image, background: tuple[int, int, int] = WHITE, *, keep_alpha: bool = False
+) -> Image.Image:
+    """Any PIL image -> 8-bit RGB, upright (see the module docstring for each mode).
+
+    Args:
+        img: an opened image (loaded here if it is not yet).
+        background: RGB colour that transparent pixels are composited on.
+        keep_alpha: return ``RGBA`` for images with transparency instead of compositing
+            (the shard writers re-encode such images and leave the choice to training).
+
+    Returns:
+        An ``RGB`` (or with ``keep_alpha``, possibly ``RGBA``) image, EXIF orientation applied.
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _high_bit_grey_to_l(img)
+    if has_alpha(img) and keep_alpha:
+        return img.convert("RGBA")
+    if has_alpha(img):
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_crop(
+    img: Image.Image, size: int, *, crop: str = "center", rng: np.random.Generator | None = None
+) -> Image.Image:
+    """Resize the short side to ``size`` (Lanczos, antialiased) and crop a square.
+
+    Done in one ``resize`` with a source box: the square crop of side ``min(w, h)`` is taken
+    in source coordinates, which equals resize-then-crop but filters fewer pixels.
+
+    Args:
+        img: any PIL image (already RGB).
+        size: output side in pixels.
+        crop: ``center`` or ``random`` (offset drawn from ``rng``).
+        rng: required for random crops.
+
+    Returns:
+        A ``size x size`` RGB image.
+    """
+    w, h = img.size
+    side = min(w, h)
+    if crop == "random":
+        if rng is None:
+            raise ValueError("crop='random' needs an rng")
+        left, top = float(rng.integers(0, w - side + 1)), float(rng.integers(0, h - side + 1))
+    else:
+        left, top = (w - side) / 2, (h - side) / 2
+    box = (left, top, left + side, top + side)
+    return img.resize((size, size), Image.Resampling.LANCZOS, box=box)

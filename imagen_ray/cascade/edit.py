@@ -7,7 +7,7 @@ Conventions (the same in Python, the CLI, batch generation and Serve):
   (Lanczos, as training data is) and becomes that stage's starting point (image-to-image),
   its kept pixels (inpainting), or the low-res input of the first stage that runs
   (upscaling). EXIF orientation, 16-bit, CMYK and alpha are handled as training data is
-  (:func:`imagen_ray.data.hygiene.to_rgb`: transparency over white).
+  (:func:`imagen_ray.images.to_rgb`: transparency over white).
 - **mask**: the region to *repaint*. A greyscale image or (H, W) array: white (>= 0.5 of
   full scale) repaints, black keeps, as in diffusers and DeepFloyd IF; values in between
   are rounded to one or the other at 0.5. A mask with fully transparent pixels is read as
@@ -54,14 +54,14 @@ def _as_pil(value: ImageLike, field: str) -> Image.Image:
 
 def image_rgb(value: ImageLike, field: str = "image") -> Image.Image:
     """An edit's image as upright 8-bit RGB (transparency composited over white)."""
-    from imagen_ray.data.hygiene import to_rgb
+    from imagen_ray.images import to_rgb
 
     return to_rgb(_as_pil(value, field))
 
 
 def mask_array(value: ImageLike, field: str = "mask") -> np.ndarray:
     """A mask as a (H, W) bool array, True where the image is repainted (module docstring)."""
-    from imagen_ray.data.hygiene import has_alpha
+    from imagen_ray.images import has_alpha, to_rgb
 
     img = _as_pil(value, field)
     if has_alpha(img):
@@ -70,8 +70,6 @@ def mask_array(value: ImageLike, field: str = "mask") -> np.ndarray:
             return alpha == 0
         img = img.convert("RGB")  # opaque everywhere (an editor's RGBA export): its grey
     if img.mode.startswith("I") or img.mode == "F":
-        from imagen_ray.data.hygiene import to_rgb
-
         img = to_rgb(img)
     return np.asarray(img.convert("L")) >= 128
 
@@ -90,7 +88,7 @@ def check_mask(image: Image.Image, mask: np.ndarray, field: str = "mask") -> Non
 def image_tensor(image: Image.Image, size: int) -> Tensor:
     """(3, size, size) in [-1, 1]; a square crop of the centre when not square (as training
     data is cropped), resized with Lanczos unless already that size."""
-    from imagen_ray.data.decode import resize_crop
+    from imagen_ray.images import resize_crop
 
     if image.size != (size, size):
         image = resize_crop(image, size)

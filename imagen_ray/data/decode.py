@@ -33,7 +33,7 @@ from imagen_ray.data.metadata import (
     parse_json_entry,
 )
 from imagen_ray.data.reader import ERROR_COLUMN, KEY_COLUMN
-from imagen_ray.images import formats_for
+from imagen_ray.images import formats_for, resize_crop
 
 # Skip reasons (and ``ok``) counted by the pipeline's stats actor; the filters' own are
 # ``filter:FIELD<OP>VALUE`` (see imagen_ray.config.grammar).
@@ -65,35 +65,6 @@ def _rng_for(seed: int, key: str, epoch: int = 0) -> np.random.Generator:
     """Per-sample RNG from (seed, epoch, key): reproducible across processes (no ``hash()``)."""
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     return np.random.default_rng([seed & 0xFFFFFFFF, epoch, int.from_bytes(digest, "little")])
-
-
-def resize_crop(
-    img: Image.Image, size: int, *, crop: str = "center", rng: np.random.Generator | None = None
-) -> Image.Image:
-    """Resize the short side to ``size`` (Lanczos, antialiased) and crop a square.
-
-    Done in one ``resize`` with a source box: the square crop of side ``min(w, h)`` is taken
-    in source coordinates, which equals resize-then-crop but filters fewer pixels.
-
-    Args:
-        img: any PIL image (already RGB).
-        size: output side in pixels.
-        crop: ``center`` or ``random`` (offset drawn from ``rng``).
-        rng: required for random crops.
-
-    Returns:
-        A ``size x size`` RGB image.
-    """
-    w, h = img.size
-    side = min(w, h)
-    if crop == "random":
-        if rng is None:
-            raise ValueError("crop='random' needs an rng")
-        left, top = float(rng.integers(0, w - side + 1)), float(rng.integers(0, h - side + 1))
-    else:
-        left, top = (w - side) / 2, (h - side) / 2
-    box = (left, top, left + side, top + side)
-    return img.resize((size, size), Image.Resampling.LANCZOS, box=box)
 
 
 def aligned_crop(

@@ -11,9 +11,10 @@ Two steps:
    BMP in a ``jpg`` entry is never handed to its parser), and ``width * height`` from the
    header against ``max_pixels`` (``too_many_pixels``). ``Image.open`` reads only the
    header, so a decompression bomb is refused before one pixel is decoded.
-2. :func:`to_rgb`: EXIF orientation applied, then every mode to 8-bit RGB: 16/32-bit
-   greyscale (``I;16*``, ``I``) scaled by 255/65535 (``convert("L")`` clips, which turned a
-   16-bit PNG almost entirely white), float (``F``) clipped to [0, 1] and scaled, CMYK and
+2. :func:`to_rgb` (in :mod:`imagen_ray.images`, which edits use too): EXIF orientation
+   applied, then every mode to 8-bit RGB: 16/32-bit greyscale (``I;16*``, ``I``) scaled
+   by 255/65535 (``convert("L")`` clips, which turned a 16-bit PNG almost entirely
+   white), float (``F``) clipped to [0, 1] and scaled, CMYK and
    YCbCr through PIL's conversions, and anything with alpha (``RGBA``, ``LA``, ``PA``,
    palette or greyscale with a ``transparency`` entry) composited on a background colour,
    white by default, not on whatever colour the transparent pixels happen to hide.
@@ -24,8 +25,12 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+# The normalising rules live in imagen_ray.images (edits use them too); named here as well.
+from imagen_ray.images import WHITE as WHITE
+from imagen_ray.images import has_alpha as has_alpha
+from imagen_ray.images import to_rgb as to_rgb
 
 # Skip reasons (names shared by the pipeline's counters and the shard writers' summaries).
 DECODE_ERROR = "decode_error"
@@ -35,7 +40,6 @@ MEMBER_TOO_LARGE = "member_too_large"
 
 # 64 MP (8192 x 8192, far above any stage's size); DataConfig.max_pixels has the same default.
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
-WHITE = (255, 255, 255)
 
 # Magic numbers of formats PIL could parse: what tells wrong_format from decode_error.
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -117,44 +121,3 @@ def oriented_size(img: Image.Image) -> tuple[int, int]:
     except Exception:
         return w, h
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-
-
-def _high_bit_grey_to_l(img: Image.Image) -> Image.Image:
-    """16/32-bit integer or float greyscale -> 8-bit ``L``, scaled, never clipped to white."""
-    a = np.asarray(img)
-    if img.mode == "F":
-        scaled = np.clip(a, 0.0, 1.0) * 255.0
-    else:  # I;16, I;16B, I;16L, I (16-bit PNG/TIFF samples arrive in 0..65535)
-        scaled = np.clip(a.astype(np.float64), 0, 65535) * (255.0 / 65535.0)
-    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
-
-
-def has_alpha(img: Image.Image) -> bool:
-    """An alpha channel or a transparency entry (palette or single-colour key)."""
-    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-
-
-def to_rgb(
-    img: Image.Image, background: tuple[int, int, int] = WHITE, *, keep_alpha: bool = False
-) -> Image.Image:
-    """Any PIL image -> 8-bit RGB, upright (see the module docstring for each mode).
-
-    Args:
-        img: an opened image (loaded here if it is not yet).
-        background: RGB colour that transparent pixels are composited on.
-        keep_alpha: return ``RGBA`` for images with transparency instead of compositing
-            (the shard writers re-encode such images and leave the choice to training).
-
-    Returns:
-        An ``RGB`` (or with ``keep_alpha``, possibly ``RGBA``) image, EXIF orientation applied.
-    """
-    img = ImageOps.exif_transpose(img)
-    if img.mode.startswith("I") or img.mode == "F":
-        img = _high_bit_grey_to_l(img)
-    if has_alpha(img) and keep_alpha:
-        return img.convert("RGBA")
-    if has_alpha(img):
-        rgba = img.convert("RGBA")
-        base = Image.new("RGBA", rgba.size, (*background, 255))
-        return Image.alpha_composite(base, rgba).convert("RGB")
-    return img.convert("RGB")

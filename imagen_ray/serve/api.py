@@ -389,6 +389,31 @@ async def _read_upload(
 def _add_edit_routes(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None:
     """``POST /v1/edit`` (JSON, every knob) and OpenAI's multipart ``/v1/images/edits`` and
     ``/v1/images/variations``; uploads bounded by :mod:`imagen_ray.serve.uploads`."""
+    _add_json_edit_route(app, ingress, guarded)
+    _add_openai_edit_routes(app, ingress, guarded)
+
+
+def _images_request(**fields: Any) -> ImagesRequest:
+    """The Images API request of a multipart form (unset fields left out), or a 400."""
+    try:
+        return ImagesRequest.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as e:  # pydantic's errors, in OpenAI's shape
+        raise RequestProblem(_readable([dict(x) for x in e.errors()]), 400) from None
+
+
+async def _run_images_edit(
+    ingress: Backend, req: ImagesRequest, edit: dict[str, Any]
+) -> dict[str, Any]:
+    """An Images API edit through the ingress, answered and named in OpenAI's shape."""
+    gen = to_generate_request(req, ingress.stage_sizes)
+    try:
+        return to_images_response(await ingress.generate(gen, edit))
+    except RequestProblem as e:
+        raise theirs(e) from None
+
+
+def _add_json_edit_route(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None:
+    """``POST /v1/edit``: base64 image and mask, every knob of the edit."""
     import asyncio
 
     limits = UploadLimits.of(ingress.cfg)
@@ -414,18 +439,12 @@ def _add_edit_routes(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None
             "resample_times": req.resample_times,
         })  # fmt: skip
 
-    def images_request(**fields: Any) -> ImagesRequest:
-        try:
-            return ImagesRequest.model_validate({k: v for k, v in fields.items() if v is not None})
-        except ValidationError as e:  # pydantic's errors, in OpenAI's shape
-            raise RequestProblem(_readable([dict(x) for x in e.errors()]), 400) from None
 
-    async def run(req: ImagesRequest, edit: dict[str, Any]) -> dict[str, Any]:
-        gen = to_generate_request(req, ingress.stage_sizes)
-        try:
-            return to_images_response(await ingress.generate(gen, edit))
-        except RequestProblem as e:
-            raise theirs(e) from None
+def _add_openai_edit_routes(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None:
+    """OpenAI's multipart ``/v1/images/edits`` and ``/v1/images/variations``."""
+    import asyncio
+
+    limits = UploadLimits.of(ingress.cfg)
 
     @app.post(
         EDITS_ROUTE,
@@ -445,7 +464,7 @@ def _add_edit_routes(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None
         negative_prompt: str | None = Form(None),
         steps: int | None = Form(None),
     ) -> dict[str, Any]:
-        req = images_request(prompt=prompt, n=n, size=size, response_format=response_format,
+        req = _images_request(prompt=prompt, n=n, size=size, response_format=response_format,
                              model=model, user=user, seed=seed,
                              negative_prompt=negative_prompt, steps=steps)  # fmt: skip
         raw, pixels = await _read_upload(image, "image", limits)
@@ -461,7 +480,7 @@ def _add_edit_routes(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None
                 )  # fmt: skip
         edit = {"image": pixels, "mask": repaint, "strength": 1.0, "start": None,
                 "resample_times": 1}  # fmt: skip
-        return await run(req, edit)
+        return await _run_images_edit(ingress, req, edit)
 
     @app.post(
         VARIATIONS_ROUTE,
@@ -480,7 +499,7 @@ def _add_edit_routes(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None
         strength: float | None = Form(None, description="in (0, 1]: 0.6 unless given"),
         steps: int | None = Form(None),
     ) -> dict[str, Any]:
-        req = images_request(prompt=prompt or "", n=n, size=size,
+        req = _images_request(prompt=prompt or "", n=n, size=size,
                              response_format=response_format, model=model, user=user,
                              seed=seed, steps=steps)  # fmt: skip
         if strength is not None and not 0 < strength <= 1:
@@ -488,4 +507,4 @@ def _add_edit_routes(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None
         _, pixels = await _read_upload(image, "image", limits)
         edit = {"image": pixels, "mask": None, "strength": strength or 0.6, "start": None,
                 "resample_times": 1}  # fmt: skip
-        return await run(req, edit)
+        return await _run_images_edit(ingress, req, edit)

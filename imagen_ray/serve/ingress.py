@@ -231,11 +231,7 @@ class Ingress:
         plan = self.check(req, edit)
         sampling = plan.sampling_json()
         fmt = req.format or self.cfg.default_format
-        payload = None
-        if edit is not None and plan.edit is not None:  # what each stage call carries
-            payload = {"image": edit["image"], "mask": edit["mask"],
-                       "strength": plan.edit.strengths[0],
-                       "resample_times": plan.edit.resample_times}  # fmt: skip
+        payload = _stage_edit(plan, edit)
 
         pending: list[Any] = []  # every DeploymentResponse of this request
 
@@ -289,25 +285,44 @@ class Ingress:
                     f"prompts[{i}] is longer than the encoder's {self.text.max_length} tokens "
                     "and was truncated"
                 )
-        names = list(plan.stages)
-        settings: dict[str, Any] = {
-            "seed": plan.seeds[0],
-            "negative_prompt": plan.negative_prompt,
-            "stages": names,
-            "sampling": dict(zip(names, sampling, strict=True)),
-            "until": names[-1],
-            "format": fmt,
-        }
-        if plan.edit is not None:
-            settings["edit"] = {
-                "strength": plan.edit.strengths[0],
-                "mask": any(plan.edit.masks),
-                "start": names[0],
-                "resample_times": plan.edit.resample_times,
-            }
+        settings = _settings(plan, sampling, fmt)
         return GenerateResponse(
             images=images,
             settings=settings,
             warnings=warnings,
             seconds=round(time.perf_counter() - t0, 4),
         )
+
+
+def _stage_edit(plan: GenerationPlan, edit: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What each stage call of an edit carries: the decoded image and mask, the planned
+    strength and resampling (None for text-to-image)."""
+    if edit is None or plan.edit is None:
+        return None
+    return {
+        "image": edit["image"],
+        "mask": edit["mask"],
+        "strength": plan.edit.strengths[0],
+        "resample_times": plan.edit.resample_times,
+    }
+
+
+def _settings(plan: GenerationPlan, sampling: list[dict[str, Any]], fmt: str) -> dict[str, Any]:
+    """The response's ``settings``: everything that reproduces its images."""
+    names = list(plan.stages)
+    settings: dict[str, Any] = {
+        "seed": plan.seeds[0],
+        "negative_prompt": plan.negative_prompt,
+        "stages": names,
+        "sampling": dict(zip(names, sampling, strict=True)),
+        "until": names[-1],
+        "format": fmt,
+    }
+    if plan.edit is not None:
+        settings["edit"] = {
+            "strength": plan.edit.strengths[0],
+            "mask": any(plan.edit.masks),
+            "start": names[0],
+            "resample_times": plan.edit.resample_times,
+        }
+    return settings

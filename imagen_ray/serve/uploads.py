@@ -5,7 +5,7 @@ Every refusal is a :class:`RequestProblem` naming the field: 413 for more bytes 
 more pixels than ``serve.max_upload_pixels`` (read from the header before anything is
 decoded, as training's ``data.max_pixels`` is), a file that does not decode, or a mask
 whose aspect ratio is not the image's. Decoded images are upright 8-bit RGB as training
-data is (:func:`imagen_ray.data.hygiene.to_rgb`: EXIF orientation, 16-bit, CMYK, palette;
+data is (:func:`imagen_ray.images.to_rgb`: EXIF orientation, 16-bit, CMYK, palette;
 transparency over white); masks follow :mod:`imagen_ray.cascade.edit` (white repaints, or
 an alpha channel's fully transparent pixels).
 """
@@ -84,7 +84,7 @@ def _open(raw: bytes, field: str, limits: UploadLimits) -> Any:
 
 def read_image(raw: bytes, field: str, limits: UploadLimits) -> np.ndarray:
     """An uploaded image as (H, W, 3) uint8, upright."""
-    from imagen_ray.data.hygiene import to_rgb
+    from imagen_ray.images import to_rgb
 
     img = _open(raw, field, limits)
     try:
@@ -121,7 +121,7 @@ def alpha_mask(raw: bytes, field: str, limits: UploadLimits) -> np.ndarray | Non
     it has none."""
     from PIL import ImageOps
 
-    from imagen_ray.data.hygiene import has_alpha
+    from imagen_ray.images import has_alpha
 
     img = _open(raw, field, limits)
     if not has_alpha(img):
