@@ -137,6 +137,17 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         ["stage.unet.text_layout_init=normal"],
         {},
     ),
+    "high_noise_layout_2x": (
+        "high_noise_0.5_2x with the text layout's output starting random: both obstacles "
+        "the probes found removed at once, for the 15 min budget",
+        [
+            "stage.diffusion.high_noise_share=0.5",
+            "stage.unet.text_layout_init=normal",
+            "stage.unet.text_layers=2",
+            "train.min_lr_ratio=0.1",
+        ],
+        {"steps": 2.0},
+    ),
     "encoder_layer_-2": (
         "MiniLM's second-to-last layer",
         ["text.hidden_layer=-2"],
