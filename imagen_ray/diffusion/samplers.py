@@ -187,14 +187,20 @@ def sample_ddpm(
         if i == steps - 1:
             x = x0
         else:
-            log_snr_t, log_snr_s = log_snr_fn(t), log_snr_fn(s)
-            alpha_t, _ = alpha_sigma(log_snr_t)
-            alpha_s, sigma_s = alpha_sigma(log_snr_s)
-            c = -torch.expm1(log_snr_t - log_snr_s)
-            mean = alpha_s * (x * ((1 - c) / alpha_t) + c * x0)
-            x = mean + sigma_s * c.sqrt() * _noise_like(x, generator)
+            x = _posterior_step(x, x0, log_snr_fn(t), log_snr_fn(s), generator)
         _report(callback, i, steps, s, x, x0)
     return x
+
+
+def _posterior_step(
+    x: Tensor, x0: Tensor, log_snr_t: Tensor, log_snr_s: Tensor, generator: Generators
+) -> Tensor:
+    """One ancestral step from t to s: a draw of ``q(x_s | x_t, x0)`` (:func:`sample_ddpm`)."""
+    alpha_t, _ = alpha_sigma(log_snr_t)
+    alpha_s, sigma_s = alpha_sigma(log_snr_s)
+    c = -torch.expm1(log_snr_t - log_snr_s)
+    mean = alpha_s * (x * ((1 - c) / alpha_t) + c * x0)
+    return mean + sigma_s * c.sqrt() * _noise_like(x, generator)
 
 
 @torch.no_grad()
@@ -363,18 +369,11 @@ def sample_resampled(
     for i in range(steps):
         t, s = ts[i], ts[i + 1]
         log_snr_t, log_snr_s = log_snr_fn(t), log_snr_fn(s)
-        alpha_t, _ = alpha_sigma(log_snr_t)
-        alpha_s, sigma_s = alpha_sigma(log_snr_s)
-        c = -torch.expm1(log_snr_t - log_snr_s)
         for r in range(1 if i == steps - 1 else resample_times):
             if r > 0:
                 x = forward_jump(x, log_snr_s, log_snr_t, generator)
             x0 = _denoise_at(denoise, x, t)
-            if i == steps - 1:
-                x = x0
-            else:
-                mean = alpha_s * (x * ((1 - c) / alpha_t) + c * x0)
-                x = mean + sigma_s * c.sqrt() * _noise_like(x, generator)
+            x = x0 if i == steps - 1 else _posterior_step(x, x0, log_snr_t, log_snr_s, generator)
         _report(callback, i, steps, s, x, x0)
     return x
 
