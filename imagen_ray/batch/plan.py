@@ -86,6 +86,8 @@ def edit_of(prompt: Prompt, index: int, base: Path) -> dict[str, Any] | None:
     Raises:
         FileNotFoundError / ValueError: naming the row (1-based) and the column.
     """
+    from imagen_ray.cascade.plan import default_strength
+
     meta = prompt.meta
     given = {k: meta.get(k) for k in EDIT_COLUMNS if meta.get(k) not in (None, "")}
     where = f"prompt {index + 1} ({prompt.text[:40]!r})"
@@ -95,7 +97,7 @@ def edit_of(prompt: Prompt, index: int, base: Path) -> dict[str, Any] | None:
         raise ValueError(f"{where}: {', '.join(given)} without an image; add its image column")
     mask = None if "mask" not in given else _edit_path(str(given["mask"]), base, where, "mask")
     try:
-        strength = float(given.get("strength") or (1.0 if mask else 0.6))
+        strength = float(given.get("strength") or default_strength(mask is not None))
     except (TypeError, ValueError):
         raise ValueError(f"{where}: strength {given['strength']!r} is not a number") from None
     if not 0 < strength <= 1:

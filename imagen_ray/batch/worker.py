@@ -60,7 +60,7 @@ class CascadeWorker:
         return {"file": np.array([r["file"] for r in records], dtype=object)}
 
 
-def _read_image(path: str | None) -> Any:
+def _read_image(path: str) -> Any:
     """An edit's image or mask (local or a URI), decoded."""
     import io
 
@@ -68,8 +68,6 @@ def _read_image(path: str | None) -> Any:
 
     from imagen_ray import storage
 
-    if path is None:
-        return None
     with Image.open(io.BytesIO(storage.read_bytes(path))) as img:
         img.load()
         return img.copy()
@@ -81,9 +79,12 @@ def edit_arguments(records: list[dict[str, Any]]) -> dict[str, Any]:
     edits = [r.get("edit") for r in records]
     if not any(edits):
         return {}
+    # a prompt's images share its picture: read each file once per batch
+    paths = {p for e in edits if e is not None for p in (e["image"], e.get("mask")) if p}
+    read = {p: _read_image(p) for p in paths}
     return {
-        "image": [None if e is None else _read_image(e["image"]) for e in edits],
-        "mask": [None if e is None else _read_image(e.get("mask")) for e in edits],
+        "image": [None if e is None else read[e["image"]] for e in edits],
+        "mask": [None if e is None or not e.get("mask") else read[e["mask"]] for e in edits],
         "strength": [1.0 if e is None else float(e["strength"]) for e in edits],
     }
 

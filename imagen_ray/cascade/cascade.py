@@ -192,11 +192,8 @@ class Cascade(nn.Module):
             ConfigError: an invalid sampling override, naming the stage and the field.
         """
         stages = self.stage_list
-        edits = (
-            EditInputs.of(len(prompts), image, mask)
-            if _edits(image, mask, strength, start)
-            else None
-        )
+        edited = _edits(image, mask, strength, start)
+        edits = EditInputs.of(len(prompts), image, mask) if edited else None
         plan = plan_generation(
             [st.cfg for st in stages],
             prompts,
@@ -204,11 +201,8 @@ class Cascade(nn.Module):
             until=until,
             sampling=sampling,
             negative_prompt=negative_prompt,
-            edit=None if edits is None else {
-                "images": edits.has_image, "masks": edits.has_mask, "strength": strength,
-                "start": start, "resample_times": resample_times,
-            },
-        )  # fmt: skip
+            edit=None if edits is None else edits.plan_args(strength, start, resample_times),
+        )
         b = len(plan.prompts)
         enc = self.encoder.encode(list(plan.prompts))
         neg = self.encoder.encode([negative_prompt] * b) if negative_prompt is not None else None

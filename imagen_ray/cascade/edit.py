@@ -153,6 +153,17 @@ class EditInputs:
             read_masks.append(arr)
         return cls(read, read_masks)
 
+    def plan_args(self, strength: Any, start: Any, resample_times: int) -> dict[str, Any]:
+        """The keyword arguments of :func:`imagen_ray.cascade.plan.plan_edit` for these
+        inputs and knobs."""
+        return {
+            "images": self.has_image,
+            "masks": self.has_mask,
+            "strength": strength,
+            "start": start,
+            "resample_times": resample_times,
+        }
+
     @property
     def has_image(self) -> list[bool]:
         return [x is not None for x in self.images]

@@ -143,6 +143,13 @@ def plan_sampling(
 
 
 MAX_RESAMPLE_TIMES = 20  # RePaint used 10; each one costs a full pass of denoiser calls
+IMAGE_TO_IMAGE_STRENGTH = 0.6  # an unmasked edit that names no strength keeps the layout
+
+
+def default_strength(masked: bool) -> float:
+    """The strength of an edit that names none: 1 with a mask (repaint the region), else
+    :data:`IMAGE_TO_IMAGE_STRENGTH`. The CLI, batch generation and Serve all default so."""
+    return 1.0 if masked else IMAGE_TO_IMAGE_STRENGTH
 
 
 @dataclass(frozen=True)
@@ -170,12 +177,12 @@ def plan_edit(
     *,
     images: Sequence[bool],
     masks: Sequence[bool] | None = None,
-    strength: float | Sequence[float] = 1.0,
+    strength: float | Sequence[float | None] | None = 1.0,
     start: str | int | None = None,
     resample_times: int = 1,
 ) -> EditPlan:
-    """Check an edit request: which prompts have an image and a mask, their strengths, the
-    stage to start at (name or index) and the resampling.
+    """Check an edit request: which prompts have an image and a mask, their strengths (None:
+    :func:`default_strength`), the stage to start at (name or index) and the resampling.
 
     Raises:
         PlanError: naming the field: lengths that differ from the prompts', a strength
@@ -188,12 +195,15 @@ def plan_edit(
     for field, got in (("image", has_image), ("mask", has_mask)):
         if len(got) != n:
             raise PlanError(field, f"got {len(got)} for {n} prompts; give one per prompt")
-    raw = [strength] * n if isinstance(strength, (int, float)) else list(strength)
+    one = strength is None or isinstance(strength, (int, float))
+    raw = [strength] * n if one else list(strength)  # type: ignore[arg-type]
     if len(raw) != n:
         raise PlanError("strength", f"got {len(raw)} strengths for {n} prompts")
     strengths = []
     for i, (value, img) in enumerate(zip(raw, has_image, strict=True)):
-        where = "strength" if isinstance(strength, (int, float)) else f"strength[{i}]"
+        where = "strength" if one else f"strength[{i}]"
+        if value is None:
+            value = default_strength(has_mask[i])
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
             raise PlanError(where, f"{value!r} is outside (0, 1]: 1 repaints everything, "
                             "lower values keep more of the image")  # fmt: skip
@@ -306,12 +316,14 @@ def plan_generation(
 
 
 __all__ = [
+    "IMAGE_TO_IMAGE_STRENGTH",
     "MAX_RESAMPLE_TIMES",
     "SEED_MAX",
     "EditPlan",
     "GenerationPlan",
     "PlanError",
     "SamplingOverrides",
+    "default_strength",
     "last_stage",
     "plan_edit",
     "plan_generation",

@@ -17,6 +17,7 @@ from imagen_ray.config import SamplingConfig, StageConfig
 from imagen_ray.config.dtypes import resolve_dtype
 from imagen_ray.diffusion import (
     Callback,
+    Denoiser,
     Generators,
     ModelFn,
     diffusion_loss,
@@ -224,9 +225,8 @@ class Stage(nn.Module):
                 sample grids pass the crop side, with the low-res crop as ``lowres``.
             init: (B, 3, size, size) in [-1, 1]: the image to edit (image-to-image start,
                 inpainting's kept pixels).
-            strength: in (0, 1]: below 1, sampling starts at ``t = strength`` from ``init``
-                noised there, with ``round(steps * strength)`` steps (at least 1); 1 starts
-                from the noise of text-to-image.
+            strength: in (0, 1]: below 1, ``init`` noised to ``t = strength`` is the start,
+                with ``round(steps * strength)`` steps (>= 1); 1 is text-to-image's start.
             keep: (B, 1, size, size) bool, True where ``init`` is kept (inpainting): the x0
                 prediction is held to ``init`` there and the output equals it exactly.
             resample_times: inpainting: RePaint's resampling of every step (> 1).
@@ -244,33 +244,23 @@ class Stage(nn.Module):
                 raise ValueError(f"stage {self.cfg.name!r} is super-resolution: pass `lowres`")
             aug = torch.full((b,), s.aug_level, device=dev)
             lowres_in = self.augment_lowres(lowres.to(dev), aug, generator, size=side)
-
         model_fn = self._model_fn(
             text_emb, text_mask, lowres_in, aug, neg_emb, neg_mask, guided=s.guidance_scale != 1.0
         )
-        denoise = make_denoiser(
-            model_fn,
-            log_snr_fn=self.log_snr_fn,
-            objective=self.cfg.diffusion.objective,
-            guidance_scale=s.guidance_scale,
-            threshold=s.threshold,
-            percentile=s.percentile,
-        )
+        denoise = self._denoiser(model_fn, s)
         noise = randn((b, 3, side, side), generator, dev)  # float32 state
-        steps = s.steps
         if (strength < 1.0 or keep is not None) and init is None:
             raise ValueError("strength < 1 and keep need the image to edit: pass `init`")
-        if strength < 1.0 and init is not None:
+        if strength < 1.0 and init is not None:  # image-to-image: start at t = strength
             log_snr = self.log_snr_fn(torch.full((b,), float(strength), device=dev))
             noise = q_sample(init.to(dev, noise.dtype), log_snr, noise)
-            steps = max(1, round(s.steps * strength))
         if keep is not None and init is not None:
             denoise = keep_known(denoise, init.to(dev), keep.to(dev))
         x0 = sample(
             denoise,
             noise,
             sampler=s.sampler,
-            steps=steps,
+            steps=max(1, round(s.steps * strength)) if strength < 1.0 else s.steps,
             log_snr_fn=self.log_snr_fn,
             generator=generator,
             callback=callback,
@@ -281,6 +271,17 @@ class Stage(nn.Module):
         if keep is not None and init is not None:  # exactly, whatever the sampler's rounding
             x0 = torch.where(keep.to(dev), init.to(dev, x0.dtype), x0)
         return x0.clamp(-1.0, 1.0)
+
+    def _denoiser(self, model_fn: ModelFn, s: SamplingConfig) -> Denoiser:
+        """The U-Net as an x0 denoiser with the sampling settings' guidance and threshold."""
+        return make_denoiser(
+            model_fn,
+            log_snr_fn=self.log_snr_fn,
+            objective=self.cfg.diffusion.objective,
+            guidance_scale=s.guidance_scale,
+            threshold=s.threshold,
+            percentile=s.percentile,
+        )
 
     def _model_fn(
         self,

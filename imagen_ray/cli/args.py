@@ -74,6 +74,20 @@ def cascade_path(dirs: Sequence[str]) -> str | list[str]:
     return dirs[0] if len(dirs) == 1 else list(dirs)
 
 
+def add_in_process_arguments(p: argparse.ArgumentParser, *, seed_help: str) -> None:
+    """What every in-process sampling command (``sample``, ``edit``, ``upscale``) takes
+    after its inputs: negative prompt, seed, last stage, sampling overrides, device, dtype,
+    output directory, progress bar."""
+    p.add_argument("--negative-prompt", help="steer away from this text (all stages)")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--until", metavar="STAGE", help="last stage to run (default: all)")
+    add_sampling_argument(p)
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_dtype_argument(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
 def add_sampling_argument(p: argparse.ArgumentParser) -> None:
     """``--sampling STAGE.KEY=VALUE`` (repeatable), read by ``parse_sampling_overrides``."""
     p.add_argument(

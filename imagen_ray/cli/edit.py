@@ -9,8 +9,7 @@ from typing import Any
 
 from imagen_ray.cli.args import (
     add_cascade_argument,
-    add_dtype_argument,
-    add_sampling_argument,
+    add_in_process_arguments,
 )
 
 EDIT_EXAMPLES = """\
@@ -37,15 +36,8 @@ def _common(p: argparse.ArgumentParser, *, prompt_help: str) -> None:
     add_cascade_argument(p)
     p.add_argument("--image", required=True, metavar="FILE", help="the picture to start from")
     p.add_argument("--prompt", "-p", default="", help=prompt_help)
-    p.add_argument("--negative-prompt", help="steer away from this text (all stages)")
     p.add_argument("-n", type=int, default=1, help="images to make (seeds seed..seed+n-1)")
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed+i (default 0)")
-    p.add_argument("--until", metavar="STAGE", help="last stage to run (default: all)")
-    add_sampling_argument(p)
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    add_dtype_argument(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_in_process_arguments(p, seed_help="image i uses seed+i (default 0)")
 
 
 def register(sub: Any) -> None:
@@ -128,7 +120,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     image = _open(args.image, "--image")
     mask = _open(args.mask, "--mask") if args.mask else None
     if args.strength is None:
-        args.strength = 1.0 if mask is not None else 0.6
+        from imagen_ray.cascade.plan import default_strength
+
+        args.strength = default_strength(mask is not None)
     if args.resample_times != 1 and mask is None:
         raise ValueError("--resample-times applies to inpainting only: give --mask too")
     edit = {"image": image, "mask": mask, "strength": args.strength,

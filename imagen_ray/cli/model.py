@@ -12,8 +12,7 @@ from typing import Any
 from imagen_ray.cli.args import (
     add_cascade_argument,
     add_config_arguments,
-    add_dtype_argument,
-    add_sampling_argument,
+    add_in_process_arguments,
     cascade_path,
     parse_sampling_overrides,
 )
@@ -76,14 +75,7 @@ def register(sub: Any) -> None:
         help="a prompt file: .csv or .jsonl as `generate` reads them, any other file one "
         "prompt per line",
     )
-    p.add_argument("--negative-prompt", help="steer away from this text (all stages)")
-    p.add_argument("--seed", type=int, default=0, help="prompt i uses seed+i (default 0)")
-    p.add_argument("--until", metavar="STAGE", help="last stage to run (default: all)")
-    add_sampling_argument(p)
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    add_dtype_argument(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_in_process_arguments(p, seed_help="prompt i uses seed+i (default 0)")
     p.set_defaults(func=cmd_sample)
 
 

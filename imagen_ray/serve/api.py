@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
+from imagen_ray.cascade.plan import default_strength
 from imagen_ray.serve.auth import token_matches
 from imagen_ray.serve.openai_images import (
     EDITS_ROUTE,
@@ -505,6 +506,7 @@ def _add_openai_edit_routes(app: FastAPI, ingress: Backend, guarded: list[Any]) 
         if strength is not None and not 0 < strength <= 1:
             raise RequestProblem(f"strength: {strength} is outside (0, 1]", 400)
         _, pixels = await _read_upload(image, "image", limits)
-        edit = {"image": pixels, "mask": None, "strength": strength or 0.6, "start": None,
+        edit = {"image": pixels, "mask": None, "start": None,
+                "strength": default_strength(False) if strength is None else strength,
                 "resample_times": 1}  # fmt: skip
         return await _run_images_edit(ingress, req, edit)

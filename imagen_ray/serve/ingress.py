@@ -218,16 +218,14 @@ class Ingress:
         Args:
             req: the parsed request.
             edit: an edit of every prompt: ``{"image": (H, W, 3) uint8, "mask": (H, W)
-                bool (True: repaint) or None, "strength", "start", "resample_times"}``
-                (decoded and bounded by :mod:`imagen_ray.serve.uploads`).
+                bool (True: repaint) or None, "strength" (None: the plan's default),
+                "start", "resample_times"}`` (decoded by :mod:`imagen_ray.serve.uploads`).
         """
         import numpy as np
 
         from imagen_ray.images import encode_image, model_to_uint8
 
         t0 = time.perf_counter()
-        if edit is not None and edit.get("strength") is None:  # as `imagen-ray edit`
-            edit = {**edit, "strength": 1.0 if edit["mask"] is not None else 0.6}
         plan = self.check(req, edit)
         sampling = plan.sampling_json()
         fmt = req.format or self.cfg.default_format
