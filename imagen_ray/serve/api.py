@@ -1,9 +1,10 @@
 """The HTTP API (FastAPI), built per ingress replica around its config and handles.
 
 Routes: ``POST /v1/generate``, ``POST /v1/images/generations`` (the OpenAI Images API,
-:mod:`imagen_ray.serve.openai_images`), ``GET /healthz``, ``GET /v1/models``,
-``GET /v1/stats``, the web page at ``/``, OpenAPI docs at ``/docs``. With auth on, every route
-but ``/healthz`` and the page needs the bearer token (``/docs`` and ``/openapi.json`` too).
+:mod:`imagen_ray.serve.openai_images`), the edit routes (:mod:`imagen_ray.serve.edit_api`),
+``GET /healthz``, ``GET /v1/models``, ``GET /v1/stats``, the web page at ``/``, OpenAPI docs
+at ``/docs``. With auth on, every route but ``/healthz`` and the page needs the bearer token
+(``/docs`` and ``/openapi.json`` too).
 Bad input is answered with a 4xx whose ``detail`` names the field, the value and the limit:
 400 for a body that is not JSON, 401 without the bearer token, 406 for an image ``Accept``
 with several prompts, 413 for a body over ``serve.max_body_bytes``, 422 for values out of
@@ -16,17 +17,17 @@ import json
 import logging
 from collections.abc import Callable
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 
-from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ValidationError
 
-from imagen_ray.cascade.plan import default_strength
 from imagen_ray.serve.auth import token_matches
+from imagen_ray.serve.backend import Backend
+from imagen_ray.serve.edit_api import EDIT_ROUTE, add_edit_routes
 from imagen_ray.serve.openai_images import (
     EDITS_ROUTE,
     ROUTES,
@@ -38,49 +39,13 @@ from imagen_ray.serve.openai_images import (
     to_images_response,
 )
 from imagen_ray.serve.openai_images import ROUTE as OPENAI_ROUTE
-from imagen_ray.serve.problems import RequestProblem
-from imagen_ray.serve.schemas import (
-    MEDIA_TYPES,
-    EditRequest,
-    GenerateRequest,
-    GenerateResponse,
-    Problem,
-)
-from imagen_ray.serve.uploads import UploadLimits, alpha_mask, from_base64, read_image, read_mask
+from imagen_ray.serve.problems import RequestProblem, readable_errors
+from imagen_ray.serve.schemas import MEDIA_TYPES, GenerateRequest, GenerateResponse, Problem
 
-EDIT_ROUTE = "/v1/edit"
 UPLOAD_ROUTES = (EDIT_ROUTE, EDITS_ROUTE, VARIATIONS_ROUTE)  # their body limit holds 2 files
 
 ASGIApp = Any
 log = logging.getLogger("ray.serve")
-
-
-class Backend(Protocol):
-    """What the routes need of the ingress replica (:class:`imagen_ray.serve.ingress.Ingress`).
-
-    Attributes:
-        names: the cascade's stage names, base first.
-        token_digest: SHA-256 (hex) of the bearer token requests must send, or None when
-            auth is off.
-        max_body_bytes: the largest request body accepted (``serve.max_body_bytes``).
-        stage_sizes: (name, output size) per stage, base first.
-        cfg: the serve config (``max_upload_bytes``, ``max_upload_pixels``,
-            ``upload_formats`` bound uploads).
-    """
-
-    names: list[str]
-    token_digest: str | None
-    max_body_bytes: int
-    stage_sizes: list[tuple[str, int]]
-    cfg: Any
-
-    def models(self) -> dict[str, Any]: ...
-
-    async def stats(self) -> dict[str, Any]: ...
-
-    async def generate(
-        self, req: GenerateRequest, edit: dict[str, Any] | None = None
-    ) -> GenerateResponse: ...
 
 
 class BodyLimit:
@@ -156,20 +121,6 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def _readable(errors: list[dict[str, Any]]) -> str:
-    """Pydantic errors as one line per field: ``stages.base.steps: Input should be ...``."""
-    lines = []
-    for e in errors:
-        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-        where = ".".join(loc) or "body"
-        msg = e.get("msg", "invalid")
-        if e.get("type") == "extra_forbidden":
-            msg = "unknown field"
-        shown = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
-        lines.append(f"{where}: {msg}{shown}"[:300])
-    return "; ".join(lines)
-
-
 def _safe(text: str) -> str:
     """``text`` that encodes as UTF-8 (a lone surrogate from the request shown escaped)."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -204,7 +155,7 @@ def create_app(ingress: Backend) -> FastAPI:
     _add_meta_routes(app, ingress, guarded)
     _add_generate_route(app, ingress, guarded)
     _add_openai_route(app, ingress, guarded)
-    _add_edit_routes(app, ingress, guarded)
+    add_edit_routes(app, ingress, guarded)
     return app
 
 
@@ -228,8 +179,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
-            return _answer(request, f"request body is not valid JSON: {_readable(errors)}", 400)
-        return _answer(request, _readable(errors), 422)
+            return _answer(
+                request, f"request body is not valid JSON: {readable_errors(errors)}", 400
+            )
+        return _answer(request, readable_errors(errors), 422)
 
     @app.exception_handler(RequestProblem)
     async def problem(request: Request, exc: RequestProblem) -> JSONResponse:
@@ -375,138 +328,3 @@ def _add_openai_route(app: FastAPI, ingress: Backend, guarded: list[Any]) -> Non
         except RequestProblem as e:  # name the Images API's fields, not /v1/generate's
             raise theirs(e) from None
         return to_images_response(out)
-
-
-async def _read_upload(
-    upload: UploadFile | bytes, field: str, limits: UploadLimits
-) -> tuple[bytes, Any]:
-    """(raw bytes, (H, W, 3) uint8) of an uploaded image, decoded off the event loop."""
-    import asyncio
-
-    raw = upload if isinstance(upload, bytes) else await upload.read()
-    return raw, await asyncio.to_thread(read_image, raw, field, limits)
-
-
-def _add_edit_routes(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None:
-    """``POST /v1/edit`` (JSON, every knob) and OpenAI's multipart ``/v1/images/edits`` and
-    ``/v1/images/variations``; uploads bounded by :mod:`imagen_ray.serve.uploads`."""
-    _add_json_edit_route(app, ingress, guarded)
-    _add_openai_edit_routes(app, ingress, guarded)
-
-
-def _images_request(**fields: Any) -> ImagesRequest:
-    """The Images API request of a multipart form (unset fields left out), or a 400."""
-    try:
-        return ImagesRequest.model_validate({k: v for k, v in fields.items() if v is not None})
-    except ValidationError as e:  # pydantic's errors, in OpenAI's shape
-        raise RequestProblem(_readable([dict(x) for x in e.errors()]), 400) from None
-
-
-async def _run_images_edit(
-    ingress: Backend, req: ImagesRequest, edit: dict[str, Any]
-) -> dict[str, Any]:
-    """An Images API edit through the ingress, answered and named in OpenAI's shape."""
-    gen = to_generate_request(req, ingress.stage_sizes)
-    try:
-        return to_images_response(await ingress.generate(gen, edit))
-    except RequestProblem as e:
-        raise theirs(e) from None
-
-
-def _add_json_edit_route(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None:
-    """``POST /v1/edit``: base64 image and mask, every knob of the edit."""
-    import asyncio
-
-    limits = UploadLimits.of(ingress.cfg)
-
-    @app.post(
-        EDIT_ROUTE,
-        response_model=GenerateResponse,
-        summary="edit one image for every prompt: inpainting, image-to-image, upscaling",
-        responses={
-            413: {"model": Problem, "description": "a file over serve.max_upload_bytes"},
-            422: {"model": Problem, "description": "a bad image, mask or value"},
-        },
-        dependencies=guarded,
-    )
-    async def edit(req: EditRequest) -> GenerateResponse:
-        _, image = await _read_upload(from_base64(req.image, "image"), "image", limits)
-        mask = None
-        if req.mask is not None:
-            raw = from_base64(req.mask, "mask")
-            mask = await asyncio.to_thread(read_mask, raw, "mask", limits, image)
-        return await ingress.generate(req, {
-            "image": image, "mask": mask, "strength": req.strength, "start": req.start,
-            "resample_times": req.resample_times,
-        })  # fmt: skip
-
-
-def _add_openai_edit_routes(app: FastAPI, ingress: Backend, guarded: list[Any]) -> None:
-    """OpenAI's multipart ``/v1/images/edits`` and ``/v1/images/variations``."""
-    import asyncio
-
-    limits = UploadLimits.of(ingress.cfg)
-
-    @app.post(
-        EDITS_ROUTE,
-        summary="OpenAI Images API: repaint the masked (transparent) region of an image",
-        dependencies=guarded,
-    )
-    async def images_edits(
-        image: UploadFile = File(..., description="the image (PNG, JPEG or WebP)"),  # noqa: B008
-        prompt: str = Form(..., description="what the edited image shows"),
-        mask: UploadFile | None = File(None, description="fully transparent pixels repaint"),  # noqa: B008
-        n: int | None = Form(None),
-        size: str | None = Form(None),
-        response_format: str | None = Form(None),
-        model: str | None = Form(None),
-        user: str | None = Form(None),
-        seed: int | None = Form(None),
-        negative_prompt: str | None = Form(None),
-        steps: int | None = Form(None),
-    ) -> dict[str, Any]:
-        req = _images_request(prompt=prompt, n=n, size=size, response_format=response_format,
-                             model=model, user=user, seed=seed,
-                             negative_prompt=negative_prompt, steps=steps)  # fmt: skip
-        raw, pixels = await _read_upload(image, "image", limits)
-        repaint: Any = None
-        if mask is not None:
-            repaint = await asyncio.to_thread(read_mask, await mask.read(), "mask", limits, pixels)
-        else:
-            repaint = await asyncio.to_thread(alpha_mask, raw, "image", limits)
-            if repaint is None:
-                raise RequestProblem(
-                    "mask: send a mask, or an image whose fully transparent pixels mark the "
-                    "region to repaint", 400,
-                )  # fmt: skip
-        edit = {"image": pixels, "mask": repaint, "strength": 1.0, "start": None,
-                "resample_times": 1}  # fmt: skip
-        return await _run_images_edit(ingress, req, edit)
-
-    @app.post(
-        VARIATIONS_ROUTE,
-        summary="OpenAI Images API: variations of an image (image-to-image, no prompt)",
-        dependencies=guarded,
-    )
-    async def images_variations(
-        image: UploadFile = File(..., description="the image (PNG, JPEG or WebP)"),  # noqa: B008
-        n: int | None = Form(None),
-        size: str | None = Form(None),
-        response_format: str | None = Form(None),
-        model: str | None = Form(None),
-        user: str | None = Form(None),
-        seed: int | None = Form(None),
-        prompt: str | None = Form(None, description="steers the variations (default: none)"),
-        strength: float | None = Form(None, description="in (0, 1]: 0.6 unless given"),
-        steps: int | None = Form(None),
-    ) -> dict[str, Any]:
-        req = _images_request(prompt=prompt or "", n=n, size=size,
-                             response_format=response_format, model=model, user=user,
-                             seed=seed, steps=steps)  # fmt: skip
-        if strength is not None and not 0 < strength <= 1:
-            raise RequestProblem(f"strength: {strength} is outside (0, 1]", 400)
-        _, pixels = await _read_upload(image, "image", limits)
-        edit = {"image": pixels, "mask": None, "start": None,
-                "strength": default_strength(False) if strength is None else strength,
-                "resample_times": 1}  # fmt: skip
-        return await _run_images_edit(ingress, req, edit)

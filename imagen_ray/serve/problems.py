@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RequestProblem(ValueError):
     """A request that is well-formed JSON but asks for something this server will not do.
@@ -38,3 +40,17 @@ def unicode_problem(field: str, text: str) -> str | None:
             f"character {e.start}); send UTF-8 text, with surrogate pairs only in pairs"
         )
     return None
+
+
+def readable_errors(errors: list[dict[str, Any]]) -> str:
+    """Pydantic errors as one line per field: ``stages.base.steps: Input should be ...``."""
+    lines = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        where = ".".join(loc) or "body"
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        shown = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+        lines.append(f"{where}: {msg}{shown}"[:300])
+    return "; ".join(lines)
