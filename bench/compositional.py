@@ -148,6 +148,18 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         ],
         {"steps": 2.0},
     ),
+    "layout_head": (
+        "the text layouts trained to draw the clean image from the text alone (a per-cell "
+        "head, as bench/layout_probe.py), their output starting random",
+        ["stage.unet.layout_head=true", "stage.unet.text_layout_init=normal"],
+        {},
+    ),
+    "layout_head_2x": (
+        "layout_head for twice the steps (the 15 min budget): the layout heads alone learn "
+        "the side only after ~2000 steps (bench/layout_probe.py --budgets)",
+        ["stage.unet.layout_head=true", "stage.unet.text_layout_init=normal"],
+        {"steps": 2.0},
+    ),
     "encoder_layer_-2": (
         "MiniLM's second-to-last layer",
         ["text.hidden_layer=-2"],
@@ -160,6 +172,7 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     ),
 }
 GUIDANCE = (1.0, 3.0, 10.0)  # also scored on the baseline, beside the config's own scale
+LAYOUT_STARTS = (0.9, 0.7)  # also scored on variants with a layout head (sampling.layout_start)
 
 
 def run(cmd: list[str], log_file: Path) -> None:
@@ -216,10 +229,11 @@ def dataset(
     return raw, enc
 
 
-def evaluate(stage: Path, heldout: Path, out: Path, n: int, guidance: float | None) -> dict:
-    """``imagen-ray eval compositional`` on one stage; its metrics.json."""
+def evaluate(stage: Path, heldout: Path, out: Path, n: int, sampling: str | None = None) -> dict:
+    """``imagen-ray eval compositional`` on one stage (``sampling``: one KEY=VALUE of the
+    base stage's sampling settings); its metrics.json."""
     if not (out / "metrics.json").is_file():
-        extra = [] if guidance is None else ["--sampling", f"base.guidance_scale={guidance:g}"]
+        extra = [] if sampling is None else ["--sampling", f"base.{sampling}"]
         run(
             cli("eval", "compositional", "--cascade", str(stage), "--heldout", str(heldout),
                 "-n", str(n), "--out", str(out), "--no-progress", *extra),
@@ -288,11 +302,17 @@ def variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     heldout = raw / "heldout.json"
     row = {"variant": name, "what": what, "overrides": overrides, "steps": steps}
     row["train_s"] = json.loads(timing.read_text())["train_s"] if timing.is_file() else None
-    row |= summarise(evaluate(stage, heldout, vdir / "eval", args.images_per_prompt, None))
+    row |= summarise(evaluate(stage, heldout, vdir / "eval", args.images_per_prompt))
+    n = args.images_per_prompt
     if name == "baseline" and not args.quick:
         row["guidance"] = {
-            g: summarise(evaluate(stage, heldout, vdir / f"eval-g{g:g}", args.images_per_prompt, g))
+            g: summarise(evaluate(stage, heldout, vdir / f"eval-g{g:g}", n, f"guidance_scale={g}"))
             for g in GUIDANCE
+        }
+    if "stage.unet.layout_head=true" in overrides and not args.quick:
+        row["layout_start"] = {
+            t: summarise(evaluate(stage, heldout, vdir / f"eval-ls{t:g}", n, f"layout_start={t:g}"))
+            for t in LAYOUT_STARTS
         }
     return row
 

@@ -20,6 +20,10 @@ layout (``stage.diffusion.high_noise_share`` moves training there).
     python bench/side_probe.py runs/compositional/baseline/stage
     python bench/side_probe.py runs/compositional/*/stage --times 0.999 0.99 0.9
 
+A stage with layout heads (``unet.layout_head``) also gets ``layout_head_side``: the side
+accuracy of their drawing from the caption alone, which ``sampling.layout_start`` starts
+from.
+
 Prints one JSON line per stage and ``t``, then a summary line (``side_from_mirrored`` at
 each ``t``, per stage). The samples come from the set the stage was trained on: the probe
 asks what the stage uses, not how well it generalises (``imagen-ray eval compositional``
@@ -97,6 +101,14 @@ def probe(
     return rows
 
 
+@torch.no_grad()
+def layout_head_side(stage: Any, data: dict[str, Any]) -> float:
+    """Side accuracy of the stage's layout heads' drawing from the caption alone
+    (``unet.layout_head``; what ``sampling.layout_start`` starts from)."""
+    drawing = stage.layout_image(data["emb"], data["mask"], data["image"].shape[-1])
+    return round(side_accuracy(to_grid(drawing), to_grid(data["image"]), data["axis"]), 4)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -128,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         for row in probe(stage, data, sorted(args.times, reverse=True), args.batch, args.seed):
             emit({"stage": str(stage_dir), **row})
             summary[f"{stage_dir}@{row['t']}"] = row["side_from_mirrored"]
+        if stage.cfg.unet.layout_head:
+            side = layout_head_side(stage, data)
+            emit({"stage": str(stage_dir), "layout_head_side": side, "scenes": len(keep)})
+            summary[f"{stage_dir}@layout_head"] = side
     emit({"summary": summary, "machine": machine_info()})
     return 0
 

@@ -90,3 +90,20 @@ def test_init_zero_starts_the_layout_output_at_zero_as_the_unet_does() -> None:
     zero = layout_probe.LayoutProbe(8, mlp=False, layers=0, init="zero")
     normal = layout_probe.LayoutProbe(8, mlp=False, layers=0)
     assert not zero.layout.out.weight.any() and normal.layout.out.weight.abs().mean() > 0.01
+
+
+def test_layout_head_side_scores_the_stage_layout_drawing() -> None:
+    """side_probe.layout_head_side: the side accuracy of what Stage.layout_image draws."""
+    data = _scenes(32)
+
+    class _Drawer:
+        def __init__(self, images: torch.Tensor) -> None:
+            self.images = images
+
+        def layout_image(self, emb: torch.Tensor, mask: Any, size: int) -> torch.Tensor:
+            assert size == self.images.shape[-1] and emb.shape[0] == len(self.images)
+            return self.images
+
+    assert side_probe.layout_head_side(_Drawer(data["image"]), data) == 1.0
+    mirrored = side_probe.mirror(data["image"], data["axis"])
+    assert side_probe.layout_head_side(_Drawer(mirrored), data) == 0.0

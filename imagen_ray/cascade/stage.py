@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imagen_ray.cascade.edit import keep_known
@@ -167,9 +168,23 @@ class Stage(nn.Module):
             aug = torch.rand(b, generator=generator, device=dev) * self.cfg.noise_aug.train_max
             lowres_in = self.augment_lowres(lowres, aug, generator, size=x0.shape[-1])
         pred = self.unet(x_t, t, text_emb, text_mask, lowres_in, aug, drop_text=drop)
-        return diffusion_loss(
+        loss = diffusion_loss(
             pred.float(), x0, eps, log_snr, d.objective, d.loss_weighting, d.min_snr_gamma
         )
+        if self.cfg.unet.layout_head:
+            loss = loss + d.layout_loss_weight * self.layout_loss(x0, text_emb, text_mask, drop)
+        return loss
+
+    def layout_loss(self, x0: Tensor, text_emb: Tensor, text_mask: Tensor, drop: Tensor) -> Tensor:
+        """Per-example MSE of the layout heads' text-only drawings against the clean image
+        pooled to each head's grid, averaged over heads; 0 where the text is dropped (the
+        null token says nothing about the layout). Shape (B,)."""
+        preds = self.unet.predict_layouts(x0.shape[-1], text_emb, text_mask, drop_text=drop)
+        per_head = [
+            (p.float() - F.adaptive_avg_pool2d(x0, p.shape[-1])).square().flatten(1).mean(1)
+            for p in preds
+        ]
+        return torch.stack(per_head).mean(0) * (~drop).to(x0.dtype)
 
     def forward(
         self,
@@ -249,6 +264,8 @@ class Stage(nn.Module):
         )
         denoise = self._denoiser(model_fn, s)
         noise = randn((b, 3, side, side), generator, dev)  # float32 state
+        if init is None and s.layout_start < 1.0:  # start from the text's own layout
+            init, strength = self.layout_image(text_emb, text_mask, side), s.layout_start
         if (strength < 1.0 or keep is not None) and init is None:
             raise ValueError("strength < 1 and keep need the image to edit: pass `init`")
         if strength < 1.0 and init is not None:  # image-to-image: start at t = strength
@@ -271,6 +288,19 @@ class Stage(nn.Module):
         if keep is not None and init is not None:  # exactly, whatever the sampler's rounding
             x0 = torch.where(keep.to(dev), init.to(dev, x0.dtype), x0)
         return x0.clamp(-1.0, 1.0)
+
+    def layout_image(self, text_emb: Tensor, text_mask: Tensor, size: int) -> Tensor:
+        """The layout heads' drawing of each prompt (``unet.layout_head``), from the text
+        alone: the finest heads' mean, upsampled to (B, 3, size, size) in [-1, 1]."""
+        if not self.cfg.unet.layout_head:
+            raise ValueError(
+                f"stage {self.cfg.name!r} has no layout head (unet.layout_head): it cannot "
+                "start from the text's layout; use sampling.layout_start: 1"
+            )
+        preds = self.unet.predict_layouts(size, text_emb, text_mask.bool())
+        finest = max(p.shape[-1] for p in preds)
+        mean = torch.stack([p.float() for p in preds if p.shape[-1] == finest]).mean(0)
+        return upsample_to(mean, size).clamp(-1.0, 1.0)
 
     def _denoiser(self, model_fn: ModelFn, s: SamplingConfig) -> Denoiser:
         """The U-Net as an x0 denoiser with the sampling settings' guidance and threshold."""

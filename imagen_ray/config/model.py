@@ -140,11 +140,23 @@ class UNetConfig(Strict):
         "the U-Net reads them (not in the paper; lets a small model work out which words "
         "describe which object)",
     )
+    layout_head: bool = Field(
+        False,
+        description="train the text layout to draw the clean image, pooled to its grid, from "
+        "the text alone: a per-cell head on every text layout, its loss weighted by "
+        "diffusion.layout_loss_weight (not in the paper; the layout then carries where each "
+        "object goes into the U-Net from the first step: docs/compositional.md)",
+    )
 
     @model_validator(mode="after")
     def _groups_divide_channels(self) -> UNetConfig:
         if self.mid_attn and self.mid_blocks == 0:
             raise ValueError("mid_attn=true needs mid_blocks >= 1 (or set mid_attn: false)")
+        if self.layout_head and not (self.text_layout and any(v.cross_attn for v in self.levels)):
+            raise ValueError(
+                "layout_head=true trains the text layout, but this U-Net has none; set "
+                "text_layout: true with cross_attn on a level (or layout_head: false)"
+            )
         for i, lvl in enumerate(self.levels):
             ch = self.channels * lvl.mult
             if ch % self.groups:
@@ -208,6 +220,12 @@ class DiffusionConfig(Strict):
     high_noise_snr: float = Field(
         1e-3, gt=0.0, lt=1.0, description="the SNR below which high_noise_share draws its t"
     )
+    layout_loss_weight: float = Field(
+        1.0,
+        ge=0.0,
+        description="weight of the layout head's loss (unet.layout_head) beside the "
+        "diffusion loss: the MSE of the clean image pooled to each text layout's grid",
+    )
 
 
 class SamplingConfig(Strict):
@@ -223,6 +241,14 @@ class SamplingConfig(Strict):
     eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM stochasticity")
     aug_level: float = Field(
         0.2, ge=0.0, le=1.0, description="SR stages: noise-conditioning aug level at sampling"
+    )
+    layout_start: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="base stages with unet.layout_head: start at t = layout_start from the "
+        "layout head's drawing of the prompt (as image-to-image with that strength); 1 starts "
+        "from pure noise, as the paper (not in the paper: docs/compositional.md)",
     )
 
 
@@ -254,6 +280,12 @@ class StageConfig(Strict):
             raise ValueError(
                 f"size={self.size} is not divisible by 2**{downs} (the U-Net has "
                 f"{downs + 1} levels); use a multiple of {2**downs} or fewer levels"
+            )
+        if self.sampling.layout_start < 1.0 and not self.unet.layout_head:
+            raise ValueError(
+                f"sampling.layout_start={self.sampling.layout_start:g} starts from the layout "
+                "head's drawing, but this stage has none; set unet.layout_head: true (and train "
+                "it) or sampling.layout_start: 1"
             )
         if self.lowres_size is not None and self.lowres_size >= self.size:
             raise ValueError(

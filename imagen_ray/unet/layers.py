@@ -129,6 +129,7 @@ class AttentionBlock(nn.Module):
         pos_emb: bool = False,
         text_layout: bool = False,
         text_layout_init: str = "zero",
+        layout_head: bool = False,
     ) -> None:
         super().__init__()
         # optional absolute position: a learned map of fixed 2-D sin/cos features, added to
@@ -141,6 +142,13 @@ class AttentionBlock(nn.Module):
         if self.layout is not None and text_layout_init == "normal":
             # a zero output gives the layout's queries and keys no gradient until it grows
             nn.init.normal_(self.layout.out.weight, std=ch**-0.5)
+        # optional layout head: the layout's cells draw the clean image from the text alone
+        # (``unet.layout_head``), as bench/layout_probe.py's per-cell MLP
+        self.layout_head = (
+            nn.Sequential(nn.Linear(ch, 4 * ch), nn.GELU(), nn.Linear(4 * ch, 3))
+            if text_layout and layout_head
+            else None
+        )
         self.self_attn = Attention(ch, head_dim) if self_attn else None
         self.norm_self = nn.LayerNorm(ch) if self_attn else None
         self.cross_attn = Attention(ch, head_dim, ctx_dim) if cross_attn else None
@@ -157,15 +165,29 @@ class AttentionBlock(nn.Module):
             feats = position_features(h, w, x.device)  # (HW, 32), shared by both
             if self.pos is not None:
                 s = s + self.pos(feats).to(s.dtype)
-            if self.layout is not None and self.layout_q is not None:
-                q = self.layout_q(feats).to(s.dtype)  # (HW, C)
-                s = s + self.layout(q[None].expand(b, -1, -1), ctx, mask)
+            if self.layout is not None:
+                s = s + self._layout(feats, ctx, mask, s.dtype)
         if self.self_attn is not None and self.norm_self is not None:
             s = s + self.self_attn(self.norm_self(s))
         if self.cross_attn is not None and self.norm_cross is not None:
             s = s + self.cross_attn(self.norm_cross(s), ctx, mask)
         s = s + self.ff(self.norm_ff(s))
         return s.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous(memory_format=_fmt(x))
+
+    def _layout(self, feats: Tensor, ctx: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
+        """The text layout's cells (B, HW, C): position-only queries read the text."""
+        assert self.layout is not None and self.layout_q is not None
+        q = self.layout_q(feats).to(dtype)  # (HW, C)
+        return self.layout(q[None].expand(ctx.shape[0], -1, -1), ctx, mask)
+
+    def predict_layout(self, size: int, ctx: Tensor, mask: Tensor) -> Tensor:
+        """The layout head's clean image at this block's grid, from the text alone:
+        (B, 3, size, size). Needs ``layout_head``."""
+        if self.layout_head is None:
+            raise ValueError("this attention block has no layout head (unet.layout_head)")
+        feats = position_features(size, size, ctx.device)
+        cells = self.layout_head(self._layout(feats, ctx, mask, ctx.dtype))  # (B, HW, 3)
+        return cells.transpose(1, 2).reshape(ctx.shape[0], 3, size, size)
 
 
 def _fmt(x: Tensor) -> torch.memory_format:

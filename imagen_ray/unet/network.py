@@ -99,6 +99,7 @@ class EfficientUNet(nn.Module):
                     pos_emb=cfg.pos_emb,
                     text_layout=cfg.text_layout and lvl.cross_attn,
                     text_layout_init=cfg.text_layout_init,
+                    layout_head=cfg.layout_head,
                 )
                 if (lvl.self_attn or lvl.cross_attn) and (lvl.attn_every_block or k == n - 1)
                 else None
@@ -239,6 +240,35 @@ class EfficientUNet(nn.Module):
             h = torch.cat([h, skip * self.cfg.skip_scale], dim=1)
             h = up(self._level(level, h, cond, tokens, mask))
         return self.out(h)
+
+    def predict_layouts(
+        self, size: int, text_emb: Tensor, text_mask: Tensor, drop_text: Tensor | None = None
+    ) -> list[Tensor]:
+        """Every layout head's clean image from the text alone (``unet.layout_head``).
+
+        Args:
+            size: the image size the U-Net runs at (sets each level's grid).
+            text_emb, text_mask, drop_text: as :meth:`forward`.
+
+        Returns:
+            One (B, 3, g, g) prediction per text layout, g its level's grid; [] without heads.
+        """
+        if not self.cfg.layout_head:
+            return []
+        tokens, mask, _ = self.encode_text(text_emb, text_mask, drop_text)
+        n = len(self.down)
+        grids = [size // 2**i for i in range(n)]
+        levels = [
+            *zip(self.down, grids, strict=True),
+            (self.mid, grids[-1]),
+            *zip(self.up, grids[::-1], strict=True),
+        ]
+        return [
+            attn.predict_layout(grid, tokens, mask)
+            for level, grid in levels
+            for attn in level.attns
+            if isinstance(attn, AttentionBlock) and attn.layout_head is not None
+        ]
 
     def _level(
         self, level: nn.Module, h: Tensor, cond: Tensor, tokens: Tensor, mask: Tensor

@@ -361,3 +361,78 @@ def test_noise_conditioning_augmentation_levels() -> None:
     assert 0.05 < (mid - up).std() < 1.0
     with pytest.raises(ValueError, match="base stage"):
         Stage(StageConfig(name="b", size=16, unet=UNET), text_dim=16).make_lowres(low)
+
+
+def test_layout_loss_teaches_the_layout_where_the_caption_puts_each_colour() -> None:
+    """unet.layout_head: the stage's loss adds layout_loss_weight x the heads' MSE against the
+    pooled clean image (0 where the text is dropped); trained on two captions whose only
+    difference is the side, the heads draw each caption's own side, not its mirror."""
+    unet = UNET | {"text_layout": True, "text_layout_init": "normal", "layout_head": True}
+    torch.manual_seed(0)
+    stage = Stage(StageConfig(name="base", size=16, unet=unet), text_dim=16)
+    red, blue = torch.tensor([1.0, -1, -1]), torch.tensor([-1.0, -1, 1])
+    left_red = torch.empty(3, 16, 16)
+    left_red[:, :, :8], left_red[:, :, 8:] = red[:, None, None], blue[:, None, None]
+    x0 = torch.stack([left_red, left_red.flip(-1)])
+    enc = FakeEncoder().encode(["red on the left", "red on the right"])
+
+    drop = torch.tensor([False, True])
+    per_head = stage.layout_loss(x0, enc.emb, enc.mask, drop)
+    assert per_head[0] > 0 and per_head[1] == 0  # the null text says nothing about layout
+
+    opt = torch.optim.AdamW(stage.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = stage.layout_loss(x0, enc.emb, enc.mask, torch.zeros(2, dtype=torch.bool))
+        opt.zero_grad()
+        loss.mean().backward()
+        opt.step()
+    with torch.no_grad():
+        preds = stage.unet.predict_layouts(16, enc.emb, enc.mask)
+    for p in preds:
+        target = torch.nn.functional.adaptive_avg_pool2d(x0, p.shape[-1])
+        own = (p - target).square().flatten(1).mean(1)
+        mirror = (p - target.flip(-1)).square().flatten(1).mean(1)
+        assert (own < 0.25 * mirror).all(), (own, mirror)
+
+    # the training loss is the diffusion loss plus the weighted layout loss
+    weighted = Stage(
+        StageConfig(name="base", size=16, unet=unet, diffusion={"layout_loss_weight": 3.0}),
+        text_dim=16,
+    )
+    weighted.load_state_dict(stage.state_dict())
+    no_head = StageConfig(name="base", size=16, unet=unet | {"layout_head": False})
+    plain = Stage(no_head, text_dim=16)
+    plain.load_state_dict(stage.state_dict(), strict=False)
+    total = weighted.loss(x0, enc.emb, enc.mask, generator=torch.Generator().manual_seed(5))
+    base = plain.loss(x0, enc.emb, enc.mask, generator=torch.Generator().manual_seed(5))
+    layout = weighted.layout_loss(x0, enc.emb, enc.mask, torch.zeros(2, dtype=torch.bool))
+    torch.testing.assert_close(total, base + 3.0 * layout)  # text_drop_prob 0.1: none here
+
+
+def test_layout_start_samples_from_the_layout_heads_drawing_noised_to_that_t() -> None:
+    """sampling.layout_start < 1: the stage starts as image-to-image from its layout heads'
+    drawing of the prompt, with that strength; it needs a layout head."""
+    unet = UNET | {"text_layout": True, "text_layout_init": "normal", "layout_head": True}
+    torch.manual_seed(0)
+    stage = Stage(StageConfig(name="base", size=16, unet=unet, sampling=FAST), text_dim=16)
+    perturb(stage)
+    stage.eval()
+    enc = FakeEncoder().encode(["a red circle", "a blue square"])
+    drawing = stage.layout_image(enc.emb, enc.mask, 16)
+    assert drawing.shape == (2, 3, 16, 16) and drawing.abs().max() <= 1
+    assert not torch.allclose(drawing[0], drawing[1])  # each prompt its own drawing
+
+    def gen() -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(i) for i in range(2)]
+
+    started = StageConfig(name="base", size=16, unet=unet, sampling=FAST).sampling.model_copy(
+        update={"layout_start": 0.7}
+    )
+    got = stage.sample(enc.emb, enc.mask, sampling=started, generator=gen())
+    want = stage.sample(enc.emb, enc.mask, init=drawing, strength=0.7, generator=gen())
+    torch.testing.assert_close(got, want)
+    plain = stage.sample(enc.emb, enc.mask, generator=gen())
+    assert not torch.allclose(got, plain)
+
+    with pytest.raises(ValueError, match=r"layout_start=0\.7 starts from the layout head"):
+        StageConfig(name="base", size=16, unet=UNET, sampling={"layout_start": 0.7})

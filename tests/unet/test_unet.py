@@ -470,6 +470,32 @@ def test_text_layout_init_normal_gives_its_queries_and_keys_a_gradient_from_the_
     assert grads["zero"] == 0 and grads["normal"] > 0
 
 
+def test_layout_head_draws_from_the_text_alone_and_leaves_the_forward_as_it_was() -> None:
+    """unet.layout_head: one head per text layout, each drawing (B, 3, g, g) at its level's
+    grid from the text alone; the heads are not on the forward path."""
+    plain = EfficientUNet(_cfg(text_layout=True), text_dim=TEXT_DIM)
+    model = EfficientUNet(_cfg(text_layout=True, layout_head=True), text_dim=TEXT_DIM)
+    heads = {n for n, _ in model.named_parameters() if ".layout_head." in n}
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert set(missing) == heads and not unexpected
+    _perturb(model)
+    plain.load_state_dict(model.state_dict(), strict=False)
+    inp = _inputs()
+    assert torch.equal(_run(model.eval(), inp), _run(plain.eval(), inp))
+
+    x, emb, mask = inp["x_t"], inp["text_emb"], inp["text_mask"]
+    preds = model.predict_layouts(x.shape[-1], emb, mask)
+    # levels with cross-attention at size / 2 and size / 4, the middle, the same two up
+    s = x.shape[-1]
+    grids = (s // 2, s // 4, s // 4, s // 4, s // 2)
+    assert [tuple(p.shape) for p in preds] == [(x.shape[0], 3, g, g) for g in grids]
+    other = model.predict_layouts(x.shape[-1], emb.flip(1) * 2, mask)
+    assert not torch.allclose(preds[0], other[0])  # it reads the text
+    assert plain.predict_layouts(x.shape[-1], emb, mask) == []
+    with pytest.raises(ValueError, match="layout_head=true trains the text layout"):
+        _cfg(layout_head=True)
+
+
 def test_text_layers_let_tokens_read_the_rest_of_the_caption() -> None:
     plain = EfficientUNet(_cfg(), text_dim=TEXT_DIM)
     model = EfficientUNet(_cfg(text_layers=2), text_dim=TEXT_DIM)
