@@ -158,7 +158,11 @@ class AttentionBlock(nn.Module):
             nn.Linear(ch, ff_mult * ch), nn.GELU(), zero_init(nn.Linear(ff_mult * ch, ch))
         )
 
-    def forward(self, x: Tensor, ctx: Tensor, mask: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, ctx: Tensor, mask: Tensor, layout_ctx: Tensor | None = None
+    ) -> Tensor:
+        """x (B, C, H, W); ctx (B, L, C_ctx) the text tokens, mask (B, L) bool; layout_ctx
+        (B, L, C_ctx): the tokens the text layout reads (default ``ctx``)."""
         b, c, h, w = x.shape
         s = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # (B, HW, C); a view if channels_last
         if self.pos is not None or self.layout_q is not None:
@@ -166,7 +170,11 @@ class AttentionBlock(nn.Module):
             if self.pos is not None:
                 s = s + self.pos(feats).to(s.dtype)
             if self.layout is not None:
-                s = s + self._layout(feats, ctx, mask, s.dtype)
+                text = ctx if layout_ctx is None else layout_ctx
+                cells = self._layout(feats, text, mask, s.dtype)
+                # with a head, the layout learns from its own loss alone: the diffusion loss
+                # reads its cells but does not reshape them (docs/compositional.md)
+                s = s + (cells.detach() if self.layout_head is not None else cells)
         if self.self_attn is not None and self.norm_self is not None:
             s = s + self.self_attn(self.norm_self(s))
         if self.cross_attn is not None and self.norm_cross is not None:

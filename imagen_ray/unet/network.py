@@ -157,6 +157,11 @@ class EfficientUNet(nn.Module):
             AttentionPool(ctx_dim, cfg.head_dim) if cfg.text_pooling == "attention" else None
         )
         self.pool_proj = nn.Linear(ctx_dim, cond_dim)
+        # with layout heads, the text layout reads the frozen tokens through a projection of
+        # its own, trained by the heads' loss alone (the U-Net's is shaped by the diffusion
+        # loss, which kept the layout from learning the side: docs/compositional.md)
+        self.layout_text_in = nn.Linear(text_dim, ctx_dim) if cfg.layout_head else None
+        self.layout_text_norm = nn.LayerNorm(ctx_dim) if cfg.layout_head else None
 
     def encode_text(
         self, text_emb: Tensor, text_mask: Tensor, drop_text: Tensor | None
@@ -183,6 +188,26 @@ class EfficientUNet(nn.Module):
         pooled = masked_mean(tokens, mask) if pool is None else pool(tokens, mask)
         pooled = self.pool_proj(pooled)  # (B, cond_dim)
         return tokens, mask, pooled
+
+    def encode_layout_text(
+        self, text_emb: Tensor, text_mask: Tensor, drop_text: Tensor | None
+    ) -> tuple[Tensor, Tensor] | None:
+        """The tokens the text layouts read with layout heads (``unet.layout_head``): the
+        layout's own projection; a dropped row reads one zero token. None without heads.
+
+        Returns: tokens (B, L, C_ctx), mask (B, L) bool; or None.
+        """
+        if self.layout_text_in is None or self.layout_text_norm is None:
+            return None
+        dtype = self.layout_text_norm.weight.dtype
+        tokens = self.layout_text_norm(self.layout_text_in(text_emb.to(dtype)))  # (B, L, C)
+        mask = text_mask.bool()
+        drop = ~mask.any(dim=1)
+        if drop_text is not None:
+            drop = drop | drop_text.bool()
+        first = torch.arange(tokens.shape[1], device=tokens.device) == 0  # (L,)
+        tokens = torch.where(drop[:, None, None], torch.zeros_like(tokens), tokens)
+        return tokens, torch.where(drop[:, None], first[None, :], mask)
 
     # ------------------------------------------------------------------ forward
 
@@ -226,6 +251,11 @@ class EfficientUNet(nn.Module):
             raise ValueError("this U-Net is a base stage (lowres=False): do not pass `lowres`")
 
         tokens, mask, pooled = self.encode_text(text_emb, text_mask, drop_text)
+        layout = self.encode_layout_text(text_emb, text_mask, drop_text)
+        if layout is not None:  # the layout's own tokens; its mask equals the U-Net's
+            layout_tokens: Tensor | None = layout[0]
+        else:
+            layout_tokens = None
         cond = self.time_emb(t) + pooled  # (B, cond_dim)
         if self.aug_emb is not None and aug_level is not None:
             cond = cond + self.aug_emb(aug_level)
@@ -233,12 +263,12 @@ class EfficientUNet(nn.Module):
         h = self.init_conv(x_t)
         skips = []
         for down, level in zip(self.downsamples, self.down, strict=True):
-            h = self._level(level, down(h), cond, tokens, mask)
+            h = self._level(level, down(h), cond, tokens, mask, layout_tokens)
             skips.append(h)
-        h = self._level(self.mid, h, cond, tokens, mask)
+        h = self._level(self.mid, h, cond, tokens, mask, layout_tokens)
         for up, level, skip in zip(self.upsamples, self.up, reversed(skips), strict=True):
             h = torch.cat([h, skip * self.cfg.skip_scale], dim=1)
-            h = up(self._level(level, h, cond, tokens, mask))
+            h = up(self._level(level, h, cond, tokens, mask, layout_tokens))
         return self.out(h)
 
     def predict_layouts(
@@ -253,9 +283,10 @@ class EfficientUNet(nn.Module):
         Returns:
             One (B, 3, g, g) prediction per text layout, g its level's grid; [] without heads.
         """
-        if not self.cfg.layout_head:
+        layout = self.encode_layout_text(text_emb, text_mask, drop_text)
+        if layout is None:
             return []
-        tokens, mask, _ = self.encode_text(text_emb, text_mask, drop_text)
+        tokens, mask = layout
         n = len(self.down)
         grids = [size // 2**i for i in range(n)]
         levels = [
@@ -271,13 +302,19 @@ class EfficientUNet(nn.Module):
         ]
 
     def _level(
-        self, level: nn.Module, h: Tensor, cond: Tensor, tokens: Tensor, mask: Tensor
+        self,
+        level: nn.Module,
+        h: Tensor,
+        cond: Tensor,
+        tokens: Tensor,
+        mask: Tensor,
+        layout_tokens: Tensor | None = None,
     ) -> Tensor:
         assert isinstance(level, Level)
         for block, attn, has_attn in zip(level.blocks, level.attns, level.has_attn, strict=True):
             h = self._maybe_checkpoint(block, h, cond)
             if has_attn:
-                h = self._maybe_checkpoint(attn, h, tokens, mask)
+                h = self._maybe_checkpoint(attn, h, tokens, mask, layout_tokens)
         return h
 
     def _maybe_checkpoint(self, fn: Callable[..., Tensor], *args: Any) -> Tensor:

@@ -395,17 +395,18 @@ def test_layout_loss_teaches_the_layout_where_the_caption_puts_each_colour() -> 
         assert (own < 0.25 * mirror).all(), (own, mirror)
 
     # the training loss is the diffusion loss plus the weighted layout loss
-    weighted = Stage(
-        StageConfig(name="base", size=16, unet=unet, diffusion={"layout_loss_weight": 3.0}),
-        text_dim=16,
-    )
-    weighted.load_state_dict(stage.state_dict())
-    no_head = StageConfig(name="base", size=16, unet=unet | {"layout_head": False})
-    plain = Stage(no_head, text_dim=16)
-    plain.load_state_dict(stage.state_dict(), strict=False)
-    total = weighted.loss(x0, enc.emb, enc.mask, generator=torch.Generator().manual_seed(5))
-    base = plain.loss(x0, enc.emb, enc.mask, generator=torch.Generator().manual_seed(5))
-    layout = weighted.layout_loss(x0, enc.emb, enc.mask, torch.zeros(2, dtype=torch.bool))
+    perturb(stage)  # so that the U-Net's (zero-initialised) output is not 0
+
+    def with_weight(w: float) -> Stage:
+        diffusion = {"layout_loss_weight": w}
+        st = Stage(StageConfig(name="base", size=16, unet=unet, diffusion=diffusion), text_dim=16)
+        st.load_state_dict(stage.state_dict())
+        return st
+
+    total = with_weight(3.0).loss(x0, enc.emb, enc.mask, generator=torch.Generator().manual_seed(5))
+    base = with_weight(0.0).loss(x0, enc.emb, enc.mask, generator=torch.Generator().manual_seed(5))
+    layout = stage.layout_loss(x0, enc.emb, enc.mask, torch.zeros(2, dtype=torch.bool))
+    assert (base > 0).all() and (layout > 0).all()
     torch.testing.assert_close(total, base + 3.0 * layout)  # text_drop_prob 0.1: none here
 
 

@@ -470,19 +470,17 @@ def test_text_layout_init_normal_gives_its_queries_and_keys_a_gradient_from_the_
     assert grads["zero"] == 0 and grads["normal"] > 0
 
 
-def test_layout_head_draws_from_the_text_alone_and_leaves_the_forward_as_it_was() -> None:
+def test_layout_head_draws_from_the_text_alone_and_learns_from_its_own_loss_only() -> None:
     """unet.layout_head: one head per text layout, each drawing (B, 3, g, g) at its level's
-    grid from the text alone; the heads are not on the forward path."""
-    plain = EfficientUNet(_cfg(text_layout=True), text_dim=TEXT_DIM)
-    model = EfficientUNet(_cfg(text_layout=True, layout_head=True), text_dim=TEXT_DIM)
-    heads = {n for n, _ in model.named_parameters() if ".layout_head." in n}
-    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
-    assert set(missing) == heads and not unexpected
-    _perturb(model)
-    plain.load_state_dict(model.state_dict(), strict=False)
+    grid from the text alone, through the layout's own token projection. The U-Net reads
+    the layout's cells, but its output gives the layout path no gradient; the drawings give
+    the rest of the U-Net none."""
+    model = _perturb(EfficientUNet(_cfg(text_layout=True, layout_head=True), text_dim=TEXT_DIM))
+    layout = {
+        n for n, _ in model.named_parameters() if ".layout" in n or n.startswith("layout_text")
+    }
+    assert any(".layout_head." in n for n in layout) and "layout_text_in.weight" in layout
     inp = _inputs()
-    assert torch.equal(_run(model.eval(), inp), _run(plain.eval(), inp))
-
     x, emb, mask = inp["x_t"], inp["text_emb"], inp["text_mask"]
     preds = model.predict_layouts(x.shape[-1], emb, mask)
     # levels with cross-attention at size / 2 and size / 4, the middle, the same two up
@@ -491,6 +489,25 @@ def test_layout_head_draws_from_the_text_alone_and_leaves_the_forward_as_it_was(
     assert [tuple(p.shape) for p in preds] == [(x.shape[0], 3, g, g) for g in grids]
     other = model.predict_layouts(x.shape[-1], emb.flip(1) * 2, mask)
     assert not torch.allclose(preds[0], other[0])  # it reads the text
+
+    # the layout's cells are in the forward: changing the layout path changes the output
+    before = _run(model.eval(), inp)
+    with torch.no_grad():
+        assert model.layout_text_in is not None
+        model.layout_text_in.weight.mul_(3.0)
+    assert not torch.allclose(_run(model, inp), before)
+
+    def grads(loss: Tensor) -> set[str]:
+        model.zero_grad()
+        loss.backward()
+        return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+
+    from_output = grads(_run(model.train(), inp).square().mean())
+    from_drawings = grads(sum(p.square().mean() for p in model.predict_layouts(s, emb, mask)))
+    assert from_output and not from_output & layout
+    assert from_drawings and from_drawings <= layout
+
+    plain = EfficientUNet(_cfg(text_layout=True), text_dim=TEXT_DIM)
     assert plain.predict_layouts(x.shape[-1], emb, mask) == []
     with pytest.raises(ValueError, match="layout_head=true trains the text layout"):
         _cfg(layout_head=True)
