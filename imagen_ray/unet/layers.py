@@ -166,7 +166,8 @@ class AttentionBlock(nn.Module):
         b, c, h, w = x.shape
         s = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # (B, HW, C); a view if channels_last
         if self.pos is not None or self.layout_q is not None:
-            feats = position_features(h, w, x.device)  # (HW, 32), shared by both
+            # (HW, 32), shared by both; in the map's dtype (bf16 weights at inference)
+            feats = position_features(h, w, x.device).to(x.dtype)
             if self.pos is not None:
                 s = s + self.pos(feats).to(s.dtype)
             if self.layout is not None:
@@ -193,7 +194,7 @@ class AttentionBlock(nn.Module):
         (B, 3, size, size). Needs ``layout_head``."""
         if self.layout_head is None:
             raise ValueError("this attention block has no layout head (unet.layout_head)")
-        feats = position_features(size, size, ctx.device)
+        feats = position_features(size, size, ctx.device).to(ctx.dtype)
         cells = self.layout_head(self._layout(feats, ctx, mask, ctx.dtype))  # (B, HW, 3)
         return cells.transpose(1, 2).reshape(ctx.shape[0], 3, size, size)
 

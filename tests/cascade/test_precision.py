@@ -86,3 +86,22 @@ def test_load_in_bf16(fp32: Cascade, tmp_path: Path) -> None:
     loaded = Cascade.load(tmp_path / "c", encoder=FakeEncoder(), dtype="bfloat16")
     assert loaded.dtypes == {"base": "bfloat16", "sr": "bfloat16"}
     assert Cascade.load(tmp_path / "c", encoder=FakeEncoder()).dtypes["sr"] == "float32"
+
+
+def test_position_features_follow_bf16_weights() -> None:
+    """pos_emb, text_layout and layout heads feed float32 position features into bf16
+    Linears: they are cast to the map's dtype (they raised a dtype error before)."""
+    from imagen_ray.cascade import Stage
+    from imagen_ray.config import StageConfig
+    from tests.cascade.test_cascade import UNET
+
+    unet = UNET | {"pos_emb": True, "text_layout": True, "layout_head": True}
+    sampling = {"steps": 2, "layout_start": 0.8}
+    stage = Stage(StageConfig(name="base", size=16, unet=unet, sampling=sampling), text_dim=16)
+    perturb(stage)
+    enc = FakeEncoder().encode(PROMPTS[:2])
+    ref = stage.eval().sample(enc.emb, enc.mask, generator=torch.Generator().manual_seed(0))
+    stage.to_inference("bfloat16")
+    low = stage.sample(enc.emb, enc.mask, generator=torch.Generator().manual_seed(0))
+    assert low.dtype == torch.float32 and low.shape == ref.shape
+    assert 0 < float((low - ref).abs().mean()) < 0.05
