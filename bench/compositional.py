@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 try:  # `python bench/compositional.py` puts bench/ on the path; tests import bench.*
     from bench._common import emit, log, machine_info
 except ImportError:
@@ -150,13 +152,14 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     ),
     "layout_head": (
         "the text layouts trained to draw the clean image from the text alone (a per-cell "
-        "head, as bench/layout_probe.py), their output starting random",
+        "head, as bench/layout_probe.py) through their own token projection, by that loss "
+        "alone; the U-Net reads their cells",
         ["stage.unet.layout_head=true", "stage.unet.text_layout_init=normal"],
         {},
     ),
     "layout_head_2x": (
-        "layout_head for twice the steps (the 15 min budget): the layout heads alone learn "
-        "the side only after ~2000 steps (bench/layout_probe.py --budgets)",
+        "layout_head for twice the steps (the 15 min budget): the layout path learns the "
+        "side only after ~2000 steps",
         ["stage.unet.layout_head=true", "stage.unet.text_layout_init=normal"],
         {"steps": 2.0},
     ),
@@ -317,6 +320,47 @@ def variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+def figure(out: Path, variants: list[str], prompts: int = 8) -> Any:
+    """Side by side: each variant's first image of the first ``prompts`` held-out two-object
+    prompts (one column per variant, one row per prompt), with what the checker read."""
+    from PIL import Image, ImageDraw
+
+    from imagen_ray.eval.report import failure_grid, failure_tile
+
+    def records(name: str) -> list[dict[str, Any]]:
+        lines = (out / name / "eval" / "readings.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    runs = {v: records(v) for v in variants}
+    first = runs[variants[0]]
+    seen: set[str] = set()
+    picked = []
+    for i, r in enumerate(first):  # the first image of each prompt
+        if r["split"] == "heldout" and r["category"] in TWO_OBJECT and r["prompt"] not in seen:
+            seen.add(r["prompt"])
+            picked.append(i)
+    picked = picked[:: max(1, len(picked) // prompts)][:prompts]  # spread over the suite
+    tiles = []
+    for i in picked:
+        for v in variants:
+            r = runs[v][i]
+            if r["prompt"] != first[i]["prompt"]:
+                raise ValueError(f"{v}'s eval has other prompts than {variants[0]}'s")
+            read = r["read"]
+            found = [read["found"][k] for k in read["matched"] if k is not None]
+            lines = [
+                (f"{o['colour']} {o['shape']}", not (c and sh))
+                for o, c, sh in zip(found, read["colour"], read["shape"], strict=False)
+            ]
+            ok = bool(read["relation"])
+            lines.append((f"relation {'right' if ok else 'wrong'}", not ok))
+            image = Image.open(out / v / "eval" / r["file"]).convert("RGB")
+            tile = failure_tile(np.asarray(image), r["prompt"], lines)
+            ImageDraw.Draw(tile).text((3, 2), v, fill=(255, 255, 255))  # the variant, on top
+            tiles.append(tile)
+    return failure_grid(tiles, cols=len(variants) * 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -341,6 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick", action="store_true", help="smoke run: 300 samples, 20 steps, baseline only"
     )
+    p.add_argument(
+        "--figure",
+        type=Path,
+        metavar="PNG",
+        help="after the runs, write a picture of the --only variants side by side on held-out "
+        "two-object prompts (what the checker read under each image) to PNG",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.samples, args.steps, args.only, args.images_per_prompt = 300, 20, ["baseline"], 1
@@ -358,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as e:
             rows.append({"variant": name, "error": str(e)})
         emit(rows[-1])
+    if args.figure is not None and not any("error" in r for r in rows):
+        figure(args.out, [r["variant"] for r in rows]).save(args.figure)
+        log(f"figure: {args.figure}")
     emit({"summary": {r["variant"]: r.get("heldout", {}).get("scene") for r in rows},
           "machine": machine_info(), "quick": args.quick})  # fmt: skip
     return 1 if any("error" in r for r in rows) else 0
