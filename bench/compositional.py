@@ -163,6 +163,16 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         ["stage.unet.layout_head=true", "stage.unet.text_layout_init=normal"],
         {"steps": 2.0},
     ),
+    "layout_head_2x_lr_decay": (
+        "layout_head_2x with the learning rate decayed (cosine, to 0.1x): the U-Net's last "
+        "steps, after the layout has learned the side, at a lower rate",
+        [
+            "stage.unet.layout_head=true",
+            "stage.unet.text_layout_init=normal",
+            "train.min_lr_ratio=0.1",
+        ],
+        {"steps": 2.0},
+    ),
     "encoder_layer_-2": (
         "MiniLM's second-to-last layer",
         ["text.hidden_layer=-2"],

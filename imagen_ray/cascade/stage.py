@@ -291,16 +291,17 @@ class Stage(nn.Module):
 
     def layout_image(self, text_emb: Tensor, text_mask: Tensor, size: int) -> Tensor:
         """The layout heads' drawing of each prompt (``unet.layout_head``), from the text
-        alone: the finest heads' mean, upsampled to (B, 3, size, size) in [-1, 1]."""
+        alone: every head's drawing upsampled to (B, 3, size, size), their mean, in [-1, 1].
+        (On the language study's set the mean reads the side right in 99 % of scenes, the
+        finest heads alone in 84 %: bench/side_probe.py.)"""
         if not self.cfg.unet.layout_head:
             raise ValueError(
                 f"stage {self.cfg.name!r} has no layout head (unet.layout_head): it cannot "
                 "start from the text's layout; use sampling.layout_start: 1"
             )
         preds = self.unet.predict_layouts(size, text_emb, text_mask.bool())
-        finest = max(p.shape[-1] for p in preds)
-        mean = torch.stack([p.float() for p in preds if p.shape[-1] == finest]).mean(0)
-        return upsample_to(mean, size).clamp(-1.0, 1.0)
+        mean = torch.stack([upsample_to(p.float(), size) for p in preds]).mean(0)
+        return mean.clamp(-1.0, 1.0)
 
     def _denoiser(self, model_fn: ModelFn, s: SamplingConfig) -> Denoiser:
         """The U-Net as an x0 denoiser with the sampling settings' guidance and threshold."""

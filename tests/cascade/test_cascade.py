@@ -16,6 +16,7 @@ import torch
 from imagen_ray.cascade import Cascade, CheckpointError, Stage, load_stage, save_stage
 from imagen_ray.cascade import io as cascade_io
 from imagen_ray.config import CascadeConfig, ConfigError, StageConfig, TextEncoderConfig
+from imagen_ray.unet import upsample_to
 
 TEXT = TextEncoderConfig(name="fake", max_length=6, dim=16)
 UNET = {
@@ -422,6 +423,10 @@ def test_layout_start_samples_from_the_layout_heads_drawing_noised_to_that_t() -
     drawing = stage.layout_image(enc.emb, enc.mask, 16)
     assert drawing.shape == (2, 3, 16, 16) and drawing.abs().max() <= 1
     assert not torch.allclose(drawing[0], drawing[1])  # each prompt its own drawing
+    heads = stage.unet.predict_layouts(16, enc.emb, enc.mask)  # down, middle, up: 8 px
+    assert [p.shape[-1] for p in heads] == [8, 8, 8]
+    mean = torch.stack([upsample_to(p, 16) for p in heads]).mean(0).clamp(-1, 1)
+    torch.testing.assert_close(drawing, mean)  # every head's drawing, upsampled, averaged
 
     def gen() -> list[torch.Generator]:
         return [torch.Generator().manual_seed(i) for i in range(2)]
