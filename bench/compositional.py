@@ -159,7 +159,7 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     ),
     "layout_head_2x": (
         "layout_head for twice the steps (the 15 min budget): the layout path learns the "
-        "side only after ~2000 steps",
+        "side between 1400 and 2800 steps",
         ["stage.unet.layout_head=true", "stage.unet.text_layout_init=normal"],
         {"steps": 2.0},
     ),
