@@ -289,7 +289,7 @@ class EfficientUNet(nn.Module):
         tokens, mask = layout
         n = len(self.down)
         grids = [size // 2**i for i in range(n)]
-        levels = [
+        levels: list[tuple[nn.Module, int]] = [
             *zip(self.down, grids, strict=True),
             (self.mid, grids[-1]),
             *zip(self.up, grids[::-1], strict=True),
@@ -297,6 +297,7 @@ class EfficientUNet(nn.Module):
         return [
             attn.predict_layout(grid, tokens, mask)
             for level, grid in levels
+            if isinstance(level, Level)
             for attn in level.attns
             if isinstance(attn, AttentionBlock) and attn.layout_head is not None
         ]
