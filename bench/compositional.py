@@ -163,6 +163,12 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         ["stage.unet.layout_head=true", "stage.unet.text_layout_init=normal"],
         {"steps": 2.0},
     ),
+    "layout_head_2x_seed1": (
+        "layout_head_2x with other initial weights, noise and data order (train.seed=1): "
+        "whether the layout path learns the side within the budget every time",
+        ["stage.unet.layout_head=true", "stage.unet.text_layout_init=normal", "train.seed=1"],
+        {"steps": 2.0},
+    ),
     "layout_head_2x_lr_decay": (
         "layout_head_2x with the learning rate decayed (cosine, to 0.1x): the U-Net's last "
         "steps, after the layout has learned the side, at a lower rate",
