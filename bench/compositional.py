@@ -169,6 +169,17 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         ["stage.unet.layout_head=true", "stage.unet.text_layout_init=normal", "train.seed=1"],
         {"steps": 2.0},
     ),
+    "layout_tokens_2x": (
+        "layout_head_2x with the layout's token projection added to the U-Net's tokens "
+        "(unet.layout_tokens): keys that tell each object's words apart by its side, so that "
+        "a place can find its own object's shape",
+        [
+            "stage.unet.layout_head=true",
+            "stage.unet.text_layout_init=normal",
+            "stage.unet.layout_tokens=true",
+        ],
+        {"steps": 2.0},
+    ),
     "layout_head_2x_lr_decay": (
         "layout_head_2x with the learning rate decayed (cosine, to 0.1x): the U-Net's last "
         "steps, after the layout has learned the side, at a lower rate",

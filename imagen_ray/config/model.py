@@ -147,6 +147,13 @@ class UNetConfig(Strict):
         "diffusion.layout_loss_weight (not in the paper; the layout then carries where each "
         "object goes into the U-Net from the first step: docs/compositional.md)",
     )
+    layout_tokens: bool = Field(
+        False,
+        description="with layout_head: the U-Net's tokens also carry the layout's own token "
+        "projection (detached), whose keys must tell each object's words apart by where the "
+        "object goes, so that a place can find its own object's shape (not in the paper: "
+        "docs/compositional.md)",
+    )
 
     @model_validator(mode="after")
     def _groups_divide_channels(self) -> UNetConfig:
@@ -156,6 +163,11 @@ class UNetConfig(Strict):
             raise ValueError(
                 "layout_head=true trains the text layout, but this U-Net has none; set "
                 "text_layout: true with cross_attn on a level (or layout_head: false)"
+            )
+        if self.layout_tokens and not self.layout_head:
+            raise ValueError(
+                "layout_tokens=true adds the layout heads' token projection to the U-Net's "
+                "tokens, but layout_head is false; set layout_head: true (or layout_tokens: false)"
             )
         for i, lvl in enumerate(self.levels):
             ch = self.channels * lvl.mult

@@ -172,6 +172,10 @@ class EfficientUNet(nn.Module):
         """
         dtype = self.text_norm.weight.dtype
         tokens = self.text_norm(self.text_in(text_emb.to(dtype)))  # (B, L, C)
+        if self.cfg.layout_tokens and self.layout_text_in is not None:
+            assert self.layout_text_norm is not None  # with the layout's projection
+            layout = self.layout_text_norm(self.layout_text_in(text_emb.to(dtype)))
+            tokens = tokens + layout.detach()  # learned by the layout heads' loss alone
         mask = text_mask.bool()
         drop = ~mask.any(dim=1)  # a row with no tokens is treated as unconditional
         if drop_text is not None:

@@ -513,6 +513,32 @@ def test_layout_head_draws_from_the_text_alone_and_learns_from_its_own_loss_only
         _cfg(layout_head=True)
 
 
+def test_layout_tokens_add_the_layouts_projection_to_the_unets_tokens_detached() -> None:
+    """unet.layout_tokens: the U-Net's tokens are its own projection plus the layout's
+    (detached: the diffusion loss still gives the layout path no gradient)."""
+    cfg = _cfg(text_layout=True, layout_head=True)
+    plain = _perturb(EfficientUNet(cfg, text_dim=TEXT_DIM))
+    model = EfficientUNet(
+        _cfg(text_layout=True, layout_head=True, layout_tokens=True), text_dim=TEXT_DIM
+    )
+    model.load_state_dict(plain.state_dict())
+    inp = _inputs()
+    emb, mask = inp["text_emb"], inp["text_mask"]
+    got, _, _ = model.encode_text(emb, mask, None)
+    base, _, _ = plain.encode_text(emb, mask, None)
+    layout = model.encode_layout_text(emb, mask, None)
+    assert layout is not None
+    real = mask[..., None]
+    torch.testing.assert_close(got * real, (base + layout[0]) * real)
+
+    model.zero_grad()
+    _run(model.train(), inp).square().mean().backward()
+    assert model.layout_text_in is not None and model.layout_text_in.weight.grad is None
+    assert model.text_in.weight.grad is not None  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="layout_tokens=true adds"):
+        _cfg(text_layout=True, layout_tokens=True)
+
+
 def test_text_layers_let_tokens_read_the_rest_of_the_caption() -> None:
     plain = EfficientUNet(_cfg(), text_dim=TEXT_DIM)
     model = EfficientUNet(_cfg(text_layers=2), text_dim=TEXT_DIM)
