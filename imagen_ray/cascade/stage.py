@@ -263,14 +263,9 @@ class Stage(nn.Module):
             text_emb, text_mask, lowres_in, aug, neg_emb, neg_mask, guided=s.guidance_scale != 1.0
         )
         denoise = self._denoiser(model_fn, s)
-        noise = randn((b, 3, side, side), generator, dev)  # float32 state
         if init is None and s.layout_start < 1.0:  # start from the text's own layout
             init, strength = self.layout_image(text_emb, text_mask, side), s.layout_start
-        if (strength < 1.0 or keep is not None) and init is None:
-            raise ValueError("strength < 1 and keep need the image to edit: pass `init`")
-        if strength < 1.0 and init is not None:  # image-to-image: start at t = strength
-            log_snr = self.log_snr_fn(torch.full((b,), float(strength), device=dev))
-            noise = q_sample(init.to(dev, noise.dtype), log_snr, noise)
+        noise = self._start(init, strength, keep, (b, 3, side, side), generator)
         if keep is not None and init is not None:
             denoise = keep_known(denoise, init.to(dev), keep.to(dev))
         x0 = sample(
@@ -288,6 +283,25 @@ class Stage(nn.Module):
         if keep is not None and init is not None:  # exactly, whatever the sampler's rounding
             x0 = torch.where(keep.to(dev), init.to(dev, x0.dtype), x0)
         return x0.clamp(-1.0, 1.0)
+
+    def _start(
+        self,
+        init: Tensor | None,
+        strength: float,
+        keep: Tensor | None,
+        shape: tuple[int, int, int, int],
+        generator: Generators,
+    ) -> Tensor:
+        """The sampler's float32 start: noise, or below ``strength`` 1 ``init`` noised to
+        ``t = strength`` (image-to-image)."""
+        dev = self.device
+        noise = randn(shape, generator, dev)
+        if (strength < 1.0 or keep is not None) and init is None:
+            raise ValueError("strength < 1 and keep need the image to edit: pass `init`")
+        if strength < 1.0 and init is not None:
+            log_snr = self.log_snr_fn(torch.full((shape[0],), float(strength), device=dev))
+            noise = q_sample(init.to(dev, noise.dtype), log_snr, noise)
+        return noise
 
     def layout_image(self, text_emb: Tensor, text_mask: Tensor, size: int) -> Tensor:
         """The layout heads' drawing of each prompt (``unet.layout_head``), from the text

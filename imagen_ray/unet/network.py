@@ -164,18 +164,26 @@ class EfficientUNet(nn.Module):
         self.layout_text_norm = nn.LayerNorm(ctx_dim) if cfg.layout_head else None
 
     def encode_text(
-        self, text_emb: Tensor, text_mask: Tensor, drop_text: Tensor | None
+        self,
+        text_emb: Tensor,
+        text_mask: Tensor,
+        drop_text: Tensor | None,
+        layout_tokens: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Project tokens, swap in the null token where text is dropped, pool.
+        ``layout_tokens``: :meth:`encode_layout_text`'s tokens when the caller has them
+        (``unet.layout_tokens`` adds them; computed here otherwise).
 
         Returns: tokens (B, L, C_ctx), mask (B, L) bool, pooled (B, cond_dim).
         """
         dtype = self.text_norm.weight.dtype
         tokens = self.text_norm(self.text_in(text_emb.to(dtype)))  # (B, L, C)
-        if self.cfg.layout_tokens and self.layout_text_in is not None:
-            assert self.layout_text_norm is not None  # with the layout's projection
-            layout = self.layout_text_norm(self.layout_text_in(text_emb.to(dtype)))
-            tokens = tokens + layout.detach()  # learned by the layout heads' loss alone
+        if self.cfg.layout_tokens:
+            if layout_tokens is None:
+                layout = self.encode_layout_text(text_emb, text_mask, drop_text)
+                assert layout is not None  # layout_tokens needs layout_head (config check)
+                layout_tokens = layout[0]
+            tokens = tokens + layout_tokens.detach()  # learned by the layout heads' loss alone
         mask = text_mask.bool()
         drop = ~mask.any(dim=1)  # a row with no tokens is treated as unconditional
         if drop_text is not None:
@@ -254,12 +262,9 @@ class EfficientUNet(nn.Module):
         elif lowres is not None:
             raise ValueError("this U-Net is a base stage (lowres=False): do not pass `lowres`")
 
-        tokens, mask, pooled = self.encode_text(text_emb, text_mask, drop_text)
         layout = self.encode_layout_text(text_emb, text_mask, drop_text)
-        if layout is not None:  # the layout's own tokens; its mask equals the U-Net's
-            layout_tokens: Tensor | None = layout[0]
-        else:
-            layout_tokens = None
+        layout_tokens = None if layout is None else layout[0]  # its mask equals the U-Net's
+        tokens, mask, pooled = self.encode_text(text_emb, text_mask, drop_text, layout_tokens)
         cond = self.time_emb(t) + pooled  # (B, cond_dim)
         if self.aug_emb is not None and aug_level is not None:
             cond = cond + self.aug_emb(aug_level)
