@@ -180,6 +180,17 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         ],
         {"steps": 2.0},
     ),
+    "layout_pixels_2x": (
+        "layout_tokens_2x with heads that draw every pixel (unet.layout_head_pixels): a "
+        "drawing that holds each object's shape, to start sampling from (sampling.layout_start)",
+        [
+            "stage.unet.layout_head=true",
+            "stage.unet.text_layout_init=normal",
+            "stage.unet.layout_tokens=true",
+            "stage.unet.layout_head_pixels=true",
+        ],
+        {"steps": 2.0},
+    ),
     "layout_head_2x_lr_decay": (
         "layout_head_2x with the learning rate decayed (cosine, to 0.1x): the U-Net's last "
         "steps, after the layout has learned the side, at a lower rate",
@@ -202,7 +213,7 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     ),
 }
 GUIDANCE = (1.0, 3.0, 10.0)  # also scored on the baseline, beside the config's own scale
-LAYOUT_STARTS = (0.9, 0.7)  # also scored on variants with a layout head (sampling.layout_start)
+LAYOUT_STARTS = (0.9, 0.7, 0.5)  # also scored on variants with a layout head (sampling.layout_start)
 
 
 def run(cmd: list[str], log_file: Path) -> None:

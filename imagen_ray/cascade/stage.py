@@ -177,8 +177,8 @@ class Stage(nn.Module):
 
     def layout_loss(self, x0: Tensor, text_emb: Tensor, text_mask: Tensor, drop: Tensor) -> Tensor:
         """Per-example MSE of the layout heads' text-only drawings against the clean image
-        pooled to each head's grid, averaged over heads; 0 where the text is dropped (the
-        null token says nothing about the layout). Shape (B,)."""
+        pooled to the size each head draws at, averaged over heads; 0 where the text is
+        dropped (the null token says nothing about the layout). Shape (B,)."""
         preds = self.unet.predict_layouts(x0.shape[-1], text_emb, text_mask, drop_text=drop)
         per_head = [
             (p.float() - F.adaptive_avg_pool2d(x0, p.shape[-1])).square().flatten(1).mean(1)

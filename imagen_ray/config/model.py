@@ -147,6 +147,12 @@ class UNetConfig(Strict):
         "diffusion.layout_loss_weight (not in the paper; the layout then carries where each "
         "object goes into the U-Net from the first step: docs/compositional.md)",
     )
+    layout_head_pixels: bool = Field(
+        False,
+        description="with layout_head: every head draws each pixel of the stage's size (each "
+        "cell its patch) instead of each cell's mean colour, so that the drawing can hold each "
+        "object's shape as well as its colour and place (not in the paper: docs/compositional.md)",
+    )
     layout_tokens: bool = Field(
         False,
         description="with layout_head: the U-Net's tokens also carry the layout's own token "
@@ -163,6 +169,11 @@ class UNetConfig(Strict):
             raise ValueError(
                 "layout_head=true trains the text layout, but this U-Net has none; set "
                 "text_layout: true with cross_attn on a level (or layout_head: false)"
+            )
+        if self.layout_head_pixels and not self.layout_head:
+            raise ValueError(
+                "layout_head_pixels=true sets how the layout heads draw, but layout_head is "
+                "false; set layout_head: true (or layout_head_pixels: false)"
             )
         if self.layout_tokens and not self.layout_head:
             raise ValueError(

@@ -130,6 +130,7 @@ class AttentionBlock(nn.Module):
         text_layout: bool = False,
         text_layout_init: str = "zero",
         layout_head: bool = False,
+        layout_patch: int = 1,
     ) -> None:
         super().__init__()
         # optional absolute position: a learned map of fixed 2-D sin/cos features, added to
@@ -143,9 +144,11 @@ class AttentionBlock(nn.Module):
             # a zero output gives the layout's queries and keys no gradient until it grows
             nn.init.normal_(self.layout.out.weight, std=ch**-0.5)
         # optional layout head: the layout's cells draw the clean image from the text alone
-        # (``unet.layout_head``), as bench/layout_probe.py's per-cell MLP
+        # (``unet.layout_head``), as bench/layout_probe.py's per-cell MLP: each cell its mean
+        # colour, or its layout_patch x layout_patch pixels (``unet.layout_head_pixels``)
+        self.layout_patch = layout_patch
         self.layout_head = (
-            nn.Sequential(nn.Linear(ch, 4 * ch), nn.GELU(), nn.Linear(4 * ch, 3))
+            nn.Sequential(nn.Linear(ch, 4 * ch), nn.GELU(), nn.Linear(4 * ch, 3 * layout_patch**2))
             if text_layout and layout_head
             else None
         )
@@ -190,13 +193,16 @@ class AttentionBlock(nn.Module):
         return self.layout(q[None].expand(ctx.shape[0], -1, -1), ctx, mask)
 
     def predict_layout(self, size: int, ctx: Tensor, mask: Tensor) -> Tensor:
-        """The layout head's clean image at this block's grid, from the text alone:
-        (B, 3, size, size). Needs ``layout_head``."""
+        """The layout head's clean image from the text alone, ``size`` this block's grid:
+        (B, 3, size * p, size * p), p its patch (1: each cell's mean colour). Needs
+        ``layout_head``."""
         if self.layout_head is None:
             raise ValueError("this attention block has no layout head (unet.layout_head)")
         feats = position_features(size, size, ctx.device).to(ctx.dtype)
-        cells = self.layout_head(self._layout(feats, ctx, mask, ctx.dtype))  # (B, HW, 3)
-        return cells.transpose(1, 2).reshape(ctx.shape[0], 3, size, size)
+        cells = self.layout_head(self._layout(feats, ctx, mask, ctx.dtype))  # (B, HW, 3pp)
+        p, b = self.layout_patch, ctx.shape[0]
+        cells = cells.reshape(b, size, size, 3, p, p).permute(0, 3, 1, 4, 2, 5)
+        return cells.reshape(b, 3, size * p, size * p)
 
 
 def _fmt(x: Tensor) -> torch.memory_format:

@@ -85,8 +85,9 @@ class EfficientUNet(nn.Module):
         def res(i: int, o: int) -> ResBlock:
             return ResBlock(i, o, cond_dim, groups=cfg.groups, dropout=cfg.dropout)
 
-        def level(blocks: list[ResBlock], ch: int, lvl: LevelConfig) -> Level:
-            """Attention after the last block, or after every block (ADM layout)."""
+        def level(blocks: list[ResBlock], ch: int, lvl: LevelConfig, i: int) -> Level:
+            """Attention after the last block, or after every block (ADM layout); ``i`` the
+            level's depth (its grid is the stage's size / 2**i)."""
             n = len(blocks)
             attns = [
                 AttentionBlock(
@@ -100,6 +101,7 @@ class EfficientUNet(nn.Module):
                     text_layout=cfg.text_layout and lvl.cross_attn,
                     text_layout_init=cfg.text_layout_init,
                     layout_head=cfg.layout_head,
+                    layout_patch=2**i if cfg.layout_head_pixels else 1,
                 )
                 if (lvl.self_attn or lvl.cross_attn) and (lvl.attn_every_block or k == n - 1)
                 else None
@@ -119,13 +121,16 @@ class EfficientUNet(nn.Module):
         prev = chans[0]
         for i, (lvl, ch) in enumerate(zip(cfg.levels, chans, strict=True)):
             self.downsamples.append(Downsample(prev, ch) if i > 0 else nn.Identity())
-            self.down.append(level([res(ch, ch) for _ in range(lvl.res_blocks)], ch, lvl))
+            self.down.append(level([res(ch, ch) for _ in range(lvl.res_blocks)], ch, lvl, i))
             prev = ch
 
         # middle, at the lowest resolution
         mid_ch = chans[-1]
         mid_lvl = LevelConfig(mult=1, res_blocks=1, self_attn=cfg.mid_attn, cross_attn=cfg.mid_attn)
-        self.mid = level([res(mid_ch, mid_ch) for _ in range(cfg.mid_blocks)], mid_ch, mid_lvl)
+        depth = len(cfg.levels) - 1
+        self.mid = level(
+            [res(mid_ch, mid_ch) for _ in range(cfg.mid_blocks)], mid_ch, mid_lvl, depth
+        )
 
         # up path (mirrors the down path; the first block of a level takes the skip)
         self.up = nn.ModuleList()
@@ -133,7 +138,7 @@ class EfficientUNet(nn.Module):
         for i in reversed(range(len(cfg.levels))):
             lvl, ch = cfg.levels[i], chans[i]
             blocks = [res(prev + ch, ch)] + [res(ch, ch) for _ in range(lvl.res_blocks - 1)]
-            self.up.append(level(blocks, ch, lvl))
+            self.up.append(level(blocks, ch, lvl, i))
             self.upsamples.append(Upsample(ch, chans[i - 1]) if i > 0 else nn.Identity())
             prev = chans[i - 1] if i > 0 else ch
 
@@ -290,7 +295,8 @@ class EfficientUNet(nn.Module):
             text_emb, text_mask, drop_text: as :meth:`forward`.
 
         Returns:
-            One (B, 3, g, g) prediction per text layout, g its level's grid; [] without heads.
+            One (B, 3, g, g) prediction per text layout, g its level's grid (``size`` with
+            ``unet.layout_head_pixels``); [] without heads.
         """
         layout = self.encode_layout_text(text_emb, text_mask, drop_text)
         if layout is None:

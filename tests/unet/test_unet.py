@@ -513,6 +513,42 @@ def test_layout_head_draws_from_the_text_alone_and_learns_from_its_own_loss_only
         _cfg(layout_head=True)
 
 
+def test_layout_head_pixels_draw_every_pixel_each_cell_its_own_patch() -> None:
+    """unet.layout_head_pixels: every head draws at the stage's size, each cell of a level
+    at size / 2**i its 2**i x 2**i patch, in the patch's own rows and columns; the cell's
+    colour as the plain head draws it is the patch's pixel each."""
+    plain = _perturb(EfficientUNet(_cfg(text_layout=True, layout_head=True), text_dim=TEXT_DIM))
+    model = EfficientUNet(
+        _cfg(text_layout=True, layout_head=True, layout_head_pixels=True), text_dim=TEXT_DIM
+    )
+    inp = _inputs()
+    x, emb, mask = inp["x_t"], inp["text_emb"], inp["text_mask"]
+    s, b = x.shape[-1], x.shape[0]
+    state = plain.state_dict()
+    heads = [n[: -len(".2.weight")] for n in state if n.endswith(".layout_head.2.weight")]
+    for name in heads:  # each pixel of a patch repeats its cell's colour
+        p = model.get_submodule(name)[2].out_features // 3
+        state[f"{name}.2.weight"] = state[f"{name}.2.weight"].repeat_interleave(p, 0)
+        state[f"{name}.2.bias"] = state[f"{name}.2.bias"].repeat_interleave(p, 0)
+    model.load_state_dict(state)
+    got = model.predict_layouts(s, emb, mask)
+    assert [tuple(p.shape) for p in got] == [(b, 3, s, s)] * len(heads)
+    for drawing, cells in zip(got, plain.predict_layouts(s, emb, mask), strict=True):
+        up = torch.nn.functional.interpolate(cells, size=s, mode="nearest")
+        torch.testing.assert_close(drawing, up)
+
+    with torch.no_grad():  # rows and columns: a patch of distinct values in every cell
+        head = model.get_submodule(heads[1])[2]
+        p = int((head.out_features // 3) ** 0.5)
+        head.weight.zero_()
+        head.bias.copy_(torch.arange(3 * p * p, dtype=head.bias.dtype))
+    drawing = model.predict_layouts(s, emb, mask)[1]
+    patch = torch.arange(3 * p * p, dtype=drawing.dtype).reshape(3, p, p)
+    torch.testing.assert_close(drawing, patch.repeat(1, s // p, s // p).expand(b, -1, -1, -1))
+    with pytest.raises(ValueError, match="layout_head_pixels=true sets how the layout heads"):
+        _cfg(text_layout=True, layout_head_pixels=True)
+
+
 def test_layout_tokens_add_the_layouts_projection_to_the_unets_tokens_detached() -> None:
     """unet.layout_tokens: the U-Net's tokens are its own projection plus the layout's
     (detached: the diffusion loss still gives the layout path no gradient)."""
