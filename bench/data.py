@@ -15,7 +15,17 @@ Prints JSON lines on stdout (the last line is the summary), progress on stderr:
   the driver and of Ray's worker processes should not grow with the data (it streams);
 * ``encode_writers_1`` / ``encode_writers_N`` ``imagen-ray data encode`` (MiniLM, one
   encoder actor) of the same shards with one shard task at a time vs ``--writers`` N, and
-  their ratio (``--encode-only`` runs just these).
+  their ratio (``--encode-only`` runs just these);
+* ``decode_sizes`` (``--sizes 256,512,1024``, runs only this) decode + resize at real
+  image sizes, per core (one process, one torch thread, no Ray): for each source size S
+  and format (JPEG, WebP; ``--samples`` synthetic S x S images, default 64) and each
+  target T in 64, 256, 1024 with T <= S (upscaling cases are skipped and listed), the
+  samples/s of ``ours`` (the project's tar reader + ``decode_filter_resize``, JPEG
+  ``draft`` on), ``ours_no_draft`` (the same with ``draft`` a no-op) and ``dataloader``
+  (``webdataset.WebDataset(...).decode("pil")`` + ``DataLoader(num_workers=0)``, Lanczos
+  short-side resize, center crop, uint8 tensors); one line per (format, S, T) with best
+  and median per wall second and per CPU second, the ratios, and the size JPEG ``draft``
+  decodes to (``decoded_size``), then a summary line.
 
 The shards are generated into a temp dir (``--samples`` images of ~128-192 px, JPEG).
 Configurations are run in alternating rounds (``--rounds``); each reports the best and
@@ -27,6 +37,8 @@ pages count in every process that touches them, so this over-counts).
 
     python bench/data.py            # full run (~4-6 min on 2 cores)
     python bench/data.py --quick    # smoke run (< 60 s)
+    python bench/data.py --sizes 256,512,1024           # decode rates (~2-3 min on 2 cores)
+    python bench/data.py --sizes 256,512,1024 --quick   # smoke run (8 images, 2 rounds)
 """
 
 from __future__ import annotations
@@ -65,21 +77,35 @@ def make_shards(out: Path, n: int, per_shard: int, seed: int = 0) -> list[str]:
 
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
-    words = ["red", "green", "blue", "yellow", "large", "small", "circle", "square", "left"]
     with ShardWriter(str(out / "shard-%06d.tar"), maxcount=per_shard, verbose=0) as w:
         for i in range(n):
             width, height = int(rng.integers(128, 193)), int(rng.integers(128, 161))
-            y, x = np.mgrid[0:height, 0:width]
-            img = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], -1)
-            for _ in range(3):
-                x0, y0 = int(rng.integers(0, width - 32)), int(rng.integers(0, height - 32))
-                img[y0 : y0 + 32, x0 : x0 + 32] = rng.integers(0, 256, 3)
-            img = np.clip(img + rng.integers(-8, 9, img.shape), 0, 255).astype(np.uint8)
-            buf = io.BytesIO()
-            Image.fromarray(img).save(buf, format="JPEG", quality=90)
-            caption = " ".join(rng.choice(words, size=int(rng.integers(3, 9))))
-            w.write({"__key__": f"b{i:07d}", "jpg": buf.getvalue(), "txt": caption})
+            jpeg = _encode(_draw(rng, width, height), "JPEG")
+            w.write({"__key__": f"b{i:07d}", "jpg": jpeg, "txt": _caption(rng)})
     return sorted(str(p) for p in out.glob("*.tar"))
+
+
+def _draw(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """(height, width, 3) uint8: a gradient, 3 flat squares (32 px, or a sixth of the short
+    side for large images) and mild noise."""
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], -1)
+    b = max(32, min(width, height) // 6)
+    for _ in range(3):
+        x0, y0 = int(rng.integers(0, width - b)), int(rng.integers(0, height - b))
+        img[y0 : y0 + b, x0 : x0 + b] = rng.integers(0, 256, 3)
+    return np.clip(img + rng.integers(-8, 9, img.shape), 0, 255).astype(np.uint8)
+
+
+def _encode(img: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format=fmt, quality=90)
+    return buf.getvalue()
+
+
+def _caption(rng: np.random.Generator) -> str:
+    words = ["red", "green", "blue", "yellow", "large", "small", "circle", "square", "left"]
+    return " ".join(rng.choice(words, size=int(rng.integers(3, 9))))
 
 
 # ---------------------------------------------------------------------------- memory
@@ -278,6 +304,248 @@ def bench_read_only(shards: list[str], reader: str) -> int:
     return n
 
 
+# ---------------------------------------------------------------------------- sizes
+
+TARGETS = (64, 256, 1024)  # the base stage, the SR stage, the 1024 px (crop-trained) stage
+FORMATS = {"JPEG": "jpg", "WEBP": "webp"}  # PIL format -> shard entry extension
+CONTENDERS = ("ours", "ours_no_draft", "dataloader")
+LOADER_BATCH = 16
+
+
+def make_sized_shards(out: Path, n: int, per_shard: int, size: int, fmt: str) -> list[str]:
+    """``n`` synthetic ``size`` x ``size`` images in ``fmt`` (JPEG/WEBP, quality 90)."""
+    from webdataset import ShardWriter
+
+    rng = np.random.default_rng(size)
+    out.mkdir(parents=True, exist_ok=True)
+    with ShardWriter(str(out / "shard-%06d.tar"), maxcount=per_shard, verbose=0) as w:
+        for i in range(n):
+            raw = _encode(_draw(rng, size, size), fmt)
+            w.write({"__key__": f"s{i:07d}", FORMATS[fmt]: raw, "txt": _caption(rng)})
+    return sorted(str(p) for p in out.glob("*.tar"))
+
+
+def bench_ours(shards: list[str], size: int, rows_per_block: int = 128) -> int:
+    """(a) the pipeline's per-sample work without Ray: the project's tar reader into Arrow
+    blocks (as a read task makes them), then ``decode_filter_resize`` (header checks, JPEG
+    ``draft``, RGB + EXIF rotation, Lanczos short-side resize + center crop) to ``size`` px."""
+    from imagen_ray.config import DataConfig, StageConfig
+    from imagen_ray.data.decode import decode_filter_resize
+    from imagen_ray.data.reader import URL_COLUMN, _rows_to_table, iter_tar_samples
+
+    kwargs = {
+        "data_cfg": DataConfig().model_dump(),
+        "stage_cfg": StageConfig(size=size).model_dump(),
+        "columns": ["image"],
+    }
+    n = 0
+
+    def decode(rows: list[dict[str, Any]]) -> int:
+        out = decode_filter_resize(_rows_to_table(rows), **kwargs)
+        assert isinstance(out, dict) and out["image"].shape[1:] == (size, size, 3)
+        return len(out["image"])
+
+    for path in shards:
+        rows: list[dict[str, Any]] = []
+        with open(path, "rb") as f:
+            for sample in iter_tar_samples(f, path):
+                rows.append(sample | {URL_COLUMN: path})
+                if len(rows) >= rows_per_block:
+                    n, rows = n + decode(rows), []
+        if rows:
+            n += decode(rows)
+    return n
+
+
+@contextmanager
+def no_draft() -> Iterator[None]:
+    """JPEG ``draft`` made a no-op: every image decodes at full size."""
+    from PIL.JpegImagePlugin import JpegImageFile
+
+    saved = JpegImageFile.draft
+    JpegImageFile.draft = lambda self, mode, size: None  # type: ignore[method-assign,assignment,return-value]
+    try:
+        yield
+    finally:
+        JpegImageFile.draft = saved  # type: ignore[method-assign]
+
+
+def bench_ours_no_draft(shards: list[str], size: int) -> int:
+    """(c) :func:`bench_ours` with JPEG ``draft`` disabled: what draft saves."""
+    with no_draft():
+        return bench_ours(shards, size)
+
+
+def bench_dataloader(shards: list[str], size: int) -> int:
+    """(b) the anchor: ``webdataset.WebDataset(...).decode("pil")`` + a ``DataLoader``
+    (``num_workers=0``): PIL decode at full size (no draft), Lanczos short-side resize,
+    center crop, (size, size, 3) uint8 tensors collated in batches."""
+    import torch
+    import webdataset as wds
+    from torch.utils.data import DataLoader
+
+    def transform(img: Image.Image) -> torch.Tensor:
+        w, h = img.size
+        scale = size / min(w, h)
+        img = img.resize(
+            (max(size, round(w * scale)), max(size, round(h * scale))),
+            Image.Resampling.LANCZOS,
+        )
+        left, top = (img.width - size) // 2, (img.height - size) // 2
+        return torch.from_numpy(np.array(img.crop((left, top, left + size, top + size))))
+
+    ds = (
+        wds.WebDataset(shards, shardshuffle=False, empty_check=False)
+        .decode("pil")
+        .to_tuple("jpg;webp", "txt")
+        .map_tuple(transform, lambda caption: caption)
+    )
+    n = 0
+    for images, _captions in DataLoader(ds, batch_size=LOADER_BATCH, num_workers=0):
+        assert images.shape[1:] == (size, size, 3) and images.dtype == torch.uint8
+        n += len(images)
+    return n
+
+
+SIZE_BENCHES: dict[str, Callable[[list[str], int], int]] = {
+    "ours": bench_ours,
+    "ours_no_draft": bench_ours_no_draft,
+    "dataloader": bench_dataloader,
+}
+
+
+def draft_decoded_size(shard: str, ext: str, size: int) -> list[int]:
+    """[width, height] the first image of ``shard`` decodes to after ``draft("RGB", (size,
+    size))``, as ``_decode_image`` calls it (JPEG: 1/2, 1/4 or 1/8 scale, never below
+    ``size``; other formats ignore draft)."""
+    import webdataset as wds
+
+    raw = next(iter(wds.WebDataset([shard], shardshuffle=False, empty_check=False)))[ext]
+    img = Image.open(io.BytesIO(raw))
+    img.draft("RGB", (size, size))
+    img.load()
+    return list(img.size)
+
+
+def _rates(runs: list[dict[str, float]]) -> dict[str, float | None]:
+    wall = [r["samples_per_s"] for r in runs]
+    cpu = [r["samples_per_cpu_s"] for r in runs]
+    return {
+        "best": rnd(max(wall)),
+        "median": rnd(median(wall)),
+        "per_cpu_s_best": rnd(max(cpu)),
+        "per_cpu_s_median": rnd(median(cpu)),
+    }
+
+
+def time_sizes(shards: list[str], size: int, rounds: int) -> dict[str, list[dict[str, float]]]:
+    """Each contender over ``shards`` once per round, the order rotated each round: samples
+    per wall second and per CPU second of this process (one thread: the per-core rate)."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in CONTENDERS}
+    for r in range(rounds):
+        for name in CONTENDERS[r % 3 :] + CONTENDERS[: r % 3]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            n = SIZE_BENCHES[name](shards, size)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            runs[name].append(
+                {"samples": n, "samples_per_s": n / wall, "samples_per_cpu_s": n / max(cpu, 1e-9)}
+            )
+    return runs
+
+
+def size_row(fmt: str, source: int, target: int, shards: list[str], rounds: int) -> dict[str, Any]:
+    """One (format, source, target) line: each contender's rates, ratios, the draft size."""
+    runs = time_sizes(shards, target, rounds)
+    counts = {r["samples"] for rs in runs.values() for r in rs}
+    assert len(counts) == 1, f"contenders decoded different numbers of samples: {counts}"
+    rates = {name: _rates(rs) for name, rs in runs.items()}
+
+    def ratio(a: str, b: str, key: str = "best") -> float | None:
+        x, y = rates[a][key], rates[b][key]
+        return rnd(x / y, 3) if x is not None and y else None
+
+    decoded = draft_decoded_size(shards[0], FORMATS[fmt], target)
+    return {
+        "config": "decode_sizes",
+        "format": fmt,
+        "source": source,
+        "target": target,
+        "samples": int(counts.pop()),
+        "rounds": rounds,
+        "decoded_size": decoded,
+        "draft_applies": min(decoded) < source,
+        "samples_per_s": rates,
+        "ratios": {
+            "ours_vs_dataloader": ratio("ours", "dataloader"),
+            "ours_vs_ours_no_draft": ratio("ours", "ours_no_draft"),
+            "per_cpu_s_ours_vs_dataloader": ratio("ours", "dataloader", "per_cpu_s_best"),
+            "per_cpu_s_ours_vs_ours_no_draft": ratio("ours", "ours_no_draft", "per_cpu_s_best"),
+        },
+        "loadavg": loadavg(),
+    }
+
+
+def bench_sizes(args: argparse.Namespace, tmp: Path, t_start: float) -> int:
+    """``--sizes``: decode + resize rates per core at each (format, source, target)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows, skipped = [], []
+    try:
+        for fmt in FORMATS:
+            for source in args.sizes:
+                t0 = time.perf_counter()
+                out = tmp / "sizes" / f"{fmt.lower()}-{source}"
+                shards = make_sized_shards(out, args.samples, args.per_shard, source, fmt)
+                log(f"{fmt} {source} px: {args.samples} images ({time.perf_counter() - t0:.1f} s)")
+                if not rows:  # warm-up: imports, first-call costs
+                    for fn in SIZE_BENCHES.values():
+                        fn(shards[:1], TARGETS[0])
+                for target in TARGETS:
+                    if target > source:
+                        skipped.append([fmt, source, target])
+                        log(f"skip {fmt} {source} -> {target} px (upscaling)")
+                        continue
+                    row = size_row(fmt, source, target, shards, args.rounds)
+                    emit(row)
+                    rows.append(row)
+    finally:
+        torch.set_num_threads(threads)
+    emit(sizes_summary(rows, skipped, t_start))
+    return 0
+
+
+def sizes_summary(
+    rows: list[dict[str, Any]], skipped: list[list[Any]], t_start: float
+) -> dict[str, Any]:
+    """The table in one line, and the goal: per core, ours >= the DataLoader at 1024 px."""
+    table = {
+        f"{r['format']}_{r['source']}_{r['target']}": {
+            "per_cpu_s": {k: v["per_cpu_s_best"] for k, v in r["samples_per_s"].items()},
+            "ours_vs_dataloader": r["ratios"]["per_cpu_s_ours_vs_dataloader"],
+            "ours_vs_ours_no_draft": r["ratios"]["per_cpu_s_ours_vs_ours_no_draft"],
+            "decoded_size": r["decoded_size"],
+        }
+        for r in rows
+    }
+    at_1024 = [r["ratios"]["per_cpu_s_ours_vs_dataloader"] for r in rows if r["source"] == 1024]
+    return {
+        "summary": "data_sizes",
+        "threads": 1,
+        "table": table,
+        "skipped_upscaling": skipped,
+        "goal_ours_ge_dataloader_per_core_at_1024": (
+            all(x is not None and x >= 1 for x in at_1024) if at_1024 else None
+        ),
+        "slower_than_dataloader": [
+            k for k, v in table.items() if (v["ours_vs_dataloader"] or 0) < 1
+        ],
+        "seconds": rnd(time.perf_counter() - t_start),
+        "loadavg_end": loadavg(),
+    }
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -310,9 +578,11 @@ def main(argv: list[str] | None = None) -> int:
         "text encoding, a plain webdataset loop and ray.data.read_webdataset; reader-only "
         "throughput; peak memory at 1x and 10x data. JSON lines on stdout.",
     )
-    p.add_argument("--samples", type=int, default=2000, help="generated images (2000)")
+    p.add_argument(
+        "--samples", type=int, default=None, help="generated images (2000; --sizes: 64 per size)"
+    )
     p.add_argument("--per-shard", type=int, default=100, help="samples per shard (100)")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds (2)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (2; --sizes: 3)")
     p.add_argument("--repeat", type=int, default=10, help="flat-memory data multiple (10)")
     p.add_argument("--num-cpus", type=int, default=None, help="Ray CPUs (default: all)")
     p.add_argument("--no-text", action="store_true", help="skip the text-encoder run")
@@ -324,7 +594,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--encode-only", action="store_true", help="only the encode benchmark (1 vs N writers)"
     )
+    p.add_argument(
+        "--sizes",
+        type=_size_list,
+        default=None,
+        metavar="S,S,...",
+        help="only the decode-rate benchmark: synthetic S x S JPEG and WebP sources resized "
+        "to 64/256/1024 px (T <= S), ours vs ours without draft vs a webdataset DataLoader, "
+        "per core (e.g. 256,512,1024)",
+    )
     args = p.parse_args(argv)
+    if args.sizes:
+        args.samples = args.samples or (8 if args.quick else 64)
+        args.rounds = args.rounds or (2 if args.quick else 3)
+        return _run_sizes(args)
+    args.samples = args.samples or 2000
+    args.rounds = args.rounds or 2
     if args.quick:
         args.samples, args.per_shard, args.rounds, args.repeat = 100, 25, 1, 4
         args.no_text = True
@@ -463,6 +748,27 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def _size_list(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--sizes takes pixels like 256,512,1024: {e}") from e
+    if not sizes or min(sizes) < TARGETS[0]:
+        raise argparse.ArgumentTypeError(f"--sizes needs sizes >= {TARGETS[0]} px, got {text!r}")
+    return sizes
+
+
+def _run_sizes(args: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    emit({"bench": "data_sizes", "args": vars(args), "machine": machine_info()})
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-data-"))
+    try:
+        return bench_sizes(args, tmp, t_start)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
