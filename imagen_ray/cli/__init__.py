@@ -20,7 +20,9 @@ from imagen_ray.cli.args import Handler, run_handler
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # Command-group modules of imagen_ray.cli, in the order `imagen-ray --help` lists them.
-COMMANDS = ("model", "edit", "train", "cascade", "serve", "generate", "demo", "data", "eval")
+COMMANDS = (
+    "model", "edit", "train", "plan", "cascade", "serve", "generate", "demo", "data", "eval",
+)  # fmt: skip
 
 EXAMPLES = """\
 examples:

@@ -179,7 +179,7 @@ def _build(
             say(f"[{cfg.stage.name}] initialised from {args.init_from}", args.console)
     paths = TrainDevicePaths.resolve(cfg.train, device.type)
     paths.prepare(stage)  # autocast in its forward, channels_last on CUDA
-    engine = _engine(stage, cfg, world, device)
+    engine = build_engine(stage, cfg, world, device)
     # the process group exists now: rank 0 records which node each rank runs on
     report_worker_nodes(rank, args.run_dir, args.console, name=cfg.stage.name)
     ema = EMA(engine.module, cfg.train.ema_decay, cfg.train.ema_warmup_steps)
@@ -187,7 +187,7 @@ def _build(
     return _Worker(args, rank, world, device, paths, engine, ema, gen)
 
 
-def _engine(stage: Stage, cfg: RunConfig, world: int, device: torch.device) -> Any:
+def build_engine(stage: Stage, cfg: RunConfig, world: int, device: torch.device) -> Any:
     """DeepSpeed's engine around ``stage``, with Adafactor when the run asks for it."""
     import deepspeed
 
