@@ -213,7 +213,7 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     ),
 }
 GUIDANCE = (1.0, 3.0, 10.0)  # also scored on the baseline, beside the config's own scale
-LAYOUT_STARTS = (0.9, 0.7, 0.5)  # also scored on variants with a layout head (sampling.layout_start)
+LAYOUT_STARTS = (0.9, 0.7, 0.5)  # also scored with a layout head (sampling.layout_start)
 
 
 def run(cmd: list[str], log_file: Path) -> None:

@@ -90,10 +90,27 @@ class DecodeRate:
     per_core: float  # samples/s
 
 
-# Measured by `python bench/data.py --sizes 256,512,1024` (one process, one thread, per core).
-# Filled in from that bench's JSON; a size not listed takes the nearest measured one.
-DECODE_RATES: tuple[DecodeRate, ...] = ()
-DECODE_HOW = "python bench/data.py --sizes 256,512,1024"
+# Samples per CPU-second of the pipeline's decode + resize (imagen_ray.data.decode), median of
+# 5 rounds of 64 images: `python bench/data.py --sizes 256,512,1024 --rounds 5`, 2026-12-07,
+# Intel Xeon (AVX-512), one thread (docs/benchmarks.md#decode-rates-at-real-sizes). A size
+# not listed takes the nearest measured one.
+DECODE_RATES: tuple[DecodeRate, ...] = (
+    DecodeRate("jpg", 256, 64, 2151.0),
+    DecodeRate("jpg", 256, 256, 1197.0),
+    DecodeRate("jpg", 512, 64, 1132.0),
+    DecodeRate("jpg", 512, 256, 737.1),
+    DecodeRate("jpg", 1024, 64, 345.1),
+    DecodeRate("jpg", 1024, 256, 296.8),
+    DecodeRate("jpg", 1024, 1024, 125.5),
+    DecodeRate("webp", 256, 64, 543.6),
+    DecodeRate("webp", 256, 256, 786.1),
+    DecodeRate("webp", 512, 64, 170.2),
+    DecodeRate("webp", 512, 256, 144.4),
+    DecodeRate("webp", 1024, 64, 44.27),
+    DecodeRate("webp", 1024, 256, 37.91),
+    DecodeRate("webp", 1024, 1024, 37.87),
+)
+DECODE_HOW = "bench/data.py --sizes 256,512,1024 --rounds 5, 2026-12-07"
 
 # Frozen text encoders' parameters, counted from their architectures (embeddings + layers;
 # the encoder half only for T5)

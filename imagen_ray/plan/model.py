@@ -255,6 +255,12 @@ def plan_stage(cfg: RunConfig, hw: Hardware, *, text_dim: int) -> StagePlan:
     # ---- checkpoints and cost
     ckpt = checkpoint_bytes(params, run, hw.ranks)
     copies = hw.ranks if cfg.train.zero_stage < 3 else 1
+    if copies > 1:
+        ema_gb = state["ema"] * copies / GB
+        out.notes.append(
+            f"at ZeRO {cfg.train.zero_stage} every rank writes its full fp32 EMA: {ema_gb:.3g} "
+            f"GB of the {ckpt / GB:.3g} GB checkpoint; train.zero_stage: 3 writes one copy"
+        )
     f["checkpoint_gb"] = Figure(
         ckpt / GB, "GB", "counted",
         f"weights, optimizer, master; the EMA {copies}x (every rank writes its own)",
