@@ -129,6 +129,28 @@ def _encoder_params(cfg: RunConfig) -> float | None:
     return ENCODER_PARAMS.get(name) or ENCODER_PARAMS.get(name.split("@")[0])
 
 
+@dataclass(frozen=True)
+class _Stage:
+    """What every part of a stage's plan reads: the run, the hardware and the counts."""
+
+    cfg: RunConfig
+    run: RunConfig  # as it trains there (bf16 on GPUs under precision auto)
+    hw: Hardware
+    params: int
+    flops: float
+    micro: int
+    accum: int
+    text_dim: int
+
+    @property
+    def half(self) -> bool:
+        return self.run.train.resolved_precision in ("bf16", "fp16")
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.hw.gpu != "cpu"
+
+
 def plan_stage(cfg: RunConfig, hw: Hardware, *, text_dim: int) -> StagePlan:
     """Plan one stage's run on ``hw``.
 
@@ -136,51 +158,58 @@ def plan_stage(cfg: RunConfig, hw: Hardware, *, text_dim: int) -> StagePlan:
         PlanError: a rank does not fit in the device's memory (the message names the fix),
             or the global batch does not split over the ranks.
     """
+    import torch
+
     from imagen_ray.train.perf import count_flops_per_sample
     from imagen_ray.unet import EfficientUNet, count_parameters
 
     micro, accum = batch_split(cfg, hw.ranks)
     out = StagePlan(cfg.stage.name, hw.ranks, micro, accum)
-    f = out.figures
     side = cfg.data.train_crop or cfg.stage.size
-    text_len = cfg.text.max_length
-    import torch
-
     with torch.device("meta"):
         params = count_parameters(
             EfficientUNet(cfg.stage.unet, text_dim=text_dim, lowres=cfg.stage.is_sr)
         )
-    f["params"] = Figure(params, "parameters", "counted", "the U-Net on the meta device")
     flops, method = count_flops_per_sample(
-        cfg.stage, text_dim, batch=micro, side=side, text_len=text_len
+        cfg.stage, text_dim, batch=micro, side=side, text_len=cfg.text.max_length
     )
-    f["flops_per_sample"] = Figure(flops, "FLOP", "counted", f"FlopCounterMode, {method}")
-    on_gpu = hw.gpu != "cpu"
-    run = _gpu_run(cfg) if on_gpu else cfg
-    half = run.train.resolved_precision in ("bf16", "fp16")
-    w = HALF if half else FP32
+    out.figures["params"] = Figure(params, "parameters", "counted", "the U-Net on the meta device")
+    out.figures["flops_per_sample"] = Figure(flops, "FLOP", "counted", f"FlopCounterMode, {method}")
+    run = _gpu_run(cfg) if hw.gpu != "cpu" else cfg
+    st = _Stage(cfg, run, hw, params, flops, micro, accum, text_dim)
+    state = _memory(st, out)
+    _speed(st, out)
+    _data_and_encoder(st, out)
+    _checkpoint_and_cost(st, out, state)
+    return out
 
-    # ---- memory per rank
+
+def _memory(st: _Stage, out: StagePlan) -> dict[str, float]:
+    """Per-rank memory figures; refuses a rank that does not fit. The model state's bytes."""
+    cfg, hw, micro = st.cfg, st.hw, st.micro
     ada = (
-        adafactor_state_elements(cfg.stage, text_dim)
+        adafactor_state_elements(cfg.stage, st.text_dim)
         if cfg.train.optimizer == "adafactor"
         else None
     )
-    state = model_state_bytes(params, run, hw.ranks, adafactor_elements=ada)
-    acts = count_activations(cfg.stage, text_dim, batch=micro, side=side, text_len=text_len)
-    act_scale = 0.5 if half else 1.0  # autocast: convolutions and matmuls in 16 bits
-    act = (acts.checkpointed if cfg.stage.unet.grad_checkpointing else acts.plain) * act_scale
-    zero = f"ZeRO {cfg.train.zero_stage} on {hw.ranks} ranks, {'bf16' if half else 'fp32'}"
+    state = model_state_bytes(st.params, st.run, hw.ranks, adafactor_elements=ada)
+    side = cfg.data.train_crop or cfg.stage.size
+    acts = count_activations(
+        cfg.stage, st.text_dim, batch=micro, side=side, text_len=cfg.text.max_length
+    )
+    act_scale = 0.5 if st.half else 1.0  # autocast: convolutions and matmuls in 16 bits
+    ckpt_on = cfg.stage.unet.grad_checkpointing
+    act = (acts.checkpointed if ckpt_on else acts.plain) * act_scale
+    zero = f"ZeRO {cfg.train.zero_stage} on {hw.ranks} ranks, {'bf16' if st.half else 'fp32'}"
     m = out.memory
     for k in ("params", "grads", "optimizer", "master_weights", "ema"):
         m[k] = Figure(state[k] / GB, "GB", "counted", f"{zero} (imagen_ray.plan.counts)")
     if state["host"]:
         m["host_offload"] = Figure(state["host"] / GB, "GB", "counted", "in host memory")
     act_how = f"saved tensors at micro batch {micro}, counted on the meta device" + (
-        "; x0.5 for 16-bit autocast (norms stay fp32: a lower bound)" if half else ""
+        "; x0.5 for 16-bit autocast (norms stay fp32: a lower bound)" if st.half else ""
     )
     m["activations"] = Figure(act / GB, "GB", "counted", act_how)
-    ckpt_on = cfg.stage.unet.grad_checkpointing
     other = (acts.plain if ckpt_on else acts.checkpointed) * act_scale
     m[f"activations_grad_checkpointing_{'off' if ckpt_on else 'on'}"] = Figure(
         other / GB, "GB", "counted", act_how
@@ -188,20 +217,27 @@ def plan_stage(cfg: RunConfig, hw: Hardware, *, text_dim: int) -> StagePlan:
     total = sum(state[k] for k in ("params", "grads", "optimizer", "master_weights", "ema")) + act
     m["total"] = Figure(total / GB, "GB", "counted", "model state + EMA + activations")
     _check_fits(cfg, hw, out, total, acts.checkpointed * act_scale, state)
+    return state
 
-    # ---- speed
-    if on_gpu:
+
+def _speed(st: _Stage, out: StagePlan) -> None:
+    """Step time (compute at an MFU + gradient sync on GPUs; timed on CPUs), samples/s and
+    the time to ``train.steps``."""
+    cfg, hw, f = st.cfg, st.hw, out.figures
+    samples = st.micro * st.accum
+    if st.on_gpu:
         gpu = GPUS[hw.gpu]
         mfu = Figure(hw.mfu, "fraction", "assumed", "--mfu") if hw.mfu else ASSUMED_MFU
         f["mfu"] = mfu
-        compute = flops * micro * accum / (gpu.peak_tflops * 1e12 * mfu.value)
+        compute = st.flops * samples / (gpu.peak_tflops * 1e12 * mfu.value)
         peak_src = "an estimate" if gpu.peak_assumed else "datasheet"
         f["compute_s_per_step"] = Figure(
             compute, "s", "assumed" if mfu.source == "assumed" or gpu.peak_assumed else "measured",
-            f"FLOPs x {micro * accum} samples / ({gpu.peak_tflops:g} TFLOPS {peak_src} x MFU)",
+            f"FLOPs x {samples} samples / ({gpu.peak_tflops:g} TFLOPS {peak_src} x MFU)",
         )  # fmt: skip
         link = _link(hw, gpu.link_gbps)
-        sync = _sync_bytes(params, w, cfg.train.zero_stage, hw.ranks) / (link.value * GB)
+        w = HALF if st.half else FP32
+        sync = _sync_bytes(st.params, w, cfg.train.zero_stage, hw.ranks) / (link.value * GB)
         f["sync_s_per_step"] = Figure(
             sync, "s", link.source,
             f"gradient sync at {link.value:g} GB/s ({link.how}), not overlapped: an upper bound",
@@ -211,21 +247,25 @@ def plan_stage(cfg: RunConfig, hw: Hardware, *, text_dim: int) -> StagePlan:
         if hw.cpu_step_s is None:
             raise PlanError("a CPU plan needs this machine's step time: run it with --gpu cpu")
         # timed at the config's micro batch, gradient sync included; another split scales it
-        step = hw.cpu_step_s.value * accum * micro / cfg.data.batch_size
+        step = hw.cpu_step_s.value * samples / cfg.data.batch_size
         f["compute_s_per_step"] = Figure(step, "s", "measured", hw.cpu_step_s.how)
-    step_src = _weakest(*(f[k] for k in ("compute_s_per_step", "sync_s_per_step") if k in f))
-    global_batch = micro * accum * hw.ranks
+    src = _weakest(*(f[k] for k in ("compute_s_per_step", "sync_s_per_step") if k in f))
     f["step_s"] = Figure(
-        step, "s", step_src, "compute + gradient sync" if on_gpu else "the timed step"
+        step, "s", src, "compute + gradient sync" if st.on_gpu else "the timed step"
     )
-    sps = global_batch / step
-    f["samples_per_s"] = Figure(sps, "samples/s", step_src, f"global batch {global_batch} / step")
+    global_batch = samples * hw.ranks
+    f["samples_per_s"] = Figure(
+        global_batch / step, "samples/s", src, f"global batch {global_batch} / step"
+    )
     hours = cfg.train.steps * step / 3600
-    f["train_hours"] = Figure(hours, "h", step_src, f"{cfg.train.steps} steps (train.steps)")
+    f["train_hours"] = Figure(hours, "h", src, f"{cfg.train.steps} steps (train.steps)")
 
-    # ---- data loading
-    target = cfg.stage.size
-    rate = _decode_rate(hw.source_format, hw.source_size, target)
+
+def _data_and_encoder(st: _Stage, out: StagePlan) -> None:
+    """Data-loading CPUs from the measured decode rates; the text encoder's cost."""
+    cfg, hw, f = st.cfg, st.hw, out.figures
+    sps = f["samples_per_s"].value
+    rate = _decode_rate(hw.source_format, hw.source_size, cfg.stage.size)
     if rate is not None:
         cpus = sps / (rate.per_core * (1 - DATA_WAIT))
         f["data_cpus"] = Figure(
@@ -235,25 +275,26 @@ def plan_stage(cfg: RunConfig, hw: Hardware, *, text_dim: int) -> StagePlan:
         )  # fmt: skip
     else:
         out.notes.append(f"no decode rate measured: run `{DECODE_HOW}`")
-
-    # ---- text encoder
     enc = _encoder_params(cfg)
-    if enc is not None:
-        enc_flops = 2 * enc * text_len
-        f["encoder_flops_per_sample"] = Figure(
-            enc_flops, "FLOP", "counted", f"2 x {enc:.3g} parameters x {text_len} tokens"
-        )
-        share = enc_flops / flops
-        f["encoder_share_on_the_fly"] = Figure(
-            share, "fraction of U-Net FLOPs", "counted",
-            "on the fly: every sample of every step runs the encoder; encoded once "
-            "(`imagen-ray data encode`): one pass over the data, then 0",
-        )  # fmt: skip
-    else:
+    if enc is None:
         out.notes.append(f"text encoder {cfg.text.name!r}: parameters not in the plan's table")
+        return
+    text_len = cfg.text.max_length
+    enc_flops = 2 * enc * text_len
+    f["encoder_flops_per_sample"] = Figure(
+        enc_flops, "FLOP", "counted", f"2 x {enc:.3g} parameters x {text_len} tokens"
+    )
+    f["encoder_share_on_the_fly"] = Figure(
+        enc_flops / st.flops, "fraction of U-Net FLOPs", "counted",
+        "on the fly: every sample of every step runs the encoder; encoded once "
+        "(`imagen-ray data encode`): one pass over the data, then 0",
+    )  # fmt: skip
 
-    # ---- checkpoints and cost
-    ckpt = checkpoint_bytes(params, run, hw.ranks)
+
+def _checkpoint_and_cost(st: _Stage, out: StagePlan, state: dict[str, float]) -> None:
+    """Checkpoint size and upload time; GPU-hours and cost on GPUs."""
+    cfg, hw, f = st.cfg, st.hw, out.figures
+    ckpt = checkpoint_bytes(st.params, st.run, hw.ranks)
     copies = hw.ranks if cfg.train.zero_stage < 3 else 1
     if copies > 1:
         ema_gb = state["ema"] * copies / GB
@@ -271,19 +312,17 @@ def plan_stage(cfg: RunConfig, hw: Hardware, *, text_dim: int) -> StagePlan:
         else ASSUMED_UPLOAD_GBPS
     )
     f["checkpoint_upload_s"] = Figure(ckpt / GB / up.value, "s", "assumed", f"at {up.value:g} GB/s")
-    if on_gpu:
-        gpu = GPUS[hw.gpu]
-        f["gpu_hours"] = Figure(hours * hw.ranks, "GPU-h", step_src, f"{hw.ranks} x train hours")
-        price = (
-            Figure(hw.price_per_hour, "USD/GPU-h", "assumed", "--price-per-gpu-hour")
-            if hw.price_per_hour
-            else Figure(gpu.price_per_hour, "USD/GPU-h", "assumed", "on-demand list price")
-        )
-        f["price_per_gpu_hour"] = price
-        f["cost_usd"] = Figure(
-            hours * hw.ranks * price.value, "USD", "assumed", "GPU-hours x price"
-        )
-    return out
+    if not st.on_gpu:
+        return
+    hours, src = f["train_hours"].value, f["train_hours"].source
+    f["gpu_hours"] = Figure(hours * hw.ranks, "GPU-h", src, f"{hw.ranks} x train hours")
+    price = (
+        Figure(hw.price_per_hour, "USD/GPU-h", "assumed", "--price-per-gpu-hour")
+        if hw.price_per_hour
+        else Figure(GPUS[hw.gpu].price_per_hour, "USD/GPU-h", "assumed", "on-demand list price")
+    )
+    f["price_per_gpu_hour"] = price
+    f["cost_usd"] = Figure(hours * hw.ranks * price.value, "USD", "assumed", "GPU-hours x price")
 
 
 def _gpu_run(cfg: RunConfig) -> RunConfig:
