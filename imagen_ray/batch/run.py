@@ -20,6 +20,7 @@ from imagen_ray.batch.plan import (
 )
 from imagen_ray.batch.resume import split_done, write_manifest
 from imagen_ray.batch.worker import CascadeWorker, check_cluster
+from imagen_ray.fs import NoSpaceError, find_no_space
 from imagen_ray.prompts import Prompt
 
 
@@ -136,6 +137,16 @@ def _run_pool(
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
     )
-    written = sum(len(b["file"]) for b in results.iter_batches(batch_size=None))
+    try:
+        written = sum(len(b["file"]) for b in results.iter_batches(batch_size=None))
+    except Exception as e:  # a full disk under a worker: said plainly, with how to go on
+        full = find_no_space(e)
+        if full is None:
+            raise
+        raise NoSpaceError(
+            full.path, full.needed, full.free,
+            note="the images written before it are complete and kept; the same command "
+            "resumes once there is space",
+        ) from None  # fmt: skip
     if written != len(todo):
         raise RuntimeError(f"expected {len(todo)} images from the pool, got {written}")

@@ -275,14 +275,26 @@ class Cascade(nn.Module):
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str | Path) -> Path:
-        """Save every stage (safetensors + config) and the cascade manifest."""
+        """Save every stage (safetensors + config) and the cascade manifest, as one: the
+        directory is built aside and swapped in whole (a full disk or an error leaves the
+        previous cascade there; :class:`imagen_ray.fs.NoSpaceError` is raised before a
+        byte is written when the weights cannot fit)."""
+        from imagen_ray.fs import atomic_dir, check_space
+
         out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        names = []
-        for stage in self.stage_list:
-            save_stage(stage, self.text, out / stage.cfg.name, extra=stage.extra)
-            names.append(stage.cfg.name)
-        save_cascade_manifest(out, names, self.text)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        weights = sum(
+            p.numel() * p.element_size()
+            for s in self.stage_list
+            for p in s.unet.state_dict().values()
+        )
+        check_space(out, weights + 2**16 * len(self.stage_list))
+        with atomic_dir(out) as tmp:
+            names = []
+            for stage in self.stage_list:
+                save_stage(stage, self.text, tmp / stage.cfg.name, extra=stage.extra)
+                names.append(stage.cfg.name)
+            save_cascade_manifest(tmp, names, self.text)
         return out
 
     @classmethod

@@ -32,7 +32,7 @@ from imagen_ray.config import (
     TextEncoderConfig,
     validate,
 )
-from imagen_ray.fs import atomic_dir, atomic_write_json, umask_mode
+from imagen_ray.fs import atomic_dir, atomic_write_json, check_space, umask_mode
 
 STAGE_FORMAT = "imagen-ray/stage"
 CASCADE_FORMAT = "imagen-ray/cascade"
@@ -77,6 +77,9 @@ def save_stage(
         "stage": stage.cfg.model_dump(mode="json"),
         "extra": extra or {},
     }
+    need = sum(t.numel() * t.element_size() for t in weights.values()) + 2**16
+    final.parent.mkdir(parents=True, exist_ok=True)
+    check_space(final.parent, need)  # refused before a byte is written when it cannot fit
     with atomic_dir(final) as tmp:
         atomic_write_json(tmp / CONFIG, meta)
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": STAGE_FORMAT})

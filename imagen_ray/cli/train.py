@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             "metrics": res.metrics,
         }
         print(json.dumps(summary, default=str))
-    return 0
+    from imagen_ray.train.loop import CHECKPOINT_SKIPPED
+
+    missing = [
+        r.metrics[CHECKPOINT_SKIPPED] for r in results if CHECKPOINT_SKIPPED in (r.metrics or {})
+    ]
+    for why in missing:  # the last step's checkpoint did not fit: the run is not done
+        print(
+            f"imagen-ray train: error: the last checkpoint was not written: {why}", file=sys.stderr
+        )
+    return 2 if missing else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -339,11 +339,55 @@ def _report(
     if checkpoint:
         with tempfile.TemporaryDirectory(prefix="imagen-ray-ckpt-") as tmp:
             _save(Path(tmp), w, metrics)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            full = _no_room(Path(tmp), w)
+            if full is None:
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:  # the last checkpoint written stays the latest; training goes on
+                metrics[CHECKPOINT_SKIPPED] = str(full)
+                if w.rank == 0:
+                    say(
+                        f"[{cfg.stage.name}] step {state.step}: checkpoint not written: {full}",
+                        w.args.console,
+                    )
+                ray.train.report(metrics)
         if w.rank == 0:
             storage.sync_run_files(w.args.run_dir)  # W&B files, sample grids
     else:
         ray.train.report(metrics)
+
+
+CHECKPOINT_SKIPPED = "checkpoint/not_written"  # a metric: why the step's checkpoint is missing
+
+
+def _no_room(local: Path, w: _Worker) -> Any:
+    """A :class:`~imagen_ray.fs.NoSpaceError` when the run directory's filesystem cannot
+    take the checkpoint just written locally (every rank's part together), else None.
+    Object stores report no free space: there the upload itself says when it fails.
+    (A collective: every rank calls it.)"""
+    from imagen_ray.fs import NoSpaceError, free_bytes, tree_bytes
+
+    run_dir = w.args.run_dir
+    if not run_dir or storage.is_uri(run_dir):
+        return None
+    need = torch.tensor([float(tree_bytes(local))], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(need)
+    free = free_bytes(run_dir)
+    fits = free is None or free >= need.item() + 2**20
+    if all_ranks_true(fits, w.device):
+        return None
+    cfg, step = w.cfg, w.state.step
+    if step >= cfg.train.steps:
+        note = (
+            "the run ends without its last checkpoint; the last one written stays the latest: "
+            "free space and rerun the same command to train the steps since it again"
+        )
+    else:
+        note = (
+            f"training goes on and tries again at step {step + cfg.train.checkpoint_every}; "
+            "the last checkpoint written stays the latest"
+        )
+    return NoSpaceError(run_dir, int(need.item()), free, note=note)
 
 
 # -------------------------------------------------------------------- helpers
