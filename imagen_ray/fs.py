@@ -70,22 +70,6 @@ def _rebuild_no_space(
     return NoSpaceError(path, needed, free, **kw)
 
 
-def find_no_space(err: BaseException) -> NoSpaceError | None:
-    """The :class:`NoSpaceError` inside ``err``: itself, its cause or context chain, or the
-    ``cause`` of a Ray task error (Ray Data wraps what a worker raised)."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [err]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, NoSpaceError):
-            return e
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    return None
-
-
 def _size(n: int | None) -> str:
     if n is None:
         return "?"

@@ -78,6 +78,16 @@ def test_a_file_that_does_not_fit_names_the_path_and_keeps_the_old_one(
     assert _listing(disk) == ["a.bin"]  # no temporary left
 
 
+def test_the_error_crosses_process_boundaries_whole() -> None:
+    """Ray pickles what a worker raises: the path, sizes and note survive."""
+    import pickle
+
+    err = NoSpaceError("/d/x.png", 10, 2, more_than=True, note="kept")
+    back = pickle.loads(pickle.dumps(err))
+    assert isinstance(back, NoSpaceError) and str(back) == str(err)
+    assert (back.path, back.needed, back.free) == ("/d/x.png", 10, 2)
+
+
 def test_a_directory_that_does_not_fit_leaves_the_old_one(small_disk: Mount) -> None:
     disk = small_disk(128)
     target = disk / "d"
@@ -140,7 +150,7 @@ def test_generate_on_a_full_disk_stops_keeps_whole_images_and_resumes(
     assert main(cmd) == 2
     err = capsys.readouterr().err
     assert "no space left to write" in err and str(out) in err
-    assert "the same command resumes" in err
+    assert "the same command makes the rest once there is space" in err
     pngs = sorted((out / "images").glob("*.png"))
     assert 0 < len(pngs) < 12
     for png in pngs:  # every image that is there is whole

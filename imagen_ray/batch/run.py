@@ -20,7 +20,7 @@ from imagen_ray.batch.plan import (
 )
 from imagen_ray.batch.resume import split_done, write_manifest
 from imagen_ray.batch.worker import CascadeWorker, check_cluster
-from imagen_ray.fs import NoSpaceError, find_no_space
+from imagen_ray.fs import NoSpaceError
 from imagen_ray.prompts import Prompt
 
 
@@ -137,16 +137,17 @@ def _run_pool(
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
     )
-    try:
-        written = sum(len(b["file"]) for b in results.iter_batches(batch_size=None))
-    except Exception as e:  # a full disk under a worker: said plainly, with how to go on
-        full = find_no_space(e)
-        if full is None:
-            raise
+    written, full = 0, None
+    for b in results.iter_batches(batch_size=None):
+        no_space = [x for x in b["no_space"] if x]
+        written += len(b["file"]) - len(no_space)
+        full = full or (no_space[0] if no_space else None)
+    if full is not None:  # a full disk under a worker: said plainly, with how to go on
+        path, needed, free = json.loads(full)
         raise NoSpaceError(
-            full.path, full.needed, full.free,
-            note="the images written before it are complete and kept; the same command "
-            "resumes once there is space",
-        ) from None  # fmt: skip
+            path, needed, free,
+            note=f"{written} images of {len(todo)} were written and are kept whole; the same "
+            "command makes the rest once there is space",
+        )  # fmt: skip
     if written != len(todo):
         raise RuntimeError(f"expected {len(todo)} images from the pool, got {written}")

@@ -12,6 +12,7 @@ import numpy as np
 from imagen_ray.batch.config import GenerateConfig
 from imagen_ray.batch.resume import sidecar
 from imagen_ray.cluster import Capacity, Demand, check_demands
+from imagen_ray.fs import NoSpaceError
 
 
 class CascadeWorker:
@@ -48,16 +49,24 @@ class CascadeWorker:
         )
         seconds = (time.perf_counter() - t0) / len(records)
         images = out.uint8()  # (B, H, W, 3) uint8
-        for r, img, trunc in zip(records, images, out.truncated, strict=True):
+        full = [""] * len(records)  # per record: why it is not written (a full disk), or ""
+        for i, (r, img, trunc) in enumerate(zip(records, images, out.truncated, strict=True)):
             fmt = image_format(PurePosixPath(r["file"]).suffix)  # the plan's suffix
-            storage.write_bytes(storage.join(self.out, r["file"]), encode_image(img, fmt))
             height, width = img.shape[:2]
             r.update(width=width, height=height, truncated=trunc, seconds=seconds)
-            # after the image: done
-            storage.write_bytes(
-                sidecar(self.out, r), (json.dumps(r, ensure_ascii=False) + "\n").encode()
-            )
-        return {"file": np.array([r["file"] for r in records], dtype=object)}
+            try:
+                storage.write_bytes(storage.join(self.out, r["file"]), encode_image(img, fmt))
+                # after the image: done
+                storage.write_bytes(
+                    sidecar(self.out, r), (json.dumps(r, ensure_ascii=False) + "\n").encode()
+                )
+            except NoSpaceError as e:  # returned, not raised: Ray Data would lose its fields
+                full[i:] = [json.dumps([e.path, e.needed, e.free])] * (len(records) - i)
+                break
+        return {
+            "file": np.array([r["file"] for r in records], dtype=object),
+            "no_space": np.array(full, dtype=object),
+        }
 
 
 def _read_image(path: str) -> Any:

@@ -116,15 +116,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             "metrics": res.metrics,
         }
         print(json.dumps(summary, default=str))
-    from imagen_ray.train.loop import CHECKPOINT_SKIPPED
-
-    missing = [
-        r.metrics[CHECKPOINT_SKIPPED] for r in results if CHECKPOINT_SKIPPED in (r.metrics or {})
-    ]
-    for why in missing:  # the last step's checkpoint did not fit: the run is not done
-        print(
-            f"imagen-ray train: error: the last checkpoint was not written: {why}", file=sys.stderr
-        )
+    missing = 0
+    for cfg, res in zip(cfgs, results, strict=True):
+        # Ray's result carries the latest checkpoint's metrics: short of train.steps, the
+        # last checkpoint was not written (the run printed why: a full disk)
+        step = (res.metrics or {}).get("step") if res.checkpoint else None
+        if step != cfg.train.steps:
+            latest = f"the latest is at step {step}" if step else "no checkpoint was written"
+            print(
+                f"imagen-ray train: error: stage {cfg.stage.name}: the last checkpoint was not "
+                f"written ({latest} of {cfg.train.steps}; why is printed above); free space "
+                "and rerun the same command to resume",
+                file=sys.stderr,
+            )
+            missing += 1
     return 2 if missing else 0
 
 

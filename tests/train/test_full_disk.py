@@ -14,8 +14,7 @@ import pytest
 
 from imagen_ray.train.checkpoint import read_config
 from imagen_ray.train.hooks import StepContext, StepHook
-from imagen_ray.train.loop import CHECKPOINT_SKIPPED
-from tests.train.conftest import fit, tiny_cfg
+from tests.train.conftest import ROOT, fit, tiny_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +36,12 @@ class FillDisk(StepHook):
         return {}
 
 
-@pytest.fixture
-def disk(tmp_path: Path) -> Any:
+@pytest.fixture(params=["256m"])
+def disk(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     path = tmp_path / "disk"
     path.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(path)],
+        ["mount", "-t", "tmpfs", "-o", f"size={request.param}", "tmpfs", str(path)],
         capture_output=True,
         text=True,
     )
@@ -68,8 +67,31 @@ def test_a_checkpoint_that_does_not_fit_is_skipped_and_the_next_one_written(
     steps = sorted(read_config(c)["step"] for c in run_dir.glob("checkpoint_*") if c.is_dir())
     assert steps == [5, 15]  # step 10's did not fit; step 15's was tried again and written
     for c in run_dir.glob("checkpoint_*"):  # every checkpoint there is whole
-        assert c.is_dir() and len(list((c / "complete").iterdir())) == 2
-    assert CHECKPOINT_SKIPPED not in (result.metrics or {})  # the last one was written
+        if c.is_dir():
+            assert len(list((c / "complete").iterdir())) == 2, c
+    assert result.metrics["step"] == 15  # the run's latest checkpoint is its last step's
     lines = said.getvalue()
     assert "step 10: checkpoint not written: no space left to write" in lines, lines
     assert "tries again at step 15" in lines and "stays the latest" in lines
+
+
+@pytest.mark.parametrize("disk", ["4m"], indirect=True)
+def test_a_run_whose_last_checkpoint_does_not_fit_exits_2_and_says_why(
+    ray_cluster: None, disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`imagen-ray train` onto 4 MB: no checkpoint fits (each needs ~20 MB); the run trains
+    to the end, and the command fails with the reason and how to go on."""
+    from imagen_ray.cli import main
+
+    sets = [
+        "stage.unet.channels=16", "stage.unet.head_dim=16", "text.max_length=8",
+        "data.batch_size=2", "train.steps=4", "train.log_every=2", "train.checkpoint_every=2",
+        "train.max_failures=0", f"train.storage_path={disk}", "train.name=small",
+    ]  # fmt: skip
+    args = ["train", "-c", str(ROOT / "configs/tiny/base.yaml"), "--data", "memory"]
+    assert main([*args, *(a for x in sets for a in ("--set", x))]) == 2
+    out = capsys.readouterr()
+    assert "step 2: checkpoint not written: no space left to write" in out.out
+    assert "imagen-ray train: error: stage base: the last checkpoint was not written" in out.err
+    assert "no checkpoint was written of 4" in out.err and "rerun the same command" in out.err
+    assert not [c for c in (disk / "small").glob("checkpoint_*") if c.is_dir()]
