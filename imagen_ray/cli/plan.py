@@ -136,7 +136,8 @@ def _with_cpu_figures(hw: Any, cfg: Any, dim: int) -> Any:
 ORDER = (
     "params", "flops_per_sample", "mfu", "compute_s_per_step", "sync_s_per_step", "step_s",
     "samples_per_s", "train_hours", "data_cpus", "encoder_flops_per_sample",
-    "encoder_share_on_the_fly", "checkpoint_gb", "checkpoint_upload_s", "gpu_hours",
+    "encoder_share_on_the_fly", "encoder_gpu_hours_on_the_fly",
+    "encoder_gpu_hours_per_100m_encoded_once", "checkpoint_gb", "checkpoint_upload_s", "gpu_hours",
     "price_per_gpu_hour", "cost_usd",
 )  # fmt: skip
 

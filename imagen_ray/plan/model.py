@@ -289,6 +289,21 @@ def _data_and_encoder(st: _Stage, out: StagePlan) -> None:
         "on the fly: every sample of every step runs the encoder; encoded once "
         "(`imagen-ray data encode`): one pass over the data, then 0",
     )  # fmt: skip
+    if not st.on_gpu:
+        return
+    gpu = GPUS[hw.gpu]
+    mfu = f["mfu"].value
+    per_sample_h = enc_flops / (gpu.peak_tflops * 1e12 * mfu) / 3600  # forward only
+    seen = cfg.train.steps * st.micro * st.accum * hw.ranks
+    f["encoder_gpu_hours_on_the_fly"] = Figure(
+        per_sample_h * seen,
+        "GPU-h",
+        "assumed",
+        f"{seen:.3g} samples seen x encoder FLOPs at the MFU",
+    )
+    f["encoder_gpu_hours_per_100m_encoded_once"] = Figure(
+        per_sample_h * 1e8, "GPU-h", "assumed", "one pass over 100M samples at the MFU"
+    )
 
 
 def _checkpoint_and_cost(st: _Stage, out: StagePlan, state: dict[str, float]) -> None:
