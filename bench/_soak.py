@@ -88,23 +88,30 @@ def soak(
     requests_total: int,
     clients: int,
     log: Callable[[str], None] = lambda m: None,
+    *,
+    minutes: float | None = None,
+    sample_every_s: float = 30.0,
 ) -> dict[str, Any]:
-    """Run the soak against a server (auth on with ``token``, ``max_body_bytes=MAX_BODY``)."""
+    """Run the soak against a server (auth on with ``token``, ``max_body_bytes=MAX_BODY``):
+    ``requests_total`` requests, or with ``minutes`` for that long, the Serve processes'
+    RSS sampled every ``sample_every_s`` (:func:`memory_over_time`)."""
     import requests
 
     table = kinds(token)
     names = list(table)
     statuses: dict[str, Counter[int]] = {k: Counter() for k in names}
     latencies: list[float] = []
+    timed: list[tuple[float, float]] = []  # (seconds since the start, latency) of valid ones
     lock = threading.Lock()
-    counter = iter(range(requests_total))
+    counter = iter(range(requests_total if minutes is None else 2**62))
+    deadline = None if minutes is None else time.perf_counter() + 60 * minutes
 
     def client(_: int) -> None:
         with requests.Session() as s:
             while True:
                 with lock:
                     k = next(counter, None)
-                if k is None:
+                if k is None or (deadline is not None and time.perf_counter() > deadline):
                     return
                 kind = names[k % len(names)]
                 path, body, headers, _expected = table[kind]
@@ -122,18 +129,34 @@ def soak(
                     statuses[kind][code] += 1
                     if table[kind][3] == "ok":
                         latencies.append(dt)
+                        timed.append((time.perf_counter() - start, dt))
 
     # Warm-up (lazy kernels, first batches), then the memory at the start.
     for kind in ("valid_base", "valid_cascade", "valid_openai"):
         path, body, headers, _ = table[kind]
         requests.post(base_url + path, json=body, headers=headers, timeout=300)
     rss_start = serve_rss_mb()
-    log(f"soak: {requests_total} requests from {clients} clients, {len(names)} kinds")
-    t0 = time.perf_counter()
+    what = f"{minutes:g} min" if minutes is not None else f"{requests_total} requests"
+    log(f"soak: {what} from {clients} clients, {len(names)} kinds")
+    start = time.perf_counter()
+    samples: list[tuple[float, float]] = [(0.0, sum(rss_start.values()))]
+    stop = threading.Event()
+
+    def sampler() -> None:
+        while not stop.wait(sample_every_s):
+            samples.append((time.perf_counter() - start, sum(serve_rss_mb().values())))
+            log(f"soak: {samples[-1][0] / 60:.1f} min, Serve RSS {samples[-1][1]:.0f} MiB")
+
+    watch = threading.Thread(target=sampler, daemon=True)
+    watch.start()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
-    wall = time.perf_counter() - t0
+    stop.set()
+    watch.join()
+    wall = time.perf_counter() - start
     rss_end = serve_rss_mb()
+    samples.append((wall, sum(rss_end.values())))
+    requests_total = sum(sum(c.values()) for c in statuses.values())
 
     valid_5xx = sum(
         n for k in names if table[k][3] == "ok" for code, n in statuses[k].items() if code >= 500
@@ -172,6 +195,37 @@ def soak(
         "rss_growth_pct": round(100 * (total_end - total_start) / total_start, 1)
         if total_start
         else None,
+        **({} if minutes is None else {"over_time": memory_over_time(samples, timed, wall)}),
+    }
+
+
+def memory_over_time(
+    samples: list[tuple[float, float]], timed: list[tuple[float, float]], wall: float
+) -> dict[str, Any]:
+    """A timed soak's memory and latency over time: warm-up (the first 30 %, minutes 0-3 of
+    10) apart from the steady state (the rest). ``samples``: (s, total Serve RSS MiB);
+    ``timed``: (s, latency) of the valid requests."""
+    warm = 0.3 * wall
+
+    def rss_at(t: float) -> float:  # the sample nearest to t
+        return min(samples, key=lambda x: abs(x[0] - t))[1]
+
+    def p99(lo: float, hi: float) -> float | None:
+        xs = [d for t, d in timed if lo <= t < hi]
+        return round(float(np.percentile(xs, 99)), 4) if xs else None
+
+    steady_start, end = rss_at(warm), samples[-1][1]
+    minute = min(60.0, wall / 3)  # the short CI form: thirds instead of minutes
+    return {
+        "samples": [(round(t, 1), round(m, 1)) for t, m in samples],
+        "warmup_s": round(warm, 1),
+        "rss_mb_warmup_growth_pct": round(100 * (steady_start - samples[0][1]) / samples[0][1], 2),
+        "rss_mb_steady_start": round(steady_start, 1),
+        "rss_mb_steady_end": round(end, 1),
+        "rss_steady_growth_pct": round(100 * (end - steady_start) / steady_start, 2),
+        "window_s": round(minute, 1),
+        "p99_third_window_s": p99(2 * minute, 3 * minute),
+        "p99_last_window_s": p99(wall - minute, wall + 1),
     }
 
 
@@ -184,6 +238,9 @@ def run_soak(
     clients: int,
     num_cpus: int,
     log: Callable[[str], None] = lambda m: None,
+    *,
+    minutes: float | None = None,
+    sample_every_s: float = 30.0,
 ) -> dict[str, Any]:
     """Start Ray + Serve with auth on, serve ``cascade``, soak it, shut down."""
     import ray
@@ -211,7 +268,10 @@ def run_soak(
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_application(cfg), name=cfg.app_name, route_prefix="/")
-        return soak(f"http://127.0.0.1:{port}", token, requests_total, clients, log)
+        return soak(
+            f"http://127.0.0.1:{port}", token, requests_total, clients, log,
+            minutes=minutes, sample_every_s=sample_every_s,
+        )  # fmt: skip
     finally:
         # ray.shutdown() ends a local cluster's Serve too (see imagen_ray.serve.app.stop_app)
         ray.shutdown()

@@ -191,6 +191,18 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         ],
         {"steps": 2.0},
     ),
+    "layout_pixels_2x_seed1": (
+        "layout_pixels_2x from other initial weights, noise and data order (train.seed=1): "
+        "whether per-pixel heads or the seed kept its layout from learning the side",
+        [
+            "stage.unet.layout_head=true",
+            "stage.unet.text_layout_init=normal",
+            "stage.unet.layout_tokens=true",
+            "stage.unet.layout_head_pixels=true",
+            "train.seed=1",
+        ],
+        {"steps": 2.0},
+    ),
     "layout_head_2x_lr_decay": (
         "layout_head_2x with the learning rate decayed (cosine, to 0.1x): the U-Net's last "
         "steps, after the layout has learned the side, at a lower rate",

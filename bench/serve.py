@@ -92,6 +92,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--soak-requests", type=int, default=640, help="requests in the soak")
     p.add_argument("--soak-clients", type=int, default=32, help="concurrent soak clients")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="with --soak: run for this long instead of --soak-requests, sampling the Serve "
+        "processes' RSS every --sample-every seconds (warm-up: the first 30 %%)",
+    )
+    p.add_argument("--sample-every", type=float, default=30.0, help="RSS sampling period (s)")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.concurrency, args.requests_per_client = 1, [1, 4], 1
@@ -340,6 +348,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             args.soak_clients,
             args.num_cpus,
             log,
+            minutes=args.minutes,
+            sample_every_s=args.sample_every,
         )
     return {"machine": machine_info(), **out}
 

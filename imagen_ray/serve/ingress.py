@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import math
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ from ray.serve.handle import DeploymentHandle
 
 from imagen_ray.serve.problems import RequestProblem, unicode_problem
 from imagen_ray.serve.schemas import GeneratedImage, GenerateRequest, GenerateResponse
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from imagen_ray.cascade.plan import GenerationPlan
@@ -193,20 +196,32 @@ class Ingress:
 
     def _problem(self, e: BaseException) -> BaseException:
         """The answer for an error from a deployment call: a 4xx the deployment blamed on
-        the request's input, a 503 with Retry-After when a stage's queue is full, else ``e``
+        the request's input; a 503 with Retry-After when a stage's queue is full, or when a
+        replica died under the request (Serve starts another; a retry gets it); else ``e``
         (a 500 for this request alone)."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError
         from ray.serve.exceptions import BackPressureError
 
         cause = getattr(e, "cause", None) or e  # a RayTaskError carries the replica's error
         if isinstance(cause, RequestProblem):
             return RequestProblem(cause.message, cause.status, cause.headers)
+        wait = self.cfg.retry_after_s
+        retry = {"Retry-After": str(max(1, math.ceil(wait)))}
         if isinstance(cause, BackPressureError) or isinstance(e, BackPressureError):
-            wait = self.cfg.retry_after_s
             return RequestProblem(
                 "the server is overloaded: a stage's queue is full "
                 f"(serve.stage_defaults.max_queued_requests); retry in {wait:g} s",
                 503,
-                {"Retry-After": str(max(1, math.ceil(wait)))},
+                retry,
+            )
+        died = (ActorDiedError, ActorUnavailableError, ObjectLostError)
+        if isinstance(e, died) or isinstance(cause, died):
+            log.warning("a replica died under a request (%s): answered 503", type(cause).__name__)
+            return RequestProblem(
+                "a model replica stopped while it held this request; the server is starting "
+                f"another: retry in {wait:g} s",
+                503,
+                retry,
             )
         return e
 
