@@ -104,7 +104,7 @@ def soak(
     timed: list[tuple[float, float]] = []  # (seconds since the start, latency) of valid ones
     lock = threading.Lock()
     counter = iter(range(requests_total if minutes is None else 2**62))
-    deadline = None if minutes is None else time.perf_counter() + 60 * minutes
+    deadline: float | None = None  # set when the clients start, after the warm-up
 
     def client(_: int) -> None:
         with requests.Session() as s:
@@ -139,6 +139,8 @@ def soak(
     what = f"{minutes:g} min" if minutes is not None else f"{requests_total} requests"
     log(f"soak: {what} from {clients} clients, {len(names)} kinds")
     start = time.perf_counter()
+    if minutes is not None:
+        deadline = start + 60 * minutes
     samples: list[tuple[float, float]] = [(0.0, sum(rss_start.values()))]
     stop = threading.Event()
 

@@ -282,6 +282,11 @@ class Cascade(nn.Module):
         from imagen_ray.fs import atomic_dir, check_space
 
         out = Path(path)
+        if out.is_dir() and any(out.iterdir()) and not (out / "cascade.json").is_file():
+            raise FileExistsError(
+                f"{out} holds other files and no cascade: saving replaces the whole directory, "
+                "so write the cascade to a new or empty directory (or a saved cascade's)"
+            )
         out.parent.mkdir(parents=True, exist_ok=True)
         weights = sum(
             p.numel() * p.element_size()

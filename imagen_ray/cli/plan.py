@@ -81,12 +81,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """``imagen-ray plan``."""
     from imagen_ray.cli.args import positive
     from imagen_ray.config import load_run_config
-    from imagen_ray.plan.model import Hardware, plan_stage
+    from imagen_ray.plan.model import Hardware, batch_split, plan_stage
     from imagen_ray.text import text_dim
 
-    for name in ("gpus", "nodes"):
+    for name in ("gpus", "nodes", "source_size"):
         if getattr(args, name) is not None:
-            positive(f"--{name}", getattr(args, name))
+            positive("--" + name.replace("_", "-"), getattr(args, name))
     for name in ("mfu", "price_per_gpu_hour", "upload_gbps", "node_link_gbps"):
         value = getattr(args, name)
         if value is not None and not value > 0:
@@ -108,6 +108,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             source_format=args.source_format,
         )  # fmt: skip
         if gpu == "cpu":
+            batch_split(cfg, ranks)  # refused before minutes of timing
+            if cfg.train.use_gpu:  # as CPU workers train it: fp32, nothing offloaded
+                update = {"use_gpu": False, "offload_optimizer": False, "offload_params": False}
+                cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=update)})
             hw = _with_cpu_figures(hw, cfg, dim)
         plan = plan_stage(cfg, hw, text_dim=dim)
         plans.append(plan)
@@ -128,7 +132,10 @@ def _with_cpu_figures(hw: Any, cfg: Any, dim: int) -> Any:
     from imagen_ray.plan.calibrate import calibrate
 
     print(f"timing stage {cfg.stage.name!r} on this machine ({hw.ranks} workers)…", file=sys.stderr)
-    step = calibrate(cfg, hw.ranks, dim)
+    try:
+        step = calibrate(cfg, hw.ranks, dim)
+    except RuntimeError as e:  # printed as the command's error, not a traceback
+        raise ValueError(str(e)) from None
     host = psutil.virtual_memory().total / 1e9 / hw.ranks
     return dataclasses.replace(hw, cpu_step_s=step, host_memory_gb=host)
 

@@ -117,11 +117,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         }
         print(json.dumps(summary, default=str))
     missing = 0
-    for cfg, res in zip(cfgs, results, strict=True):
-        # Ray's result carries the latest checkpoint's metrics: short of train.steps, the
-        # last checkpoint was not written (the run printed why: a full disk)
-        step = (res.metrics or {}).get("step") if res.checkpoint else None
-        if step != cfg.train.steps:
+    for cfg in cfgs:
+        # the run directory's latest complete checkpoint: short of train.steps, the last
+        # checkpoint was not written (the run printed why: a full disk)
+        step = _latest_step(run_dir(cfg))
+        if step is None or step < cfg.train.steps:
             latest = f"the latest is at step {step}" if step else "no checkpoint was written"
             print(
                 f"imagen-ray train: error: stage {cfg.stage.name}: the last checkpoint was not "
@@ -131,6 +131,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
             missing += 1
     return 2 if missing else 0
+
+
+def _latest_step(run: str) -> int | None:
+    """The step of a run directory's latest complete checkpoint (None: there is none)."""
+    from imagen_ray.train.checkpoint import IncompleteCheckpoint, find_checkpoint, read_config
+
+    try:
+        return int(read_config(find_checkpoint(run))["step"])
+    except (IncompleteCheckpoint, FileNotFoundError, KeyError, ValueError):
+        return None
 
 
 def cmd_export(args: argparse.Namespace) -> int:

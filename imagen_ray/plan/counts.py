@@ -137,9 +137,10 @@ def model_state_bytes(
     out: dict[str, float] = {}
     out["params"] = p * w * (shard if z == 3 else 1.0)
     # gradients: full at ZeRO 0-1, the rank's partition at 2-3; mixed precision adds the fp32
-    # gradients of the master copy
+    # gradients of the master copy (ZeRO 1-3: of the rank's partition)
     grad_share = 1.0 if z <= 1 else shard
-    out["grads"] = p * w * grad_share + (p * FP32 * grad_share if half else 0.0)
+    fp32_share = 1.0 if z == 0 else shard  # ZeRO 1 keeps fp32 gradients of its partition only
+    out["grads"] = p * w * grad_share + (p * FP32 * fp32_share if half else 0.0)
     # an fp32 master copy: ZeRO 1-2 always keep one of the rank's partition, ZeRO 0 and 3
     # only in mixed precision (in fp32 they step the parameters themselves)
     if z in (1, 2):

@@ -232,12 +232,14 @@ def _speed(st: _Stage, out: StagePlan) -> None:
         compute = st.flops * samples / (gpu.peak_tflops * 1e12 * mfu.value)
         peak_src = "an estimate" if gpu.peak_assumed else "datasheet"
         f["compute_s_per_step"] = Figure(
-            compute, "s", "assumed" if mfu.source == "assumed" or gpu.peak_assumed else "measured",
-            f"FLOPs x {samples} samples / ({gpu.peak_tflops:g} TFLOPS {peak_src} x MFU)",
+            compute, "s", "assumed",
+            f"FLOPs x {samples} samples / ({gpu.peak_tflops:g} TFLOPS {peak_src} x MFU); "
+            "gradient checkpointing's recompute is inside the MFU",
         )  # fmt: skip
         link = _link(hw, gpu.link_gbps)
         w = HALF if st.half else FP32
-        sync = _sync_bytes(st.params, w, cfg.train.zero_stage, hw.ranks) / (link.value * GB)
+        sync = _sync_bytes(st.params, w, cfg.train.zero_stage, hw.ranks, st.accum)
+        sync /= link.value * GB
         f["sync_s_per_step"] = Figure(
             sync, "s", link.source,
             f"gradient sync at {link.value:g} GB/s ({link.how}), not overlapped: an upper bound",
@@ -269,7 +271,7 @@ def _data_and_encoder(st: _Stage, out: StagePlan) -> None:
     if rate is not None:
         cpus = sps / (rate.per_core * (1 - DATA_WAIT))
         f["data_cpus"] = Figure(
-            math.ceil(cpus), "CPUs", "measured",
+            math.ceil(cpus), "CPUs", _weakest(f["samples_per_s"], Figure(0, "", "measured", "")),
             f"{sps:.4g} samples/s / {rate.per_core:.4g} per core ({rate.fmt} {rate.source} px "
             f"-> {rate.target} px, {DECODE_HOW}), data wait <= {DATA_WAIT:.0%}",
         )  # fmt: skip
@@ -356,14 +358,19 @@ def _link(hw: Hardware, intra_gbps: float) -> Figure:
     return Figure(intra_gbps, "GB/s", "datasheet", "GPU to GPU inside one node")
 
 
-def _sync_bytes(params: int, w: int, zero: int, ranks: int) -> float:
-    """Bytes each rank sends per step to sync gradients (and ZeRO-3's parameter gathers):
-    a ring all-reduce moves 2 (N-1)/N of the gradients; ZeRO-3 also gathers the parameters
-    in forward and backward, 1.5x that."""
+def _sync_bytes(params: int, w: int, zero: int, ranks: int, accum: int) -> float:
+    """Bytes each rank sends per optimizer step (ring collectives move (N-1)/N of the data):
+    ZeRO 0-1 all-reduce the gradients once a step (2x); ZeRO 2 reduce-scatters them every
+    micro batch and all-gathers the updated parameters once; ZeRO 3 also gathers the
+    parameters in every micro batch's forward and backward (3x per micro batch)."""
     if ranks == 1:
         return 0.0
-    ring = 2 * (ranks - 1) / ranks * params * w
-    return ring * (1.5 if zero == 3 else 1.0)
+    part = (ranks - 1) / ranks * params * w
+    if zero <= 1:
+        return 2 * part
+    if zero == 2:
+        return accum * part + part
+    return 3 * accum * part
 
 
 def _weakest(*figs: Figure) -> Any:

@@ -199,7 +199,7 @@ class Ingress:
         the request's input; a 503 with Retry-After when a stage's queue is full, or when a
         replica died under the request (Serve starts another; a retry gets it); else ``e``
         (a 500 for this request alone)."""
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError
+        from ray.exceptions import ObjectLostError, RayActorError
         from ray.serve.exceptions import BackPressureError
 
         cause = getattr(e, "cause", None) or e  # a RayTaskError carries the replica's error
@@ -214,7 +214,7 @@ class Ingress:
                 503,
                 retry,
             )
-        died = (ActorDiedError, ActorUnavailableError, ObjectLostError)
+        died = (RayActorError, ObjectLostError)  # a dead or unreachable replica
         if isinstance(e, died) or isinstance(cause, died):
             log.warning("a replica died under a request (%s): answered 503", type(cause).__name__)
             return RequestProblem(

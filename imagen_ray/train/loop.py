@@ -369,7 +369,7 @@ def _no_room(local: Path, w: _Worker) -> Any:
     run_dir = w.args.run_dir
     if not run_dir or storage.is_uri(run_dir):
         return None
-    need = torch.tensor([float(tree_bytes(local))], dtype=torch.float64)
+    need = torch.tensor([float(tree_bytes(local))], dtype=torch.float64, device=w.device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(need)
     free = free_bytes(run_dir)
@@ -384,7 +384,8 @@ def _no_room(local: Path, w: _Worker) -> Any:
         )
     else:
         note = (
-            f"training goes on and tries again at step {step + cfg.train.checkpoint_every}; "
+            f"training goes on and tries again at step "
+            f"{min(step + cfg.train.checkpoint_every, cfg.train.steps)}; "
             "the last checkpoint written stays the latest"
         )
     return NoSpaceError(run_dir, int(need.item()), free, note=note)

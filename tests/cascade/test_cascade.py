@@ -442,3 +442,19 @@ def test_layout_start_samples_from_the_layout_heads_drawing_noised_to_that_t() -
 
     with pytest.raises(ValueError, match=r"layout_start=0\.7 starts from the layout head"):
         StageConfig(name="base", size=16, unet=UNET, sampling={"layout_start": 0.7})
+
+
+def test_saving_a_cascade_never_replaces_a_directory_of_other_files(tmp_path: Path) -> None:
+    """Cascade.save swaps the whole directory in: over a directory that holds other files
+    and no cascade it is refused, naming the fix; over a saved cascade it replaces it."""
+    from imagen_ray.cascade import Cascade
+    from imagen_ray.config import load_cascade_config
+
+    root = Path(__file__).resolve().parents[2]
+    cascade = Cascade.from_config(load_cascade_config(root / "configs/tiny/cascade.yaml"))
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds other files and no cascade"):
+        cascade.save(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    out = cascade.save(tmp_path / "c")
+    assert cascade.save(out) == out and (out / "cascade.json").is_file()

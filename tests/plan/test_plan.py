@@ -69,6 +69,9 @@ def test_model_state_follows_zero_as_deepspeed_holds_it() -> None:
     bf16 = load_run_config(TINY, ["train.zero_stage=3", "train.precision=bf16"])
     s = model_state_bytes(p, bf16, 2)
     assert s["params"] == p * 2 / 2 and s["master_weights"] == p * 4 / 2
+    for z, grads in ((0, p * (2 + 4)), (1, p * (2 + 4 / 2)), (2, p * (2 + 4) / 2)):
+        cfg = load_run_config(TINY, [f"train.zero_stage={z}", "train.precision=bf16"])
+        assert model_state_bytes(p, cfg, 2)["grads"] == grads, z  # fp32 grads: the partition
     off = load_run_config(
         TINY, ["train.zero_stage=2", "train.offload_optimizer=true", "train.use_gpu=true"]
     )
