@@ -13,7 +13,7 @@ import pytest
 
 from bench import plan as bench_plan
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.cluster  # five training runs: with the multi-run tests (.ci/run)
 TOLERANCE = 0.25
 
 
