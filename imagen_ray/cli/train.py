@@ -119,7 +119,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     missing = 0
     for cfg in cfgs:
         # the run directory's latest complete checkpoint: short of train.steps, the last
-        # checkpoint was not written (the run printed why: a full disk)
+        # checkpoint was not written (the run printed why: a full disk). Object stores have
+        # no free-space check: there the upload reports its own failure.
+        if storage.is_uri(run_dir(cfg)):
+            continue
         step = _latest_step(run_dir(cfg))
         if step is None or step < cfg.train.steps:
             latest = f"the latest is at step {step}" if step else "no checkpoint was written"
