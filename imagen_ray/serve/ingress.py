@@ -199,7 +199,6 @@ class Ingress:
         the request's input; a 503 with Retry-After when a stage's queue is full, or when a
         replica died under the request (Serve starts another; a retry gets it); else ``e``
         (a 500 for this request alone)."""
-        from ray.exceptions import ObjectLostError, RayActorError
         from ray.serve.exceptions import BackPressureError
 
         cause = getattr(e, "cause", None) or e  # a RayTaskError carries the replica's error
@@ -214,8 +213,7 @@ class Ingress:
                 503,
                 retry,
             )
-        died = (RayActorError, ObjectLostError)  # a dead or unreachable replica
-        if isinstance(e, died) or isinstance(cause, died):
+        if _replica_died(e):
             log.warning("a replica died under a request (%s): answered 503", type(cause).__name__)
             return RequestProblem(
                 "a model replica stopped while it held this request; the server is starting "
@@ -339,3 +337,26 @@ def _settings(plan: GenerationPlan, sampling: list[dict[str, Any]], fmt: str) ->
             "resample_times": plan.edit.resample_times,
         }
     return settings
+
+
+def _replica_died(e: BaseException) -> bool:
+    """Whether a deployment call failed because a replica died or became unreachable: a
+    ``RayActorError`` / ``ObjectLostError`` anywhere in the error's chain, or Serve's own
+    ``RayServeException`` for a call whose upstream replica died (it carries that error only
+    as text: "an upstream actor died")."""
+    from ray.exceptions import ObjectLostError, RayActorError
+    from ray.serve.exceptions import RayServeException
+
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, (RayActorError, ObjectLostError)):
+            return True
+        if isinstance(x, RayServeException) and "actor died" in str(x):
+            return True
+        todo += [x.__cause__, x.__context__, getattr(x, "cause", None)]
+    return False

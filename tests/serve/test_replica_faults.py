@@ -128,3 +128,30 @@ def test_killed_replicas_cost_503s_with_retry_after_and_come_back(server: str) -
     recovered = killed_encoder + back["encoder"]
     after = [c for t, _, c, _ in answers if t > recovered]
     assert after and set(after) == {200}, Counter(after)  # after recovery: every request 200
+
+
+@pytest.mark.parametrize(
+    "make, died",
+    [
+        (lambda: ray.exceptions.RayActorError(), True),
+        (
+            lambda: ray.serve.exceptions.RayServeException(
+                "Request to deployment 'Stage-base' failed because an upstream actor died "
+                "before finishing a dependent task."
+            ),
+            True,
+        ),
+        (lambda: ray.serve.exceptions.RayServeException("the app is being deleted"), False),
+        (lambda: ValueError("bad input"), False),
+    ],
+)
+def test_which_errors_mean_a_replica_died(make: Any, died: bool) -> None:
+    """Without a cluster: the errors answered 503 (the one seen under a SIGKILLed encoder
+    is Serve's own exception, carrying the ActorDiedError as text), alone or as a cause."""
+    from imagen_ray.serve.ingress import _replica_died
+
+    err = make()
+    assert _replica_died(err) is died
+    outer = RuntimeError("wrapped")
+    outer.__cause__ = err
+    assert _replica_died(outer) is died
