@@ -116,6 +116,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             "metrics": res.metrics,
         }
         print(json.dumps(summary, default=str))
+    return 2 if _last_checkpoints_missing(cfgs, run_dir) else 0
+
+
+def _last_checkpoints_missing(cfgs: list[Any], run_dir: Any) -> int:
+    """How many runs end without their last step's checkpoint, each said on stderr."""
     missing = 0
     for cfg in cfgs:
         # the run directory's latest complete checkpoint: short of train.steps, the last
@@ -133,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             missing += 1
-    return 2 if missing else 0
+    return missing
 
 
 def _latest_step(run: str) -> int | None:
