@@ -12,7 +12,7 @@ own, over the last half of the steps), per-rank model state
 (``imagen_ray.train.memory.ModelStateMemory``: parameters, gradients, optimizer states and
 master weights as DeepSpeed holds them) and the checkpoint's bytes on disk.
 
-Cases: the tiny base stage at ZeRO 0 / 2 / 3, the demo base stage at ZeRO 2, and the tiny SR
+Cases: the tiny and the demo base stage at ZeRO 0 / 2 / 3, and the tiny SR
 stage on 16 px crops (``configs/tiny/sr32_crops.yaml``).
 
     python bench/plan.py                 # every case (~6 min on 2 cores)
@@ -47,7 +47,9 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "tiny_zero0": ("configs/tiny/base.yaml", ["train.zero_stage=0"]),
     "tiny_zero2": ("configs/tiny/base.yaml", ["train.zero_stage=2"]),
     "tiny_zero3": ("configs/tiny/base.yaml", ["train.zero_stage=3"]),
+    "demo_zero0": ("configs/demo/base.yaml", ["train.zero_stage=0"]),
     "demo_zero2": ("configs/demo/base.yaml", ["train.zero_stage=2"]),
+    "demo_zero3": ("configs/demo/base.yaml", ["train.zero_stage=3"]),
     "sr_crops": ("configs/tiny/sr32_crops.yaml", ["train.zero_stage=2"]),
 }
 
