@@ -77,14 +77,11 @@ def case_config(name: str, tmp: Path, steps: int, workers: int) -> Any:
     )
 
 
-def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def check(name: str, tmp: Path, steps: int, workers: int, text_dim: int) -> dict[str, Any]:
     """Plan one case, run it, compare."""
     import dataclasses
 
+    from imagen_ray.fs import tree_bytes
     from imagen_ray.plan.calibrate import calibrate
     from imagen_ray.plan.model import Hardware, plan_stage
     from imagen_ray.train.batches import random_batches
@@ -111,7 +108,7 @@ def check(name: str, tmp: Path, steps: int, workers: int, text_dim: int) -> dict
     plan = plan_stage(cfg, hw, text_dim=text_dim)
     predicted_state = sum(plan.memory[k].value for k in PARTS) * 1e9
     ckpts = sorted(d for d in (tmp / name).glob("checkpoint_*") if d.is_dir())
-    ckpt = dir_bytes(ckpts[-1]) if ckpts else None
+    ckpt = tree_bytes(ckpts[-1]) if ckpts else None
     row = {
         "case": name,
         "config": CASES[name][0],

@@ -127,10 +127,8 @@ class EfficientUNet(nn.Module):
         # middle, at the lowest resolution
         mid_ch = chans[-1]
         mid_lvl = LevelConfig(mult=1, res_blocks=1, self_attn=cfg.mid_attn, cross_attn=cfg.mid_attn)
-        depth = len(cfg.levels) - 1
-        self.mid = level(
-            [res(mid_ch, mid_ch) for _ in range(cfg.mid_blocks)], mid_ch, mid_lvl, depth
-        )
+        mids = [res(mid_ch, mid_ch) for _ in range(cfg.mid_blocks)]
+        self.mid = level(mids, mid_ch, mid_lvl, len(cfg.levels) - 1)
 
         # up path (mirrors the down path; the first block of a level takes the skip)
         self.up = nn.ModuleList()
