@@ -12,8 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -29,27 +33,78 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class S3Server:
+    """moto's S3 server on 127.0.0.1:``port``, which a test can stop and start again on the
+    same port (the buckets live in this process, so they survive a restart)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self._server: Any = None
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def outage_on(self, ask: Path, down: Path, seconds: float) -> Outage:
+        """A thread that waits for ``ask`` to exist, stops the server, writes ``down``, and
+        starts the server again ``seconds`` later (see :class:`Outage`)."""
+        out = Outage(self, ask, down, seconds)
+        out.start()
+        return out
+
+
+class Outage(threading.Thread):
+    """:meth:`S3Server.outage_on`'s thread; ``stopped_at`` / ``started_at`` (monotonic)
+    record when the server went down and came back."""
+
+    def __init__(self, server: S3Server, ask: Path, down: Path, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.server, self.ask, self.down, self.seconds = server, ask, down, seconds
+        self.stopped_at: float | None = None
+        self.started_at: float | None = None
+        self._cancel = threading.Event()
+
+    def run(self) -> None:
+        while not self.ask.exists():
+            if self._cancel.wait(0.05):
+                return
+        self.server.stop()
+        self.stopped_at = time.monotonic()
+        self.down.write_text("down\n")
+        self._cancel.wait(self.seconds)
+        self.server.start()
+        self.started_at = time.monotonic()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+
 @contextmanager
-def s3_server(*buckets: str) -> Iterator[str]:
+def s3_service(*buckets: str) -> Iterator[S3Server]:
     """Start moto's S3 server on a free port, create ``buckets``, set the AWS environment;
-    yields the endpoint URL. The environment is restored and the server stopped on exit."""
+    yields the server. The environment is restored and the server stopped on exit."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = S3Server(free_port())
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {**ENV, "AWS_ENDPOINT_URL": endpoint}
+    env = {**ENV, "AWS_ENDPOINT_URL": server.endpoint}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        client = boto3.client("s3", endpoint_url=endpoint)
+        client = boto3.client("s3", endpoint_url=server.endpoint)
         for b in buckets:
             client.create_bucket(Bucket=b)
-        yield endpoint
+        yield server
     finally:
         for k, v in saved.items():
             if v is None:
@@ -57,3 +112,10 @@ def s3_server(*buckets: str) -> Iterator[str]:
             else:
                 os.environ[k] = v
         server.stop()
+
+
+@contextmanager
+def s3_server(*buckets: str) -> Iterator[str]:
+    """:func:`s3_service`, yielding the endpoint URL."""
+    with s3_service(*buckets) as server:
+        yield server.endpoint

@@ -205,6 +205,13 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(100, ge=1, description="checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept by Ray Train")
     max_failures: int = Field(1, ge=-1, description="worker-group restarts (-1: unlimited)")
+    upload_retry_s: float = Field(
+        600.0,
+        ge=0.0,
+        description="how long a checkpoint's copy to object storage is retried (backoff 1, 2, "
+        "4 ... 30 s) before it is given up: the last complete checkpoint stays the latest "
+        "and training goes on",
+    )
     nan_patience: int = Field(
         5, ge=1, description="stop after this many non-finite losses or gradients in a row"
     )

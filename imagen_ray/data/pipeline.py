@@ -18,7 +18,8 @@ Skipped samples are counted by reason in a :class:`PipelineStats` actor (``decod
 ``no_image``, ``no_caption``, ``caption_length``, ``too_small``, ``bad_aspect``,
 ``no_embedding``, ``bad_embedding``, the image-hygiene refusals ``wrong_format``,
 ``too_many_pixels``, ``member_too_large``, the metadata ones ``no_json``, ``bad_json`` and
-``filter:FIELD<OP>VALUE``, the reader's ``truncated_tar``/``bad_tar``) beside ``ok``, and
+``filter:FIELD<OP>VALUE``, the reader's ``truncated_tar``/``bad_tar`` and ``skipped_shards``
+(a remote shard that could not be read after retries, one per shard)) beside ``ok``, and
 ``resume_skipped``: samples a resumed epoch passed over without reading them. Read
 them with ``ray.get(stats.get.remote())``; the map tasks send counts fire-and-forget, so a
 read right after the last batch may lag by a few milliseconds (:func:`read_stats` waits for

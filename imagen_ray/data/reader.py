@@ -30,7 +30,9 @@ from __future__ import annotations
 import glob
 import logging
 import re
+import sys
 import tarfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +53,11 @@ KEY_COLUMN = "__key__"
 URL_COLUMN = "__url__"
 TRUNCATED_TAR = "truncated_tar"
 BAD_TAR = "bad_tar"
+# A shard on remote storage that could not be opened or read to its end after retries: one
+# error row (counted as data/skipped_shards) and a warning naming it; its samples read
+# before the failure are kept.
+SKIPPED_SHARD = "skipped_shards"
+READ_RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0)  # waits before each re-read of a remote shard
 
 _REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _GLOB_CHARS = frozenset("*?[")
@@ -240,34 +247,96 @@ class TolerantWebDatasetDatasource(FileBasedDatasource):
             raise ValueError(f"rows_per_block must be >= 1, got {rows_per_block}")
         self.rows_per_block = rows_per_block
         self.max_member_bytes = max_member_bytes
+        self._reopen: tuple[Any, dict[str, Any]] = (None, {})  # the last open's filesystem
+
+    def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
+        """The shard opened (through Ray's filesystem, which retries transient errors), or an
+        :class:`_Unreadable` standing for it once that gave up: the read task goes on to
+        the next shard instead of failing the dataset (and the training run)."""
+        self._reopen = (filesystem, dict(open_args))
+        try:
+            return FileBasedDatasource._open_input_source(self, filesystem, path, **open_args)
+        except OSError as e:
+            return _Unreadable(e)
 
     def _read_stream(self, f: Any, path: str, skip: int = 0) -> Iterator[pa.Table]:
         """Blocks of one tar; the first ``skip`` samples are passed over (a resumed epoch:
-        their members are streamed past, never kept or decoded)."""
+        their members are streamed past, never kept or decoded).
+
+        A remote shard whose stream fails mid-read is opened again after a wait
+        (``READ_RETRY_WAITS_S``), passing over the samples already read; one that cannot be
+        opened, or fails every re-read, ends in one ``skipped_shards`` row."""
         rows: list[dict[str, Any]] = []
-        try:
-            for i, sample in enumerate(
-                iter_tar_samples(f, path, max_member_bytes=self.max_member_bytes)
-            ):
-                if i < skip:
-                    continue
-                sample[URL_COLUMN] = path
-                rows.append(sample)
-                if len(rows) >= self.rows_per_block:
-                    yield _rows_to_table(rows)
-                    rows = []
-        except ShardFormatError as e:
-            log.warning("shard %s: %s (samples read before it are kept)", path, e)
-            rows.append({URL_COLUMN: path, ERROR_COLUMN: e.reason})
-        except OSError as e:
-            # Transient storage errors (listed in DataContext.retried_io_errors) propagate so
-            # Ray retries the file; anything else is a broken shard, counted, not fatal.
-            if any(p in str(e) for p in self._data_context.retried_io_errors):
-                raise
-            log.warning("shard %s: I/O error %s (samples read before it are kept)", path, e)
-            rows.append({URL_COLUMN: path, ERROR_COLUMN: BAD_TAR})
+        done = skip  # samples of this shard read (or passed over) so far
+        waits = iter(READ_RETRY_WAITS_S if _remote(path) else ())
+        while True:
+            if isinstance(f, _Unreadable):
+                rows.append(_skipped(path, f.error))
+                break
+            try:
+                for i, sample in enumerate(
+                    iter_tar_samples(f, path, max_member_bytes=self.max_member_bytes)
+                ):
+                    if i < done:
+                        continue
+                    done = i + 1
+                    sample[URL_COLUMN] = path
+                    rows.append(sample)
+                    if len(rows) >= self.rows_per_block:
+                        yield _rows_to_table(rows)
+                        rows = []
+                break
+            except ShardFormatError as e:
+                log.warning("shard %s: %s (samples read before it are kept)", path, e)
+                rows.append({URL_COLUMN: path, ERROR_COLUMN: e.reason})
+                break
+            except OSError as e:
+                wait = next(waits, None)
+                if wait is None and _remote(path):
+                    rows.append(_skipped(path, e))
+                    break
+                if wait is None:  # a local file that fails to read: a broken shard
+                    log.warning("shard %s: I/O error %s (samples read before it are kept)", path, e)
+                    rows.append({URL_COLUMN: path, ERROR_COLUMN: BAD_TAR})
+                    break
+                log.warning("shard %s: read failed (%s); reading again in %.0f s", path, e, wait)
+                time.sleep(wait)
+                fs, open_args = self._reopen
+                f = self._open_input_source(fs, path, **dict(open_args))
         if rows:
             yield _rows_to_table(rows)
+
+
+class _Unreadable:
+    """A shard that could not be opened (in place of its file object)."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+
+    def __enter__(self) -> _Unreadable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _remote(path: str) -> bool:
+    """Ray hands read tasks a remote shard's path without its scheme (``bucket/key``);
+    local shards are absolute paths (:func:`expand_shards`)."""
+    return not path.startswith("/")
+
+
+def _skipped(path: str, error: BaseException) -> dict[str, Any]:
+    """The error row of a skipped shard, said on stderr (Ray shows it on the driver's
+    console) so the user can find the shard."""
+    text = " ".join(str(error).split())[:300]
+    print(
+        f"warning: shard {path} could not be read ({text}); skipped, its samples read "
+        "before the failure kept (counted in data/skipped_shards)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {URL_COLUMN: path, ERROR_COLUMN: SKIPPED_SHARD}
 
 
 def expand_shards(spec: str | Sequence[str]) -> list[str]:

@@ -34,6 +34,11 @@ class StepHook:
     def after_step(self, ctx: StepContext) -> None:
         """After the optimizer step and the EMA update (``ctx.step`` counts this step)."""
 
+    def during_checkpoint(self, ctx: StepContext, phase: str) -> None:
+        """While a checkpoint is saved: ``writing`` (DeepSpeed's files written locally, this
+        rank's EMA, state and marker not yet), ``copying`` (about to copy into the run's
+        storage), ``half copied`` (half of this rank's files there, its marker not)."""
+
     def metrics(self, ctx: StepContext) -> dict[str, Any]:
         """Entries for this report (only numbers are also charted in W&B)."""
         return {}

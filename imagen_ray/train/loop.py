@@ -23,7 +23,7 @@ from imagen_ray import storage
 from imagen_ray.cascade import Stage
 from imagen_ray.config import RunConfig
 from imagen_ray.train import checkpoint as ckpt_io
-from imagen_ray.train import reshard
+from imagen_ray.train import persist, reshard
 from imagen_ray.train.accel import TrainDevicePaths
 from imagen_ray.train.batches import BatchFactory, WorkerContext, resume_batches, shard_batches
 from imagen_ray.train.deepspeed_config import build_deepspeed_config
@@ -339,14 +339,21 @@ def _report(
     if checkpoint:
         with tempfile.TemporaryDirectory(prefix="imagen-ray-ckpt-") as tmp:
             _save(Path(tmp), w, metrics)
-            full = _no_room(Path(tmp), w)
-            if full is None:
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            else:  # the last checkpoint written stays the latest; training goes on
-                metrics[CHECKPOINT_SKIPPED] = str(full)
+            problem = _no_room(Path(tmp), w)
+            persisted = None if problem else _persist(Path(tmp), w)
+            if isinstance(persisted, ray.train.Checkpoint):
+                ray.train.report(
+                    metrics,
+                    checkpoint=persisted,
+                    checkpoint_dir_name=persist.name_of(persisted),
+                    checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
+                )
+            else:  # the last complete checkpoint stays the latest; training goes on
+                metrics[CHECKPOINT_SKIPPED] = str(problem or persisted)
                 if w.rank == 0:
                     say(
-                        f"[{cfg.stage.name}] step {state.step}: checkpoint not written: {full}",
+                        f"[{cfg.stage.name}] step {state.step}: checkpoint not written: "
+                        f"{metrics[CHECKPOINT_SKIPPED]}",
                         w.args.console,
                     )
                 ray.train.report(metrics)
@@ -391,6 +398,50 @@ def _no_room(local: Path, w: _Worker) -> Any:
     return NoSpaceError(run_dir, int(need.item()), free, note=note)
 
 
+def _persist(local: Path, w: _Worker) -> Any:
+    """This rank's part of the checkpoint in ``local`` copied into the run's storage
+    (:mod:`imagen_ray.train.persist`, retried through an outage): a ``ray.train.Checkpoint``
+    when every rank's copy is whole, else why not (a string). (A collective.)"""
+    import ray.train
+
+    cfg, step = w.cfg, w.state.step
+    name = _same_on_every_rank(persist.new_name())
+    dest = persist.target(name)
+    for hook in w.args.hooks:
+        hook.during_checkpoint(w.step_ctx(), "copying")
+
+    def tell(line: str) -> None:
+        say(f"[{cfg.stage.name}] step {step}, rank {w.rank}: {line}", w.args.console)
+
+    def on_file(done: int, total: int) -> None:
+        if done == total // 2:
+            for hook in w.args.hooks:
+                hook.during_checkpoint(w.step_ctx(), "half copied")
+
+    error = persist.copy_with_retry(
+        local, dest, retry_s=cfg.train.upload_retry_s, say=tell, on_file=on_file
+    )
+    if all_ranks_true(error is None, w.device):
+        return ray.train.Checkpoint(path=dest.path, filesystem=dest.filesystem)
+    removed = w.rank == 0 and persist.remove(dest)
+    nxt = min(step + cfg.train.checkpoint_every, cfg.train.steps)
+    then = "the run ends without it" if step >= cfg.train.steps else f"tries again at step {nxt}"
+    return (
+        f"copy to {dest.uri} failed ({error or 'on another rank'}); "
+        f"{'removed' if removed else 'its partial copy has no complete markers'}; "
+        f"the last complete checkpoint stays the latest, training goes on and {then}"
+    )
+
+
+def _same_on_every_rank(value: str) -> str:
+    """Rank 0's ``value`` on every rank (a collective)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return str(box[0])
+
+
 # -------------------------------------------------------------------- helpers
 
 
@@ -417,6 +468,8 @@ def _save(d: Path, w: _Worker, metrics: dict[str, Any] | None = None) -> None:
             "not written, the last good one is kept"
         )
     engine.save_checkpoint(str(d), tag=ckpt_io.DS_TAG)
+    for hook in w.args.hooks:
+        hook.during_checkpoint(w.step_ctx(), "writing")
     ckpt_io.save_rank_files(
         d,
         rank=rank,

@@ -39,6 +39,56 @@ class KillWorker(StepHook):
 
 
 @dataclass(frozen=True)
+class KillDuringCheckpoint(StepHook):
+    """SIGKILL rank ``rank`` while it saves the checkpoint of step ``step``, at ``phase`` of
+    :meth:`StepHook.during_checkpoint` (``writing``: DeepSpeed's files written locally, its
+    marker not; ``half copied``: half its files in the run's storage), on the first attempt
+    only (``marker``). ``delay_s`` before the kill lets the controller register the previous
+    checkpoint, which it takes from the workers asynchronously (as :class:`KillWorker`)."""
+
+    rank: int
+    step: int
+    phase: str
+    marker: str
+    delay_s: float = 5.0
+
+    def during_checkpoint(self, ctx: StepContext, phase: str) -> None:
+        marker = Path(self.marker)
+        if ctx.rank != self.rank or ctx.step != self.step or phase != self.phase:
+            return
+        if marker.exists():
+            return
+        marker.write_text(str(os.getpid()))
+        time.sleep(self.delay_s)
+        os.kill(os.getpid(), 9)
+
+
+@dataclass(frozen=True)
+class StopStorageDuringCheckpoint(StepHook):
+    """Rank ``rank`` asks the test for a storage outage (writes ``ask``) just before it
+    copies step ``step``'s checkpoint, and goes on once the storage is down (``down``
+    exists), on the first attempt only. The test's thread stops and restarts the server."""
+
+    rank: int
+    step: int
+    ask: str
+    down: str
+    timeout_s: float = 60.0
+
+    def during_checkpoint(self, ctx: StepContext, phase: str) -> None:
+        if ctx.rank != self.rank or ctx.step != self.step or phase != "copying":
+            return
+        if Path(self.ask).exists():
+            return
+        Path(self.ask).write_text(str(os.getpid()))
+        deadline = time.monotonic() + self.timeout_s
+        while not Path(self.down).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the test never stopped the storage ({self.down})")
+            time.sleep(0.05)
+
+
+@dataclass(frozen=True)
 class NaNBatches:
     """:func:`random_batches` whose images are NaN at the given micro batches (1-based, on
     every rank), so the loss there is non-finite."""
