@@ -195,6 +195,68 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         f.write(data)
 
 
+class StorageUnavailable(OSError):
+    """Remote storage that kept failing a write through every retry; ``path`` names it."""
+
+    def __init__(self, path: str, error: BaseException, waited_s: float, note: str = "") -> None:
+        text = " ".join(str(error).split())[:300]
+        super().__init__(
+            f"could not write {path} ({text}), retried for {waited_s:.0f} s"
+            + (f"; {note}" if note else "")
+        )
+        self.path = path
+        self.error = text
+
+
+# Waits between the attempts of a remote write (seconds), then 30 s each.
+RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def write_bytes_retrying(
+    path: str | Path,
+    data: bytes,
+    *,
+    retry_s: float,
+    say: Any = None,
+    sleep: Any = None,
+) -> None:
+    """:func:`write_bytes`, retried with backoff (1, 2, 4, 8, 16, then 30 s) while the waits
+    add up to at most ``retry_s`` seconds when ``path`` is remote (an outage, throttling).
+    Local writes get one attempt (a full disk is not fixed by waiting).
+
+    Args:
+        say: called with a line on every failed attempt (default: stderr).
+        sleep: the wait (default ``time.sleep``; tests pass their own).
+
+    Raises:
+        StorageUnavailable: the last attempt failed too.
+    """
+    import time
+
+    if not is_uri(path):
+        write_bytes(path, data)
+        return
+    waited, attempt = 0.0, 1
+    while True:
+        try:
+            write_bytes(path, data)
+            return
+        except OSError as e:
+            wait = RETRY_WAITS_S[attempt - 1] if attempt <= len(RETRY_WAITS_S) else 30.0
+            if waited + wait > retry_s:
+                raise StorageUnavailable(str(path), e, waited) from e
+            line = (
+                f"warning: writing {path} failed (attempt {attempt}: "
+                f"{' '.join(str(e).split())[:200]}); retrying in {wait:.0f} s"
+            )
+            if say is None:
+                print(line, file=sys.stderr, flush=True)
+            else:
+                say(line)
+            (sleep or time.sleep)(wait)
+            waited, attempt = waited + wait, attempt + 1
+
+
 def open_input(path: str | Path) -> Any:
     """A readable, seekable binary file object (a context manager), local or remote."""
     if not is_uri(path):

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,10 +53,14 @@ class S3Server:
             self._server.stop()
             self._server = None
 
-    def outage_on(self, ask: Path, down: Path, seconds: float) -> Outage:
-        """A thread that waits for ``ask`` to exist, stops the server, writes ``down``, and
-        starts the server again ``seconds`` later (see :class:`Outage`)."""
-        out = Outage(self, ask, down, seconds)
+    def outage_on(
+        self, ask: Path | Callable[[], bool], down: Path | None, seconds: float
+    ) -> Outage:
+        """A thread that waits for ``ask`` (a file to exist, or a callable to return True),
+        stops the server, writes ``down`` (when given), and starts the server again
+        ``seconds`` later (see :class:`Outage`)."""
+        when = ask if callable(ask) else ask.exists
+        out = Outage(self, when, down, seconds)
         out.start()
         return out
 
@@ -65,20 +69,23 @@ class Outage(threading.Thread):
     """:meth:`S3Server.outage_on`'s thread; ``stopped_at`` / ``started_at`` (monotonic)
     record when the server went down and came back."""
 
-    def __init__(self, server: S3Server, ask: Path, down: Path, seconds: float) -> None:
+    def __init__(
+        self, server: S3Server, when: Callable[[], bool], down: Path | None, seconds: float
+    ) -> None:
         super().__init__(daemon=True)
-        self.server, self.ask, self.down, self.seconds = server, ask, down, seconds
+        self.server, self.when, self.down, self.seconds = server, when, down, seconds
         self.stopped_at: float | None = None
         self.started_at: float | None = None
         self._cancel = threading.Event()
 
     def run(self) -> None:
-        while not self.ask.exists():
+        while not self.when():
             if self._cancel.wait(0.05):
                 return
         self.server.stop()
         self.stopped_at = time.monotonic()
-        self.down.write_text("down\n")
+        if self.down is not None:
+            self.down.write_text("down\n")
         self._cancel.wait(self.seconds)
         self.server.start()
         self.started_at = time.monotonic()

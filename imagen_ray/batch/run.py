@@ -19,7 +19,7 @@ from imagen_ray.batch.plan import (
     stage_configs,
 )
 from imagen_ray.batch.resume import split_done, write_manifest
-from imagen_ray.batch.worker import CascadeWorker, check_cluster
+from imagen_ray.batch.worker import WRITE_RETRY_S, CascadeWorker, check_cluster
 from imagen_ray.fs import NoSpaceError
 from imagen_ray.prompts import Prompt
 
@@ -137,17 +137,20 @@ def _run_pool(
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
     )
-    written, full = 0, None
+    written, why = 0, None
     for b in results.iter_batches(batch_size=None):
-        no_space = [x for x in b["no_space"] if x]
-        written += len(b["file"]) - len(no_space)
-        full = full or (no_space[0] if no_space else None)
-    if full is not None:  # a full disk under a worker: said plainly, with how to go on
-        path, needed, free = json.loads(full)
-        raise NoSpaceError(
-            path, needed, free,
-            note=f"{written} images of {len(todo)} were written and are kept whole; the same "
-            "command makes the rest once there is space",
-        )  # fmt: skip
+        missing = [x for x in b["not_written"] if x]
+        written += len(b["file"]) - len(missing)
+        why = why or (missing[0] if missing else None)
+    if why is not None:  # a full disk or unreachable storage: said plainly, with how to go on
+        kind, path, *rest = json.loads(why)
+        kept = f"{written} images of {len(todo)} were written and are kept whole; the same command"
+        if kind == "no_space":
+            raise NoSpaceError(
+                path, rest[0], rest[1], note=f"{kept} makes the rest once there is space"
+            )
+        raise storage.StorageUnavailable(
+            path, OSError(rest[0]), WRITE_RETRY_S, note=f"{kept} makes the rest once it answers"
+        )
     if written != len(todo):
         raise RuntimeError(f"expected {len(todo)} images from the pool, got {written}")

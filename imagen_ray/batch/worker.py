@@ -14,6 +14,10 @@ from imagen_ray.batch.resume import sidecar
 from imagen_ray.cluster import Capacity, Demand, check_demands
 from imagen_ray.fs import NoSpaceError
 
+# How long a replica retries writing an image or its record to remote storage (an outage,
+# throttling) before it gives the batch up; the same command then makes what is missing.
+WRITE_RETRY_S = 300.0
+
 
 class CascadeWorker:
     """One replica of the actor pool: loads the cascade once, then turns batches of
@@ -49,23 +53,30 @@ class CascadeWorker:
         )
         seconds = (time.perf_counter() - t0) / len(records)
         images = out.uint8()  # (B, H, W, 3) uint8
-        full = [""] * len(records)  # per record: why it is not written (a full disk), or ""
+        full = [""] * len(records)  # per record: why it is not written (JSON), or ""
         for i, (r, img, trunc) in enumerate(zip(records, images, out.truncated, strict=True)):
             fmt = image_format(PurePosixPath(r["file"]).suffix)  # the plan's suffix
             height, width = img.shape[:2]
             r.update(width=width, height=height, truncated=trunc, seconds=seconds)
+            image = storage.join(self.out, r["file"])
             try:
-                storage.write_bytes(storage.join(self.out, r["file"]), encode_image(img, fmt))
+                storage.write_bytes_retrying(image, encode_image(img, fmt), retry_s=WRITE_RETRY_S)
                 # after the image: done
-                storage.write_bytes(
-                    sidecar(self.out, r), (json.dumps(r, ensure_ascii=False) + "\n").encode()
+                storage.write_bytes_retrying(
+                    sidecar(self.out, r),
+                    (json.dumps(r, ensure_ascii=False) + "\n").encode(),
+                    retry_s=WRITE_RETRY_S,
                 )
-            except NoSpaceError as e:  # returned, not raised: Ray Data would lose its fields
-                full[i:] = [json.dumps([e.path, e.needed, e.free])] * (len(records) - i)
+            # returned, not raised: Ray Data would lose the exception's fields
+            except NoSpaceError as e:
+                full[i:] = [json.dumps(["no_space", e.path, e.needed, e.free])] * (len(records) - i)
+                break
+            except storage.StorageUnavailable as e:
+                full[i:] = [json.dumps(["unavailable", e.path, e.error])] * (len(records) - i)
                 break
         return {
             "file": np.array([r["file"] for r in records], dtype=object),
-            "no_space": np.array(full, dtype=object),
+            "not_written": np.array(full, dtype=object),
         }
 
 

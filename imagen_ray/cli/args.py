@@ -121,17 +121,19 @@ def positive(name: str, value: int, minimum: int = 1) -> None:
 
 def run_handler(func: Handler, args: argparse.Namespace) -> int:
     """Run a command; configuration errors, unloadable checkpoints, missing files, a full
-    disk and bad values print ``imagen-ray COMMAND: error: ...`` and return 2, Ctrl-C
-    returns 130."""
+    disk, storage that stays unreachable and bad values print ``imagen-ray COMMAND: error:
+    ...`` and return 2, Ctrl-C returns 130."""
     from imagen_ray.cascade.io import CheckpointError
     from imagen_ray.config import ConfigError
     from imagen_ray.fs import NoSpaceError
+    from imagen_ray.storage import StorageUnavailable
 
     expected: tuple[type[BaseException], ...] = (
         ConfigError,
         CheckpointError,
         FileNotFoundError,
         NoSpaceError,
+        StorageUnavailable,
         ValueError,
     )
     try:
