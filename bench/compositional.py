@@ -203,6 +203,18 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         ],
         {"steps": 2.0},
     ),
+    "layout_input_2x": (
+        "layout_tokens_2x with the layout heads' drawing, pooled to 4 x 4 cells, as three more "
+        "input channels (unet.layout_input), as an SR stage reads its low-res image; half the "
+        "training samples read the clean image's own 4 x 4 layout (diffusion.layout_teacher)",
+        [
+            "stage.unet.layout_head=true",
+            "stage.unet.text_layout_init=normal",
+            "stage.unet.layout_tokens=true",
+            "stage.unet.layout_input=true",
+        ],
+        {"steps": 2.0},
+    ),
     "layout_head_2x_lr_decay": (
         "layout_head_2x with the learning rate decayed (cosine, to 0.1x): the U-Net's last "
         "steps, after the layout has learned the side, at a lower rate",
@@ -362,7 +374,8 @@ def variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
             g: summarise(evaluate(stage, heldout, vdir / f"eval-g{g:g}", n, f"guidance_scale={g}"))
             for g in GUIDANCE
         }
-    if "stage.unet.layout_head=true" in overrides and not args.quick:
+    layout_in = "stage.unet.layout_input=true" in overrides  # its start is the layout already
+    if "stage.unet.layout_head=true" in overrides and not layout_in and not args.quick:
         row["layout_start"] = {
             t: summarise(evaluate(stage, heldout, vdir / f"eval-ls{t:g}", n, f"layout_start={t:g}"))
             for t in LAYOUT_STARTS

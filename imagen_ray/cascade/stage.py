@@ -29,7 +29,7 @@ from imagen_ray.diffusion import (
     sample,
     time_at_log_snr,
 )
-from imagen_ray.unet import EfficientUNet, upsample_to
+from imagen_ray.unet import EfficientUNet, coarse_layout, upsample_to
 
 
 class Stage(nn.Module):
@@ -167,13 +167,37 @@ class Stage(nn.Module):
             lowres = self.make_lowres(x0) if lowres is None else lowres
             aug = torch.rand(b, generator=generator, device=dev) * self.cfg.noise_aug.train_max
             lowres_in = self.augment_lowres(lowres, aug, generator, size=x0.shape[-1])
-        pred = self.unet(x_t, t, text_emb, text_mask, lowres_in, aug, drop_text=drop)
+        layout = self.training_layout(x0, text_emb, text_mask, drop, generator)
+        pred = self.unet(
+            x_t, t, text_emb, text_mask, lowres_in, aug, drop_text=drop, layout_image=layout
+        )
         loss = diffusion_loss(
             pred.float(), x0, eps, log_snr, d.objective, d.loss_weighting, d.min_snr_gamma
         )
         if self.cfg.unet.layout_head:
             loss = loss + d.layout_loss_weight * self.layout_loss(x0, text_emb, text_mask, drop)
         return loss
+
+    def training_layout(
+        self,
+        x0: Tensor,
+        text_emb: Tensor,
+        text_mask: Tensor,
+        drop: Tensor,
+        generator: torch.Generator | None,
+    ) -> Tensor | None:
+        """With ``unet.layout_input``: the coarse layout each training sample reads: the
+        clean image's own for ``diffusion.layout_teacher`` of the samples whose text is kept,
+        the heads' drawing for the others (as at sampling). None without it."""
+        unet = self.cfg.unet
+        if not unet.layout_input:
+            return None
+        size = x0.shape[-1]
+        drawn = self.unet.layout_condition(size, text_emb, text_mask, drop)
+        clean = coarse_layout(x0.float(), unet.layout_input_grid, size)
+        share = self.cfg.diffusion.layout_teacher
+        teach = (torch.rand(x0.shape[0], generator=generator, device=x0.device) < share) & ~drop
+        return torch.where(teach[:, None, None, None], clean, drawn)
 
     def layout_loss(self, x0: Tensor, text_emb: Tensor, text_mask: Tensor, drop: Tensor) -> Tensor:
         """Per-example MSE of the layout heads' text-only drawings against the clean image

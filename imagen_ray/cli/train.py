@@ -124,17 +124,21 @@ def _last_checkpoints_missing(cfgs: list[Any], run_dir: Any) -> int:
     missing = 0
     for cfg in cfgs:
         # the run directory's latest complete checkpoint: short of train.steps, the last
-        # checkpoint was not written (the run printed why: a full disk). Object stores have
-        # no free-space check: there the upload reports its own failure.
-        if storage.is_uri(run_dir(cfg)):
+        # checkpoint was not written (the run printed why: a full disk, or storage that stayed
+        # unreachable past train.upload_retry_s)
+        try:
+            step = _latest_step(run_dir(cfg))
+        except OSError as e:  # the store is unreachable now: nothing to conclude
+            print(f"warning: could not list {run_dir(cfg)} to check its last checkpoint ({e})",
+                  file=sys.stderr)  # fmt: skip
             continue
-        step = _latest_step(run_dir(cfg))
         if step is None or step < cfg.train.steps:
             latest = f"the latest is at step {step}" if step else "no checkpoint was written"
             print(
                 f"imagen-ray train: error: stage {cfg.stage.name}: the last checkpoint was not "
-                f"written ({latest} of {cfg.train.steps}; why is printed above); free space "
-                "and rerun the same command to resume",
+                f"written ({latest} of {cfg.train.steps}; why is printed above: a full disk or "
+                "storage that stayed unreachable); fix that and rerun the same command to "
+                "resume",
                 file=sys.stderr,
             )
             missing += 1
@@ -142,7 +146,11 @@ def _last_checkpoints_missing(cfgs: list[Any], run_dir: Any) -> int:
 
 
 def _latest_step(run: str) -> int | None:
-    """The step of a run directory's latest complete checkpoint (None: there is none)."""
+    """The step of a run directory's latest complete checkpoint (None: there is none).
+
+    Raises:
+        OSError: the run's storage cannot be listed.
+    """
     from imagen_ray.train.checkpoint import IncompleteCheckpoint, find_checkpoint, read_config
 
     try:

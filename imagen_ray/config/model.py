@@ -161,6 +161,20 @@ class UNetConfig(Strict):
         "docs/compositional.md)",
     )
 
+    layout_input: bool = Field(
+        False,
+        description="with layout_head: the U-Net also reads the layout heads' drawing, pooled "
+        "to layout_input_grid cells and upsampled, as three more input channels (as a "
+        "super-resolution stage reads its low-res image), so that where each colour goes is "
+        "given, not inferred (not in the paper: docs/compositional.md)",
+    )
+    layout_input_grid: int = Field(
+        4,
+        ge=1,
+        description="with layout_input: the cells per side of the drawing the U-Net reads "
+        "(coarse: where each colour goes, not each object's shape)",
+    )
+
     @model_validator(mode="after")
     def _groups_divide_channels(self) -> UNetConfig:
         if self.mid_attn and self.mid_blocks == 0:
@@ -174,6 +188,11 @@ class UNetConfig(Strict):
             raise ValueError(
                 "layout_head_pixels=true sets how the layout heads draw, but layout_head is "
                 "false; set layout_head: true (or layout_head_pixels: false)"
+            )
+        if self.layout_input and not self.layout_head:
+            raise ValueError(
+                "layout_input=true gives the U-Net the layout heads' drawing, but layout_head "
+                "is false; set layout_head: true (or layout_input: false)"
             )
         if self.layout_tokens and not self.layout_head:
             raise ValueError(
@@ -248,6 +267,14 @@ class DiffusionConfig(Strict):
         ge=0.0,
         description="weight of the layout head's loss (unet.layout_head) beside the "
         "diffusion loss: the MSE of the clean image pooled to each text layout's grid",
+    )
+    layout_teacher: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="with unet.layout_input: the share of training samples whose input layout "
+        "is the clean image pooled to the grid instead of the heads' drawing, so that the U-Net "
+        "learns to follow a layout before the heads draw one",
     )
 
 

@@ -115,7 +115,8 @@ class EfficientUNet(nn.Module):
         self._build_text(cfg, text_dim, ctx_dim, cond_dim)
 
         # down path
-        self.init_conv = nn.Conv2d(in_channels * (2 if lowres else 1), chans[0], 3, padding=1)
+        inputs = in_channels * (2 if lowres else 1) + (in_channels if cfg.layout_input else 0)
+        self.init_conv = nn.Conv2d(inputs, chans[0], 3, padding=1)
         self.downsamples = nn.ModuleList()
         self.down = nn.ModuleList()
         prev = chans[0]
@@ -236,6 +237,7 @@ class EfficientUNet(nn.Module):
         aug_level: Tensor | None = None,
         *,
         drop_text: Tensor | None = None,
+        layout_image: Tensor | None = None,
     ) -> Tensor:
         """Predict the stage's objective (eps, v or x0) for a noisy image.
 
@@ -249,6 +251,9 @@ class EfficientUNet(nn.Module):
             aug_level: SR only: (B,) noise-conditioning augmentation level in [0, 1].
             drop_text: (B,) bool, True where the text is replaced by the learned null
                 token (classifier-free guidance).
+            layout_image: with ``unet.layout_input``: (B, 3, H, W) the coarse layout to
+                read (training passes the clean image's for some samples); default the
+                layout heads' drawing (:meth:`layout_condition`).
 
         Returns:
             (B, 3, H, W) prediction.
@@ -265,6 +270,10 @@ class EfficientUNet(nn.Module):
         elif lowres is not None:
             raise ValueError("this U-Net is a base stage (lowres=False): do not pass `lowres`")
 
+        if self.cfg.layout_input:
+            if layout_image is None:
+                layout_image = self.layout_condition(x_t.shape[-1], text_emb, text_mask, drop_text)
+            x_t = torch.cat([x_t, layout_image.to(x_t.dtype)], dim=1)
         layout = self.encode_layout_text(text_emb, text_mask, drop_text)
         layout_tokens = None if layout is None else layout[0]  # its mask equals the U-Net's
         tokens, mask, pooled = self.encode_text(text_emb, text_mask, drop_text, layout_tokens)
@@ -282,6 +291,17 @@ class EfficientUNet(nn.Module):
             h = torch.cat([h, skip * self.cfg.skip_scale], dim=1)
             h = up(self._level(level, h, cond, tokens, mask, layout_tokens))
         return self.out(h)
+
+    def layout_condition(
+        self, size: int, text_emb: Tensor, text_mask: Tensor, drop_text: Tensor | None = None
+    ) -> Tensor:
+        """The coarse layout the U-Net reads with ``unet.layout_input``: the layout heads'
+        drawings from the text alone, their mean pooled to ``layout_input_grid`` cells and
+        upsampled to (B, 3, size, size); detached (the heads learn from their own loss)."""
+        with torch.no_grad():
+            preds = self.predict_layouts(size, text_emb, text_mask, drop_text)
+            mean = torch.stack([F.interpolate(p.float(), size=size) for p in preds]).mean(0)
+            return coarse_layout(mean.clamp(-1.0, 1.0), self.cfg.layout_input_grid, size)
 
     def predict_layouts(
         self, size: int, text_emb: Tensor, text_mask: Tensor, drop_text: Tensor | None = None
@@ -348,3 +368,9 @@ def upsample_to(x: Tensor, size: int) -> Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def coarse_layout(image: Tensor, grid: int, size: int) -> Tensor:
+    """``image`` (B, 3, H, W) averaged over ``grid`` x ``grid`` cells, each cell's colour
+    spread over its pixels of a (B, 3, size, size) image."""
+    return F.interpolate(F.adaptive_avg_pool2d(image, grid), size=size, mode="nearest")

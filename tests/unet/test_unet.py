@@ -785,3 +785,31 @@ def test_upsample_to_shape(src: int, dst: int) -> None:
 def test_upsample_to_non_square_input() -> None:
     x = torch.randn(1, 3, 8, 16)
     assert upsample_to(x, 16).shape == (1, 3, 16, 16)
+
+
+def test_layout_input_reads_the_heads_coarse_drawing_as_three_more_channels() -> None:
+    """unet.layout_input: the U-Net's input is the noisy image and the layout heads' drawing,
+    pooled to layout_input_grid cells and upsampled; by default the drawing comes from the
+    text (detached: the U-Net's loss does not train the heads), or the caller passes one."""
+    from imagen_ray.unet import coarse_layout
+
+    cfg = _cfg(text_layout=True, layout_head=True, layout_input=True, layout_input_grid=2)
+    model = _perturb(EfficientUNet(cfg, text_dim=TEXT_DIM))
+    assert model.init_conv.in_channels == 6
+    inp = _inputs()
+    x, emb, mask = inp["x_t"], inp["text_emb"], inp["text_mask"]
+    s = x.shape[-1]
+    drawn = model.layout_condition(s, emb, mask)
+    assert drawn.shape == x.shape and not drawn.requires_grad
+    # 2 x 2 cells, each one colour
+    torch.testing.assert_close(drawn, coarse_layout(drawn, 2, s))
+    assert drawn[:, :, : s // 2, : s // 2].flatten(2).std(-1).max() < 1e-6
+    torch.testing.assert_close(_run(model.eval(), inp), _run(model, inp, layout_image=drawn))
+    other = torch.rand_like(drawn) * 2 - 1
+    assert not torch.allclose(_run(model, inp), _run(model, inp, layout_image=other))
+    model.zero_grad()
+    _run(model.train(), inp).square().mean().backward()
+    heads = [p for n, p in model.named_parameters() if ".layout_head." in n]
+    assert heads and all(p.grad is None or not p.grad.any() for p in heads)
+    with pytest.raises(ValueError, match="layout_input=true gives the U-Net the layout heads"):
+        _cfg(text_layout=True, layout_input=True)
