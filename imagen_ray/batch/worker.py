@@ -35,6 +35,7 @@ class CascadeWorker:
         _ = self.cascade.encoder  # load the text encoder before the first batch
         self.out = out  # a local directory or a URI
         self.until = until
+        self.unavailable = False  # a write failed through every retry (storage outage)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from imagen_ray import storage
@@ -59,19 +60,23 @@ class CascadeWorker:
             height, width = img.shape[:2]
             r.update(width=width, height=height, truncated=trunc, seconds=seconds)
             image = storage.join(self.out, r["file"])
+            # once the store has failed a write through every retry, this replica's later
+            # batches try once each: the run ends soon after, not a retry window per batch
+            retry_s = 0.0 if self.unavailable else WRITE_RETRY_S
             try:
-                storage.write_bytes_retrying(image, encode_image(img, fmt), retry_s=WRITE_RETRY_S)
+                storage.write_bytes_retrying(image, encode_image(img, fmt), retry_s=retry_s)
                 # after the image: done
                 storage.write_bytes_retrying(
                     sidecar(self.out, r),
                     (json.dumps(r, ensure_ascii=False) + "\n").encode(),
-                    retry_s=WRITE_RETRY_S,
+                    retry_s=retry_s,
                 )
             # returned, not raised: Ray Data would lose the exception's fields
             except NoSpaceError as e:
                 full[i:] = [json.dumps(["no_space", e.path, e.needed, e.free])] * (len(records) - i)
                 break
             except storage.StorageUnavailable as e:
+                self.unavailable = True
                 full[i:] = [json.dumps(["unavailable", e.path, e.error])] * (len(records) - i)
                 break
         return {

@@ -208,9 +208,12 @@ class TrainConfig(Strict):
     upload_retry_s: float = Field(
         600.0,
         ge=0.0,
+        # the other ranks wait for the slowest copy in a collective, which times out after
+        # Ray Train's 30 min (TorchConfig.timeout_s): retries must end well before
+        le=1200.0,
         description="how long a checkpoint's copy to object storage is retried (backoff 1, 2, "
         "4 ... 30 s) before it is given up: the last complete checkpoint stays the latest "
-        "and training goes on",
+        "and training goes on (at most 1200: the ranks' collectives time out at 1800)",
     )
     nan_patience: int = Field(
         5, ge=1, description="stop after this many non-finite losses or gradients in a row"

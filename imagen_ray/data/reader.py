@@ -27,6 +27,7 @@ webdataset), ``__url__`` (the shard path), ``__error__`` (null for samples), and
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import re
@@ -291,20 +292,28 @@ class TolerantWebDatasetDatasource(FileBasedDatasource):
                 rows.append({URL_COLUMN: path, ERROR_COLUMN: e.reason})
                 break
             except OSError as e:
-                wait = next(waits, None)
-                if wait is None and _remote(path):
-                    rows.append(_skipped(path, e))
-                    break
-                if wait is None:  # a local file that fails to read: a broken shard
+                if not _remote(path):  # a local file that fails to read: a broken shard
                     log.warning("shard %s: I/O error %s (samples read before it are kept)", path, e)
                     rows.append({URL_COLUMN: path, ERROR_COLUMN: BAD_TAR})
                     break
-                log.warning("shard %s: read failed (%s); reading again in %.0f s", path, e, wait)
-                time.sleep(wait)
-                fs, open_args = self._reopen
-                f = self._open_input_source(fs, path, **dict(open_args))
+                f = self._read_again(f, path, e, waits)
         if rows:
             yield _rows_to_table(rows)
+
+    def _read_again(self, f: Any, path: str, error: OSError, waits: Iterator[float]) -> Any:
+        """The shard opened again after the next wait (the failed stream closed), trying
+        each wait left while the open itself fails; :class:`_Unreadable` once none is left."""
+        with contextlib.suppress(Exception):
+            f.close()
+        for wait in waits:
+            log.warning("shard %s: read failed (%s); reading again in %.0f s", path, error, wait)
+            time.sleep(wait)
+            fs, open_args = self._reopen
+            f = self._open_input_source(fs, path, **dict(open_args))
+            if not isinstance(f, _Unreadable):
+                return f
+            error = f.error
+        return _Unreadable(error)
 
 
 class _Unreadable:

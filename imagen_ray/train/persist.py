@@ -46,12 +46,12 @@ def target(name: str) -> Target:
     import ray.train
 
     ctx = ray.train.get_context().get_storage()
-    check = getattr(ctx, "_check_validation_file", None)
-    if check is not None:  # a local storage_path on a worker node that cannot see it
-        check()
     path = ctx.build_checkpoint_path_from_name(name)
     fs = ctx.storage_filesystem
     scheme = fs.type_name if fs.type_name != "local" else ""
+    check = getattr(ctx, "_check_validation_file", None)
+    if check is not None and not scheme:  # a local storage_path a worker node cannot see
+        check()  # (remote: a request, which an outage would fail before any retry)
     uri = f"{scheme}://{path}" if scheme else path
     return Target(fs, path, uri, remote=bool(scheme))
 
@@ -103,6 +103,7 @@ def copy_once(local: Path, dest: Target, *, on_file: Callable[[int, int], None] 
             source_filesystem=src_fs,
             destination_filesystem=dest.filesystem,
             use_threads=False,
+            chunk_size=64 * 2**20,  # Ray's chunk size: fewer parts per file
         )
         if on_file is not None:
             on_file(i + 1, len(files))
@@ -139,7 +140,7 @@ def copy_with_retry(
             if attempt > 1:
                 say(f"checkpoint copied to {dest.uri} at attempt {attempt}")
             return None
-        except OSError as e:
+        except Exception as e:  # OSError, and pyarrow's errors that are not: never kill a rank
             error = " ".join(str(e).split())[:300]
             if waited + delay > budget:
                 return error
