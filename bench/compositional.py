@@ -215,6 +215,29 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         ],
         {"steps": 2.0},
     ),
+    "layout_input_2x_seed1": (
+        "layout_input_2x from other initial weights, noise and data order (train.seed=1)",
+        [
+            "stage.unet.layout_head=true",
+            "stage.unet.text_layout_init=normal",
+            "stage.unet.layout_tokens=true",
+            "stage.unet.layout_input=true",
+            "train.seed=1",
+        ],
+        {"steps": 2.0},
+    ),
+    "layout_input8_2x": (
+        "layout_input_2x with the drawing pooled to 8 x 8 cells (unet.layout_input_grid): "
+        "cells small enough that the heads' drawing of an object can hold its outline",
+        [
+            "stage.unet.layout_head=true",
+            "stage.unet.text_layout_init=normal",
+            "stage.unet.layout_tokens=true",
+            "stage.unet.layout_input=true",
+            "stage.unet.layout_input_grid=8",
+        ],
+        {"steps": 2.0},
+    ),
     "layout_head_2x_lr_decay": (
         "layout_head_2x with the learning rate decayed (cosine, to 0.1x): the U-Net's last "
         "steps, after the layout has learned the side, at a lower rate",
