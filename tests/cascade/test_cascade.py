@@ -458,3 +458,29 @@ def test_saving_a_cascade_never_replaces_a_directory_of_other_files(tmp_path: Pa
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
     out = cascade.save(tmp_path / "c")
     assert cascade.save(out) == out and (out / "cascade.json").is_file()
+
+
+def test_training_layout_mixes_the_clean_images_layout_and_the_heads_drawing() -> None:
+    """diffusion.layout_teacher: that share of the kept-text samples read the clean image's
+    own coarse layout; the others, and every dropped-text sample, the heads' drawing."""
+    from imagen_ray.cascade import Stage
+    from imagen_ray.config import load_run_config
+    from imagen_ray.unet import coarse_layout
+
+    root = Path(__file__).resolve().parents[2]
+    x0 = torch.rand(6, 3, 32, 32) * 2 - 1
+    emb, mask = torch.randn(6, 24, 384), torch.ones(6, 24, dtype=torch.bool)
+    drop = torch.tensor([False, False, False, False, True, True])
+    for share, teach in ((1.0, [1, 1, 1, 1, 0, 0]), (0.0, [0] * 6)):
+        cfg = load_run_config(
+            root / "configs/compositional/layout.yaml", [f"stage.diffusion.layout_teacher={share}"]
+        )
+        stage = Stage(cfg.stage, text_dim=384)
+        got = stage.training_layout(x0, emb, mask, drop, torch.Generator().manual_seed(0))
+        assert got is not None and got.shape == x0.shape
+        clean = coarse_layout(x0, 4, 32)
+        drawn = stage.unet.layout_condition(32, emb, mask, drop)
+        for i, t in enumerate(teach):
+            torch.testing.assert_close(got[i], clean[i] if t else drawn[i])
+    plain = Stage(load_run_config(root / "configs/compositional/base.yaml").stage, text_dim=384)
+    assert plain.training_layout(x0, emb, mask, drop, None) is None
