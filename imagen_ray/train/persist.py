@@ -14,8 +14,8 @@ already persisted one (``CheckpointUploadMode.NO_UPLOAD``), so its bookkeeping (
 
 When the storage stays unreachable past ``train.upload_retry_s`` the checkpoint is given up
 on every rank: the last complete one stays the latest and training goes on, as for a full
-disk (:func:`imagen_ray.train.loop._no_room`). A local run directory gets one attempt (a
-local write that fails is a full disk or a permissions error, which waiting does not fix).
+disk (:func:`imagen_ray.train.loop._no_room`). A local run directory gets two short retries
+only (a local write that keeps failing is a full disk or a permissions error).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 MARKERS = "complete/"  # the files readers check for (imagen_ray.train.checkpoint), sent last
 FIRST_DELAY_S = 1.0
 MAX_DELAY_S = 30.0
+LOCAL_RETRY_S = 3.0  # waits of 1 and 2 s for a local run directory
 
 
 @dataclass
@@ -132,7 +133,10 @@ def copy_with_retry(
     Returns:
         None when the copy is whole, else the last error (as text).
     """
-    budget = retry_s if dest.remote else 0.0
+    # a local directory: two short retries (every rank copies into one directory at once,
+    # and a file that two ranks both hold, such as DeepSpeed's `latest`, can collide), not
+    # more (a full disk or a permissions error is not fixed by waiting)
+    budget = retry_s if dest.remote else min(retry_s, LOCAL_RETRY_S)
     delay, attempt, waited = FIRST_DELAY_S, 1, 0.0
     while True:
         try:
@@ -143,6 +147,7 @@ def copy_with_retry(
         except Exception as e:  # OSError, and pyarrow's errors that are not: never kill a rank
             error = " ".join(str(e).split())[:300]
             if waited + delay > budget:
+                say(f"checkpoint copy to {dest.uri} failed (attempt {attempt}: {error}); given up")
                 return error
             say(
                 f"checkpoint copy to {dest.uri} failed (attempt {attempt}: {error}); "

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"base": {"steps": 2}, "sr64": {"steps": 1}}
 CLIENTS = 32
-# Each replica kind killed both ways, 25 s apart: Ray's kill, then the process's SIGKILL.
+# Each replica kind killed both ways, one after the other recovered: Ray's kill, SIGKILL.
 KILLS = (
     ("Stage-sr64", "ray.kill"),
     ("TextEncoderDeployment", "SIGKILL"),
@@ -113,8 +113,15 @@ def test_killed_replicas_cost_503s_with_retry_after_and_come_back(server: str) -
             ray.kill(actor, no_restart=False)
         else:
             os.kill(pid, signal.SIGKILL)
-        time.sleep(25)  # a new replica answers 9-16 s after a kill on 2 cores
-    time.sleep(5)
+        # the next kill once a request sent after this one got a 200 (a new replica answers
+        # 9-16 s after a kill on a quiet 2-core machine), and 8 s of answers after that
+        at, deadline = killed[-1][1], time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with lock:
+                if any(t > at and c == 200 for t, _, c, _ in answers):
+                    break
+            time.sleep(0.5)
+        time.sleep(8)
     stop.set()
     for t in threads:
         t.join(timeout=120)

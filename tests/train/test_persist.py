@@ -127,7 +127,9 @@ def test_gives_up_when_the_waits_would_pass_upload_retry_s(s3, tmp_path: Path) -
     assert storage.list_files(dest.uri) == {}
 
 
-def test_a_local_run_directory_gets_one_attempt(tmp_path: Path) -> None:
+def test_a_local_run_directory_gets_two_short_retries_and_says_why_it_failed(
+    tmp_path: Path,
+) -> None:
     import pyarrow.fs as pafs
 
     local = checkpoint_dir(tmp_path / "ckpt")
@@ -135,9 +137,11 @@ def test_a_local_run_directory_gets_one_attempt(tmp_path: Path) -> None:
     blocked.write_text("a file where the run directory should be")
     dest = persist.Target(pafs.LocalFileSystem(), str(blocked / "checkpoint_x"), "x", remote=False)
     waits: list[float] = []
-    error = persist.copy_with_retry(local, dest, retry_s=600, say=lambda s: None,
+    said: list[str] = []
+    error = persist.copy_with_retry(local, dest, retry_s=600, say=said.append,
                                     sleep=waits.append)  # fmt: skip
-    assert error and waits == []
+    assert error and waits == [1.0, 2.0]
+    assert said[-1].endswith("given up") and "attempt 3" in said[-1] and error in said[-1]
     ok = persist.Target(pafs.LocalFileSystem(), str(tmp_path / "ok"), "ok", remote=False)
     assert persist.copy_with_retry(local, ok, retry_s=0, say=lambda s: None) is None
     assert (tmp_path / "ok/complete/rank_00000").read_text() == "ok\n"
