@@ -133,9 +133,9 @@ def copy_with_retry(
     Returns:
         None when the copy is whole, else the last error (as text).
     """
-    # a local directory: two short retries (every rank copies into one directory at once,
-    # and a file that two ranks both hold, such as DeepSpeed's `latest`, can collide), not
-    # more (a full disk or a permissions error is not fixed by waiting)
+    # a local directory: two short retries (every rank copies into one directory at once;
+    # one copy failed once that way, cause not found), not more (a full disk or a
+    # permissions error is not fixed by waiting)
     budget = retry_s if dest.remote else min(retry_s, LOCAL_RETRY_S)
     delay, attempt, waited = FIRST_DELAY_S, 1, 0.0
     while True:
