@@ -16,18 +16,20 @@ marker or manifest that readers check for last.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
+T = TypeVar("T")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 # Environment variables that carry object-storage endpoints and credentials to Ray workers.
@@ -195,21 +197,74 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         f.write(data)
 
 
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An error's text on one line, cut at ``limit`` characters (for console lines)."""
+    return " ".join(str(error).split())[:limit]
+
+
+class GaveUp(Exception):
+    """:func:`with_backoff` stopped retrying: ``error`` is the last failure."""
+
+    def __init__(self, error: Exception, attempts: int, waited_s: float) -> None:
+        super().__init__(one_line(error))
+        self.error, self.attempts, self.waited_s = error, attempts, waited_s
+
+
+def backoff_waits() -> Iterator[float]:
+    """1, 2, 4, 8, 16, then 30 s for ever: the waits between attempts on remote storage."""
+    wait = 1.0
+    while True:
+        yield wait
+        wait = min(wait * 2, 30.0)
+
+
+def with_backoff(
+    call: Callable[[], T],
+    *,
+    retry_s: float,
+    what: str,
+    say: Callable[[str], None],
+    note: str = "",
+    sleep: Callable[[float], None] | None = None,
+    retry_on: tuple[type[Exception], ...] = (Exception,),
+) -> tuple[T, int]:
+    """``call()`` retried after any exception, waiting :func:`backoff_waits` in between while
+    the waits add up to at most ``retry_s`` seconds; each failure said as ``WHAT failed
+    (attempt N: error); retrying in S sNOTE``. The one retry mechanism of object-storage
+    writes (checkpoint copies, generated images).
+
+    Returns:
+        (what ``call`` returned, the attempts it took).
+
+    Raises:
+        GaveUp: the next wait would pass ``retry_s``; its ``error`` is the last failure.
+    """
+    import time
+
+    waited, waits = 0.0, backoff_waits()
+    for attempt in itertools.count(1):
+        try:
+            return call(), attempt
+        except retry_on as e:
+            wait = next(waits)
+            if waited + wait > retry_s:
+                raise GaveUp(e, attempt, waited) from e
+            error = one_line(e, 200)
+            say(f"{what} failed (attempt {attempt}: {error}); retrying in {wait:.0f} s{note}")
+            (sleep or time.sleep)(wait)
+            waited += wait
+    raise AssertionError("unreachable")  # itertools.count never ends
+
+
 class StorageUnavailable(OSError):
     """Remote storage that kept failing a write through every retry; ``path`` names it."""
 
     def __init__(self, path: str, error: BaseException, waited_s: float, note: str = "") -> None:
-        text = " ".join(str(error).split())[:300]
-        super().__init__(
-            f"could not write {path} ({text}), retried for {waited_s:.0f} s"
-            + (f"; {note}" if note else "")
-        )
+        text = one_line(error)
+        tail = f"; {note}" if note else ""
+        super().__init__(f"could not write {path} ({text}), retried for {waited_s:.0f} s{tail}")
         self.path = path
         self.error = text
-
-
-# Waits between the attempts of a remote write (seconds), then 30 s each.
-RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def write_bytes_retrying(
@@ -217,12 +272,12 @@ def write_bytes_retrying(
     data: bytes,
     *,
     retry_s: float,
-    say: Any = None,
-    sleep: Any = None,
+    say: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> None:
-    """:func:`write_bytes`, retried with backoff (1, 2, 4, 8, 16, then 30 s) while the waits
-    add up to at most ``retry_s`` seconds when ``path`` is remote (an outage, throttling).
-    Local writes get one attempt (a full disk is not fixed by waiting).
+    """:func:`write_bytes`, retried through an outage or throttling (:func:`with_backoff`)
+    when ``path`` is remote. Local writes get one attempt (a full disk is not fixed by
+    waiting).
 
     Args:
         say: called with a line on every failed attempt (default: stderr).
@@ -231,30 +286,20 @@ def write_bytes_retrying(
     Raises:
         StorageUnavailable: the last attempt failed too.
     """
-    import time
-
     if not is_uri(path):
         write_bytes(path, data)
         return
-    waited, attempt = 0.0, 1
-    while True:
-        try:
-            write_bytes(path, data)
-            return
-        except OSError as e:
-            wait = RETRY_WAITS_S[attempt - 1] if attempt <= len(RETRY_WAITS_S) else 30.0
-            if waited + wait > retry_s:
-                raise StorageUnavailable(str(path), e, waited) from e
-            line = (
-                f"warning: writing {path} failed (attempt {attempt}: "
-                f"{' '.join(str(e).split())[:200]}); retrying in {wait:.0f} s"
-            )
-            if say is None:
-                print(line, file=sys.stderr, flush=True)
-            else:
-                say(line)
-            (sleep or time.sleep)(wait)
-            waited, attempt = waited + wait, attempt + 1
+    try:
+        with_backoff(
+            lambda: write_bytes(path, data),
+            retry_s=retry_s,
+            what=f"warning: writing {path}",
+            say=say or (lambda line: print(line, file=sys.stderr, flush=True)),
+            sleep=sleep,
+            retry_on=(OSError,),
+        )
+    except GaveUp as e:
+        raise StorageUnavailable(str(path), e.error, e.waited_s) from e.error
 
 
 def open_input(path: str | Path) -> Any:

@@ -26,6 +26,7 @@ import io
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -98,16 +99,19 @@ def incomplete(run: str) -> list[str]:
     return found
 
 
-def test_checkpoint_copy_retries_through_an_s3_outage(s3, straight, tmp_path: Path) -> None:
+def train_through_outage(
+    s3: tuple, tmp_path: Path, name: str, *extra: str, seconds: float
+) -> tuple[Any, str, Any]:
+    """The tiny run ``name`` on S3, the server stopped for ``seconds`` just as rank 0 starts
+    copying step 5's checkpoint: (the result, its console, the outage's record)."""
     from imagen_ray.runtime import Console
-    from imagen_ray.train.checkpoint import find_checkpoint, read_config
 
     server, root = s3
     ask, down = tmp_path / "ask", tmp_path / "down"
-    outage = server.outage_on(ask, down, seconds=20)
+    outage = server.outage_on(ask, down, seconds=seconds)
     cfg = tiny_cfg(
-        tmp_path, "outage", f"train.storage_path={root}/runs", "train.zero_stage=2",
-        "train.keep_checkpoints=3",
+        tmp_path, name, f"train.storage_path={root}/runs", "train.zero_stage=2",
+        "train.keep_checkpoints=3", *extra,
     )  # fmt: skip
     hook = StopStorageDuringCheckpoint(rank=0, step=5, ask=str(ask), down=str(down))
     out = io.StringIO()
@@ -117,7 +121,14 @@ def test_checkpoint_copy_retries_through_an_s3_outage(s3, straight, tmp_path: Pa
     finally:
         outage.cancel()
         outage.join(60)
-    text = out.getvalue()
+    return res, out.getvalue(), outage
+
+
+def test_checkpoint_copy_retries_through_an_s3_outage(s3, straight, tmp_path: Path) -> None:
+    from imagen_ray.train.checkpoint import find_checkpoint, read_config
+
+    _, root = s3
+    res, text, outage = train_through_outage(s3, tmp_path, "outage", seconds=20)
     assert outage.stopped_at is not None and outage.started_at is not None, "no outage"
     assert outage.started_at - outage.stopped_at >= 19.5
     assert res.error is None and res.metrics["step"] == 10
@@ -147,24 +158,10 @@ def test_checkpoint_copy_retries_through_an_s3_outage(s3, straight, tmp_path: Pa
 def test_an_outage_past_upload_retry_s_skips_the_checkpoint_and_training_goes_on(
     s3, straight, tmp_path: Path
 ) -> None:
-    from imagen_ray.runtime import Console
-
-    server, root = s3
-    ask, down = tmp_path / "ask", tmp_path / "down"
-    outage = server.outage_on(ask, down, seconds=8)
-    cfg = tiny_cfg(
-        tmp_path, "given-up", f"train.storage_path={root}/runs", "train.zero_stage=2",
-        "train.keep_checkpoints=3", "train.upload_retry_s=2",
-    )  # fmt: skip
-    hook = StopStorageDuringCheckpoint(rank=0, step=5, ask=str(ask), down=str(down))
-    out = io.StringIO()
-    console = Console(stream=out)
-    try:
-        [res] = console.run([lambda: fit(cfg, hooks=[hook], console=console.sink())])
-    finally:
-        outage.cancel()
-        outage.join(60)
-    text = out.getvalue()
+    _, root = s3
+    res, text, outage = train_through_outage(
+        s3, tmp_path, "given-up", "train.upload_retry_s=2", seconds=8
+    )
     assert outage.stopped_at is not None, "no outage"
     assert res.error is None and res.metrics["step"] == 10
     assert "step 5: checkpoint not written: copy to s3://" in text, text

@@ -338,7 +338,9 @@ def _remote(path: str) -> bool:
 def _skipped(path: str, error: BaseException) -> dict[str, Any]:
     """The error row of a skipped shard, said on stderr (Ray shows it on the driver's
     console) so the user can find the shard."""
-    text = " ".join(str(error).split())[:300]
+    from imagen_ray.storage import one_line
+
+    text = one_line(error)
     print(
         f"warning: shard {path} could not be read ({text}); skipped, its samples read "
         "before the failure kept (counted in data/skipped_shards)",

@@ -399,47 +399,29 @@ def _no_room(local: Path, w: _Worker) -> Any:
 
 
 def _persist(local: Path, w: _Worker) -> Any:
-    """This rank's part of the checkpoint in ``local`` copied into the run's storage
-    (:mod:`imagen_ray.train.persist`, retried through an outage): a ``ray.train.Checkpoint``
-    when every rank's copy is whole, else why not (a string). (A collective.)"""
-    import ray.train
-
+    """:func:`imagen_ray.train.persist.persist_part` for this worker; when it fails, why
+    and what happens next. (A collective.)"""
     cfg, step = w.cfg, w.state.step
-    name = _same_on_every_rank(persist.new_name())
-    dest = persist.target(name)
-    for hook in w.args.hooks:
-        hook.during_checkpoint(w.step_ctx(), "copying")
 
-    def tell(line: str) -> None:
-        say(f"[{cfg.stage.name}] step {step}, rank {w.rank}: {line}", w.args.console)
+    def phase(name: str) -> None:
+        for hook in w.args.hooks:
+            hook.during_checkpoint(w.step_ctx(), name)
 
-    def on_file(done: int, total: int) -> None:
-        if done == total // 2:
-            for hook in w.args.hooks:
-                hook.during_checkpoint(w.step_ctx(), "half copied")
-
-    error = persist.copy_with_retry(
-        local, dest, retry_s=cfg.train.upload_retry_s, say=tell, on_file=on_file
+    got = persist.persist_part(
+        local,
+        retry_s=cfg.train.upload_retry_s,
+        rank=w.rank,
+        device=w.device,
+        tell=lambda line: say(
+            f"[{cfg.stage.name}] step {step}, rank {w.rank}: {line}", w.args.console
+        ),
+        phase=phase,
     )
-    if all_ranks_true(error is None, w.device):
-        return ray.train.Checkpoint(path=dest.path, filesystem=dest.filesystem)
-    removed = w.rank == 0 and persist.remove(dest)
+    if not isinstance(got, str):
+        return got
     nxt = min(step + cfg.train.checkpoint_every, cfg.train.steps)
     then = "the run ends without it" if step >= cfg.train.steps else f"tries again at step {nxt}"
-    return (
-        f"copy to {dest.uri} failed ({error or 'on another rank'}); "
-        f"{'removed' if removed else 'its partial copy has no complete markers'}; "
-        f"the last complete checkpoint stays the latest, training goes on and {then}"
-    )
-
-
-def _same_on_every_rank(value: str) -> str:
-    """Rank 0's ``value`` on every rank (a collective)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return str(box[0])
+    return f"{got}; the last complete checkpoint stays the latest, training goes on and {then}"
 
 
 # -------------------------------------------------------------------- helpers

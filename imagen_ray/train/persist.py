@@ -20,15 +20,14 @@ only (a local write that keeps failing is a full disk or a permissions error).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from imagen_ray import storage
+
 MARKERS = "complete/"  # the files readers check for (imagen_ray.train.checkpoint), sent last
-FIRST_DELAY_S = 1.0
-MAX_DELAY_S = 30.0
 LOCAL_RETRY_S = 3.0  # waits of 1 and 2 s for a local run directory
 
 
@@ -124,11 +123,11 @@ def copy_with_retry(
     retry_s: float,
     say: Callable[[str], None],
     on_file: Callable[[int, int], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> str | None:
-    """Copy ``local`` into ``dest``, retrying with exponential backoff (1, 2, 4 ... 30 s)
-    while the waits add up to at most ``retry_s`` seconds, when ``dest`` is remote. Every
-    failed attempt is said.
+    """Copy ``local`` into ``dest``, retried through an outage
+    (:func:`imagen_ray.storage.with_backoff`: 1, 2, 4 ... 30 s while the waits add up to at
+    most ``retry_s`` seconds); every failed attempt is said.
 
     Returns:
         None when the copy is whole, else the last error (as text).
@@ -137,26 +136,72 @@ def copy_with_retry(
     # one copy failed once that way, cause not found), not more (a full disk or a
     # permissions error is not fixed by waiting)
     budget = retry_s if dest.remote else min(retry_s, LOCAL_RETRY_S)
-    delay, attempt, waited = FIRST_DELAY_S, 1, 0.0
-    while True:
-        try:
-            copy_once(local, dest, on_file=on_file)
-            if attempt > 1:
-                say(f"checkpoint copied to {dest.uri} at attempt {attempt}")
-            return None
-        except Exception as e:  # OSError, and pyarrow's errors that are not: never kill a rank
-            error = " ".join(str(e).split())[:300]
-            if waited + delay > budget:
-                say(f"checkpoint copy to {dest.uri} failed (attempt {attempt}: {error}); given up")
-                return error
-            say(
-                f"checkpoint copy to {dest.uri} failed (attempt {attempt}: {error}); "
-                f"retrying in {delay:.0f} s (gives up after {budget:.0f} s of waiting: "
-                "train.upload_retry_s)"
-            )
-            sleep(delay)
-            waited += delay
-            delay, attempt = min(delay * 2, MAX_DELAY_S), attempt + 1
+    what = f"checkpoint copy to {dest.uri}"
+    try:  # any error, pyarrow's that are not OSError too: never kill a rank
+        _, attempts = storage.with_backoff(
+            lambda: copy_once(local, dest, on_file=on_file),
+            retry_s=budget,
+            what=what,
+            say=say,
+            note=f" (gives up after {budget:.0f} s of waiting: train.upload_retry_s)",
+            sleep=sleep,
+        )
+    except storage.GaveUp as e:
+        error = storage.one_line(e.error)
+        say(f"{what} failed (attempt {e.attempts}: {error}); given up")
+        return error
+    if attempts > 1:
+        say(f"checkpoint copied to {dest.uri} at attempt {attempts}")
+    return None
+
+
+def persist_part(
+    local: Path,
+    *,
+    retry_s: float,
+    rank: int,
+    device: Any,
+    tell: Callable[[str], None],
+    phase: Callable[[str], None],
+) -> Any:
+    """This rank's part of a checkpoint in ``local`` copied into the run's storage under a
+    name all ranks share: a ``ray.train.Checkpoint`` when every rank's copy is whole, else
+    why not (a string). A collective: every rank calls it.
+
+    Args:
+        tell: says a line for this rank on the console.
+        phase: :meth:`StepHook.during_checkpoint`'s ``copying`` / ``half copied``.
+    """
+    import ray.train
+
+    from imagen_ray.train.finite import all_ranks_true
+
+    dest = target(_same_on_every_rank(new_name()))
+    phase("copying")
+
+    def on_file(done: int, total: int) -> None:
+        if done == total // 2:
+            phase("half copied")
+
+    error = copy_with_retry(local, dest, retry_s=retry_s, say=tell, on_file=on_file)
+    if all_ranks_true(error is None, device):
+        return ray.train.Checkpoint(path=dest.path, filesystem=dest.filesystem)
+    removed = rank == 0 and remove(dest)
+    return (
+        f"copy to {dest.uri} failed ({error or 'on another rank'}); "
+        f"{'removed' if removed else 'its partial copy has no complete markers'}"
+    )
+
+
+def _same_on_every_rank(value: str) -> str:
+    """Rank 0's ``value`` on every rank (a collective)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return str(box[0])
 
 
 def remove(dest: Target) -> bool:

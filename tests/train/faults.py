@@ -28,14 +28,18 @@ class KillWorker(StepHook):
     delay_s: float = 0.0
 
     def after_step(self, ctx: StepContext) -> None:
-        if ctx.rank != self.rank or ctx.step != self.step:
-            return
-        marker = Path(self.marker)
-        if marker.exists():
-            return
-        marker.write_text(str(os.getpid()))
-        time.sleep(self.delay_s)
-        os.kill(os.getpid(), 9)
+        if ctx.rank == self.rank and ctx.step == self.step:
+            _kill_once(self.marker, self.delay_s)
+
+
+def _kill_once(marker: str, delay_s: float) -> None:
+    """SIGKILL this process after ``delay_s`` unless ``marker`` exists (it is written
+    first: the restarted workers see it and live)."""
+    if Path(marker).exists():
+        return
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(delay_s)
+    os.kill(os.getpid(), 9)
 
 
 @dataclass(frozen=True)
@@ -53,14 +57,8 @@ class KillDuringCheckpoint(StepHook):
     delay_s: float = 5.0
 
     def during_checkpoint(self, ctx: StepContext, phase: str) -> None:
-        marker = Path(self.marker)
-        if ctx.rank != self.rank or ctx.step != self.step or phase != self.phase:
-            return
-        if marker.exists():
-            return
-        marker.write_text(str(os.getpid()))
-        time.sleep(self.delay_s)
-        os.kill(os.getpid(), 9)
+        if ctx.rank == self.rank and ctx.step == self.step and phase == self.phase:
+            _kill_once(self.marker, self.delay_s)
 
 
 @dataclass(frozen=True)
